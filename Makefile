@@ -1,0 +1,58 @@
+# mmfast developer entry points. `make demo` and `make test` work from a fresh clone: they
+# create .venv, install everything (torch CPU build, the package with its native extension),
+# then run the demo / the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# torch is pinned here, not in the package metadata (which accepts a range): 2.13.0 is the CPU
+# build this team's machines carry; a newer one would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: setup build demo test test-fast lint format bench clean
+
+setup: $(VENV)/.deps-installed build
+
+$(VENV)/.deps-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	# build requirements, so the editable install can skip build isolation (and rebuild fast)
+	$(PIP) install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" ninja
+	$(PIP) install --quiet --no-build-isolation -e ".[dev,export]"
+	touch $@
+
+# Rebuild the native extension when csrc/, CMakeLists.txt or pyproject.toml change.
+build: $(VENV)/.native-built
+$(VENV)/.native-built: $(VENV)/.deps-installed $(NATIVE_SOURCES)
+	$(PIP) install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: setup
+	$(BIN)/mmfast info
+	$(BIN)/mmfast bench
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/clang-format --dry-run -Werror $$(find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/clang-format -i $$(find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+
+bench: setup
+	$(BIN)/python -m pytest benchmarks -q --benchmark-only
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,170 @@
+#include "common/parallel.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MMFAST_PAUSE() _mm_pause()
+#else
+#define MMFAST_PAUSE() std::this_thread::yield()
+#endif
+
+namespace mmfast {
+namespace {
+
+thread_local bool tl_in_worker = false;
+
+int default_threads() {
+  if (const char* env = std::getenv("MMFAST_NUM_THREADS")) {
+    const int n = std::atoi(env);
+    if (n >= 1) return n;
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  // Respect the affinity mask (taskset, containers), not just the machine's core count.
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+class Pool {
+ public:
+  explicit Pool(int nthreads) : nthreads_(std::max(1, nthreads)) {
+    for (int i = 1; i < nthreads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int size() const { return nthreads_; }
+
+  void run(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
+    const int64_t nchunks = (n + grain - 1) / grain;
+    std::unique_lock<std::mutex> job_lock(job_mu_, std::try_to_lock);
+    if (nthreads_ == 1 || nchunks <= 1 || tl_in_worker || !job_lock.owns_lock()) {
+      fn(ctx, 0, n);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      fn_ = fn;
+      ctx_ = ctx;
+      n_ = n;
+      grain_ = grain;
+      next_.store(0, std::memory_order_relaxed);
+      pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    cv_.notify_all();
+    tl_in_worker = true;
+    work();
+    tl_in_worker = false;
+    // Wait for the workers to leave the job before its context goes out of scope.
+    while (pending_.load(std::memory_order_acquire) != 0) MMFAST_PAUSE();
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      const int64_t chunk = next_.fetch_add(1, std::memory_order_relaxed);
+      const int64_t begin = chunk * grain_;
+      if (begin >= n_) break;
+      fn_(ctx_, begin, std::min(n_, begin + grain_));
+    }
+  }
+
+  void worker_loop() {
+    tl_in_worker = true;
+    uint64_t seen = 0;
+    for (;;) {
+      // Spin briefly (a kernel call often follows another), then sleep.
+      bool woke = false;
+      for (int i = 0; i < 20000; ++i) {
+        if (generation_.load(std::memory_order_acquire) != seen) {
+          woke = true;
+          break;
+        }
+        MMFAST_PAUSE();
+      }
+      if (!woke) {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        seen = generation_.load(std::memory_order_acquire);
+        if (stop_) return;
+      }
+      work();
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  const int nthreads_;
+  std::vector<std::thread> workers_;
+  std::mutex job_mu_;  // one job at a time; other callers run inline
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int64_t> next_{0};
+  std::atomic<int> pending_{0};
+  bool stop_ = false;
+  RangeFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  int64_t n_ = 0;
+  int64_t grain_ = 1;
+};
+
+std::mutex g_pool_mu;
+Pool* g_pool = nullptr;  // leaked on purpose at exit: joining threads during teardown hangs
+int g_requested = 0;
+
+void child_after_fork() {
+  // The worker threads do not exist in the child: forget the pool (leak it) and the lock
+  // state, and build a fresh one on first use.
+  new (&g_pool_mu) std::mutex();
+  g_pool = nullptr;
+}
+
+Pool& pool() {
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  if (!g_pool) {
+    static std::once_flag once;
+    std::call_once(once, [] { pthread_atfork(nullptr, nullptr, child_after_fork); });
+    g_pool = new Pool(g_requested > 0 ? g_requested : default_threads());
+  }
+  return *g_pool;
+}
+
+}  // namespace
+
+void parallel_for_raw(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  pool().run(n, grain, fn, ctx);
+}
+
+int get_num_threads() { return pool().size(); }
+
+void set_num_threads(int n) {
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  g_requested = std::max(1, n);
+  delete g_pool;
+  g_pool = new Pool(g_requested);
+}
+
+}  // namespace mmfast

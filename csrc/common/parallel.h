@@ -1,0 +1,29 @@
+// A small persistent thread pool for the CPU kernels.
+//
+// Why our own pool instead of OpenMP: the process also hosts ONNX Runtime's and maybe
+// PyTorch's pools; OpenMP's spinning workers fight them on small machines, and a second
+// libgomp in the process is a known source of trouble. This pool blocks its workers
+// after a short spin, survives fork(), and runs a job inline when called from one of its
+// own workers or while another thread's job is running (so concurrent callers with the GIL
+// released never deadlock).
+//
+// The interface is a plain function pointer + context so that kernel translation units
+// compiled with different -m flags share no inline template code with this file.
+#pragma once
+
+#include <cstdint>
+
+namespace mmfast {
+
+// fn(ctx, begin, end) is called on disjoint [begin, end) ranges covering [0, n).
+// Ranges are chunks of `grain` items (the last may be shorter). Exceptions must not
+// escape fn (kernels don't throw).
+using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
+void parallel_for_raw(int64_t n, int64_t grain, RangeFn fn, void* ctx);
+
+// Threads used by the kernels (workers + the calling thread).
+int get_num_threads();
+// n >= 1. Recreates the pool; must not be called while kernels run in other threads.
+void set_num_threads(int n);
+
+}  // namespace mmfast

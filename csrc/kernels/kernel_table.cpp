@@ -1,0 +1,21 @@
+// This variant's table of kernels (compiled once per variant, like every file here).
+#include "common/variant.h"
+
+namespace mmfast {
+namespace MMFAST_VARIANT {
+
+void softmax(const SoftmaxParams& p);
+
+#define MMFAST_STR2(x) #x
+#define MMFAST_STR(x) MMFAST_STR2(x)
+
+const KernelTable& kernel_table() {
+  static const KernelTable table = {
+      /*name=*/MMFAST_STR(MMFAST_VARIANT),
+      /*softmax=*/&softmax,
+  };
+  return table;
+}
+
+}  // namespace MMFAST_VARIANT
+}  // namespace mmfast

@@ -1,0 +1,23 @@
+"""mmfast: fast inference for multimodal (image + text) models.
+
+The runtime needs numpy, onnxruntime, Pillow and the native extension ``mmfast._C``; it never
+imports torch. The PyTorch side (models, training, ONNX export) is the ``mmfast_export``
+package, installed with the ``export`` extra.
+"""
+
+from __future__ import annotations
+
+from . import ops
+from ._C import get_num_threads, set_num_threads
+from ._cuda import cuda_status
+from ._info import info
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "cuda_status",
+    "get_num_threads",
+    "info",
+    "ops",
+    "set_num_threads",
+]

@@ -1,0 +1,34 @@
+"""Shared fixtures: kernel variants, optional torch, hypothesis profile."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from mmfast import _C
+
+settings.register_profile(
+    "ci",
+    deadline=None,  # 2 shared cores: timing-based failures would be noise
+    max_examples=60,
+    # the `variant` fixture is meant to hold across all examples of a test
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.fixture(params=_C.runnable_variants())
+def variant(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per kernel variant this CPU can run (avx512, avx2, portable)."""
+    previous = _C.active_variant()
+    _C.set_variant(request.param)
+    try:
+        yield request.param
+    finally:
+        _C.set_variant(previous)
