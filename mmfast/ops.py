@@ -1,80 +1,12 @@
-"""Native operators over mmfast._C: argument checks and conversion here, compute in C++.
+"""Native operators: mmfast's own C++ (and CUDA) kernels behind a checked Python API.
 
-Each op takes numpy arrays or torch CPU tensors (shared memory, no copy) and returns the kind
-it was given. Bad arguments raise TypeError / ValueError naming the argument.
+Each op takes numpy arrays or torch CPU tensors (shared memory through DLPack, no copy) and
+returns the kind it was given. Bad arguments raise TypeError / ValueError naming the argument.
+One private module per op family (argument checks + conversion); this module re-exports them.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
-import numpy as np
-
-from . import _C
-from ._arrays import from_numpy, to_numpy
+from ._softmax import log_softmax, softmax
 
 __all__ = ["log_softmax", "softmax"]
-
-T = TypeVar("T")
-
-
-def _softmax(x: Any, axis: int, out: Any, log: bool) -> Any:
-    xa, kind = to_numpy(x, "x")
-    if xa.dtype != np.float32:
-        raise TypeError(f"x: expected float32, got {xa.dtype}")
-    if xa.ndim == 0:
-        raise ValueError("x: expected at least 1 dimension, got a scalar")
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
-        raise TypeError(f"axis: expected an int, got {type(axis).__name__}")
-    if not -xa.ndim <= axis < xa.ndim:
-        raise ValueError(f"axis: {axis} is out of range for {xa.ndim} dimensions")
-    axis = int(axis) % xa.ndim
-
-    if out is None:
-        oa = np.empty(xa.shape, dtype=np.float32)
-    else:
-        oa, okind = to_numpy(out, "out")
-        if okind != kind:
-            raise TypeError(f"out: expected a {kind.framework} array like x")
-        if oa.dtype != np.float32:
-            raise TypeError(f"out: expected float32, got {oa.dtype}")
-        if oa.shape != xa.shape:
-            raise ValueError(f"out: shape {oa.shape} does not match x's {xa.shape}")
-        if not oa.flags.writeable:
-            raise ValueError("out: array is read-only")
-        if np.shares_memory(oa, xa) and not (
-            oa.__array_interface__["data"] == xa.__array_interface__["data"]
-            and oa.strides == xa.strides
-        ):
-            raise ValueError("out: overlaps x partially (in-place needs the very same array)")
-
-    if xa.size == 0:
-        return from_numpy(oa, kind) if out is None else out
-
-    # The kernel works on rows of a 2-D array whose last dim is contiguous: move `axis` last
-    # and make the copies only when the layout needs them.
-    x2 = np.ascontiguousarray(np.moveaxis(xa, axis, -1)).reshape(-1, xa.shape[axis])
-    o_moved = np.moveaxis(oa, axis, -1)
-    direct = o_moved.flags.c_contiguous
-    o2 = o_moved.reshape(-1, xa.shape[axis]) if direct else np.empty_like(x2)
-    _C.softmax(x2, o2, log)
-    if not direct:
-        o_moved[...] = o2.reshape(o_moved.shape)
-    return from_numpy(oa, kind) if out is None else out
-
-
-def softmax(x: T, axis: int = -1, *, out: Any = None) -> T:
-    """Softmax along `axis` of a float32 array: ``exp(x - max) / sum(exp(x - max))``.
-
-    x: float32 array of any shape (numpy or torch CPU tensor); out: optional array of the same
-    shape, kind and dtype (may be x itself). A row that is all ``-inf`` gives NaN, as in
-    numpy/scipy/torch.
-    """
-    result: T = _softmax(x, axis, out, log=False)
-    return result
-
-
-def log_softmax(x: T, axis: int = -1, *, out: Any = None) -> T:
-    """``log(softmax(x))`` along `axis`, computed as ``x - max - log(sum(exp(x - max)))``."""
-    result: T = _softmax(x, axis, out, log=True)
-    return result

@@ -1,21 +1,11 @@
-// The CPU kernels' entry points, one table per compiled variant. Kernels see plain params
-// structs (pointers, sizes, strides in elements); argument checking happens before this.
+// The CPU kernels' entry points, one table per compiled variant (see common/variant.h).
+// Kernels see plain params structs (pointers, sizes, strides in elements); arguments are
+// checked before this (mmfast/ops.py, then csrc/bindings.cpp).
 #pragma once
 
-#include <cstdint>
+#include "kernels/softmax.h"
 
 namespace mmfast {
-
-// y[r, :] = softmax(x[r, :]) (or log_softmax) for each of `rows` rows of length `cols`.
-struct SoftmaxParams {
-  const float* x = nullptr;
-  float* y = nullptr;
-  int64_t rows = 0;
-  int64_t cols = 0;
-  int64_t x_row_stride = 0;  // elements between rows; the last dim is contiguous
-  int64_t y_row_stride = 0;
-  bool log = false;
-};
 
 struct KernelTable {
   const char* name;
