@@ -26,8 +26,10 @@ $(VENV)/.deps-installed: pyproject.toml
 
 # Rebuild the native extension when csrc/, CMakeLists.txt or pyproject.toml change.
 build: $(VENV)/.native-built
+# flock: two builds at once in the same build dir would corrupt it.
+LOCK := $(shell command -v flock >/dev/null 2>&1 && echo flock /tmp/mmfast-build.lock)
 $(VENV)/.native-built: $(VENV)/.deps-installed $(NATIVE_SOURCES)
-	$(PIP) install --quiet --no-build-isolation --no-deps -e .
+	$(LOCK) $(PIP) install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
 demo: setup
