@@ -1,0 +1,147 @@
+"""Command line of the PyTorch side: ``mmfast data ...`` and ``mmfast train ...``.
+
+``main_data``/``main_train`` take the arguments after the subcommand word (``mmfast data shapes
+--out X`` -> ``["shapes", "--out", "X"]``) and return an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main", "main_data", "main_train"]
+
+
+def _data_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmfast data", description="Generate a dataset.")
+    sub = p.add_subparsers(dest="generator", required=True)
+    s = sub.add_parser("shapes", help="scenes of coloured shapes with captions and Q&A")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--num-images", type=int, default=10000)
+    s.add_argument("--size", type=int, default=64, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--noise", type=float, default=6.0, help="pixel noise std (0-255), 0: none")
+    s.add_argument(
+        "--texture-prob",
+        type=float,
+        default=0.5,
+        help="probability of a striped/checkered background",
+    )
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--test-fraction", type=float, default=0.1)
+    s.add_argument("--workers", type=int, default=None, help="processes (default: CPUs, <= 4)")
+    return p
+
+
+def main_data(argv: list[str]) -> int:
+    args = _data_parser().parse_args(argv)
+    from .shapes import ShapesConfig, write_dataset
+
+    if args.num_images < 3:
+        print("mmfast data: --num-images must be at least 3", file=sys.stderr)
+        return 2
+    cfg = ShapesConfig(
+        num_images=args.num_images,
+        size=args.size,
+        seed=args.seed,
+        noise=args.noise,
+        texture_prob=args.texture_prob,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+    )
+    summary = write_dataset(cfg, args.out, workers=args.workers)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmfast train",
+        description="Train a captioner, a retriever or a VQA model on a COCO-captions-format "
+        "dataset (DIR/captions_{train,val,test}.json + DIR/images/), e.g. one made by "
+        "`mmfast data shapes`.",
+    )
+    p.add_argument("task", choices=["caption", "retrieval", "vqa"])
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics)")
+    p.add_argument("--epochs", type=int, default=None, help="default: per task")
+    p.add_argument("--decoder", choices=["lstm", "transformer"], default="lstm")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="model input side (default: the generated dataset's, else 64)",
+    )
+    p.add_argument("--widths", default="32,64,128", help="CNN stage widths")
+    p.add_argument("--beam", type=int, default=1, help="beam size for the final evaluation")
+    p.add_argument("--length-penalty", type=float, default=0.0)
+    p.add_argument("--rerank-k", type=int, default=10)
+    p.add_argument("--limit-train", type=int, default=None, help="use the first N train images")
+    p.add_argument("--limit-eval", type=int, default=None, help="use the first N val/test images")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--train-json", default=None, help="COCO captions JSON (default: DATA/captions_train.json)"
+    )
+    p.add_argument("--val-json", default=None)
+    p.add_argument("--test-json", default=None)
+    p.add_argument("--images", default=None, help="image folder (default: DATA/images or DATA)")
+    return p
+
+
+def main_train(argv: list[str]) -> int:
+    a = _train_parser().parse_args(argv)
+    from .train import TrainArgs, train
+
+    try:
+        widths = tuple(int(w) for w in a.widths.split(","))
+    except ValueError:
+        print(f"mmfast train: bad --widths {a.widths!r}", file=sys.stderr)
+        return 2
+    args = TrainArgs(
+        task=a.task,
+        data=a.data,
+        out=a.out,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        weight_decay=a.weight_decay,
+        seed=a.seed,
+        decoder=a.decoder,
+        threads=a.threads,
+        image_size=a.image_size,
+        widths=widths,
+        limit_train=a.limit_train,
+        limit_eval=a.limit_eval,
+        beam=a.beam,
+        length_penalty=a.length_penalty,
+        rerank_k=a.rerank_k,
+        resume=a.resume,
+        progress=not a.no_progress,
+        train_json=a.train_json,
+        val_json=a.val_json,
+        test_json=a.test_json,
+        images=a.images,
+    )
+    try:
+        summary = train(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mmfast train: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmfast_export {data,train} ...``"""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("data", "train"):
+        print("usage: python -m mmfast_export {data,train} ...", file=sys.stderr)
+        return 2
+    return main_data(argv[1:]) if argv[0] == "data" else main_train(argv[1:])

@@ -1,0 +1,188 @@
+"""Image preprocessing, torch-free (numpy + Pillow).
+
+The one definition of how an image becomes the model's input tensor. The PyTorch side
+(``mmfast_export.transforms``) implements the same steps with torch ops; a test proves the two
+agree to float32 tolerance.
+
+Steps, in order:
+  1. decode to 8-bit RGB (grayscale, palette, RGBA/LA composited on white, 16-bit rescaled);
+  2. to float32 in [0, 255], layout (H, W, 3);
+  3. resize to (size, size) with an antialiased triangle (bilinear) filter, separable, exactly
+     the algorithm of Pillow's ``BILINEAR`` resampling and of torch's
+     ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)``, computed in float;
+  4. x / 255, then (x - mean) / std per channel;
+  5. layout (3, size, size) (CHW), float32.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+__all__ = [
+    "PreprocessConfig",
+    "load_rgb",
+    "preprocess",
+    "preprocess_batch",
+    "resize_matrix",
+    "to_rgb",
+]
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Parameters of the preprocessing; saved with every model (``to_dict``/``from_dict``)."""
+
+    size: int = 64
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    resample: str = "bilinear_antialias"
+    version: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need 3 values (R, G, B)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.resample != "bilinear_antialias":
+            raise ValueError(f"unsupported resample {self.resample!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        known = {"size", "mean", "std", "resample", "version", "extra"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        version = int(d.get("version", 1))
+        if version > 1:
+            raise ValueError(f"preprocessing version {version} is newer than this mmfast (1)")
+        mean = tuple(float(x) for x in d.get("mean", (0.5, 0.5, 0.5)))
+        std = tuple(float(x) for x in d.get("std", (0.25, 0.25, 0.25)))
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError("mean and std need 3 values (R, G, B)")
+        return cls(
+            size=int(d.get("size", 64)),
+            mean=(mean[0], mean[1], mean[2]),
+            std=(std[0], std[1], std[2]),
+            resample=str(d.get("resample", "bilinear_antialias")),
+            version=version,
+            extra=dict(d.get("extra", {})),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreprocessConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow image -> 8-bit RGB. Alpha is composited on white; 16/32-bit is rescaled."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") else max(float(a.max()), 1.0)
+        a8 = np.clip(np.rint(a / hi * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(a8, mode="L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        scale = (hi - lo) if hi > lo else 1.0
+        a8 = np.clip(np.rint((a - lo) / scale * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(a8, mode="L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file and convert it to 8-bit RGB (the file is closed afterwards)."""
+    with Image.open(path) as im:
+        im.load()
+        return to_rgb(im)
+
+
+def resize_matrix(in_size: int, out_size: int) -> FloatArray:
+    """(out_size, in_size) weights of the antialiased triangle filter along one axis.
+
+    Pillow's ``ImagingResample`` / torch's ``_compute_indices_weights_aa``:
+    scale = in/out; support = scale (downsampling) or 1 (upsampling);
+    center_i = scale * (i + 0.5); w_ij = tri((j - center_i + 0.5) / max(scale, 1)), normalised.
+    """
+    if in_size <= 0 or out_size <= 0:
+        raise ValueError(f"sizes must be positive, got {in_size} -> {out_size}")
+    scale = in_size / out_size
+    support = scale if scale >= 1.0 else 1.0
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    m = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        j = np.arange(xmin, xmax, dtype=np.float64)
+        w = np.clip(1.0 - np.abs((j - center + 0.5) * invscale), 0.0, None)
+        total = w.sum()
+        if total > 0:
+            m[i, xmin:xmax] = w / total
+    return m.astype(np.float32)
+
+
+def _as_rgb_array(image: Image.Image | npt.NDArray[Any]) -> FloatArray:
+    """Pillow image or (H, W, 3) uint8 array -> (H, W, 3) float32 in [0, 255]."""
+    if isinstance(image, Image.Image):
+        return np.asarray(to_rgb(image), dtype=np.float32)
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 array, got {arr.dtype}")
+    return arr.astype(np.float32)
+
+
+def preprocess(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig) -> FloatArray:
+    """One image -> (3, size, size) float32, normalised."""
+    x = _as_rgb_array(image)  # (H, W, 3)
+    h, w, _ = x.shape
+    ry = resize_matrix(h, cfg.size)  # (S, H)
+    rx = resize_matrix(w, cfg.size)  # (S, W)
+    # separable: rows first (W axis), then columns (H axis), like Pillow/torch
+    x = np.einsum("sw,hwc->hsc", rx, x, dtype=np.float32)  # (H, S, 3)
+    x = np.einsum("rh,hsc->rsc", ry, x, dtype=np.float32)  # (S, S, 3)
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    x = (x / np.float32(255.0) - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)  # (3, S, S)
+
+
+def preprocess_batch(
+    images: list[Image.Image] | list[npt.NDArray[Any]], cfg: PreprocessConfig
+) -> FloatArray:
+    """A list of images -> (B, 3, size, size) float32."""
+    if len(images) == 0:
+        raise ValueError("no images")
+    return np.stack([preprocess(im, cfg) for im in images]).astype(np.float32, copy=False)
