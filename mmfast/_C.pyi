@@ -9,6 +9,18 @@ compiler: str
 def softmax(
     x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], log: bool = False
 ) -> None: ...
+def attention(
+    q: npt.NDArray[np.float32],
+    k: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.float32] | npt.NDArray[np.bool_] | None,
+    lse: npt.NDArray[np.float32] | None,
+    causal: bool,
+    causal_offset: int,
+    scale: float,
+    softcap: float,
+) -> None: ...
 def cpu_features() -> dict[str, bool]: ...
 def compiled_variants() -> list[str]: ...
 def runnable_variants() -> list[str]: ...

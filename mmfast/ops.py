@@ -7,6 +7,7 @@ One private module per op family (argument checks + conversion); this module re-
 
 from __future__ import annotations
 
+from ._attention import attention
 from ._softmax import log_softmax, softmax
 
-__all__ = ["log_softmax", "softmax"]
+__all__ = ["attention", "log_softmax", "softmax"]

@@ -37,6 +37,7 @@ struct VecF {
   friend VecF operator+(VecF a, VecF b) { return {_mm512_add_ps(a.v, b.v)}; }
   friend VecF operator-(VecF a, VecF b) { return {_mm512_sub_ps(a.v, b.v)}; }
   friend VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend VecF operator/(VecF a, VecF b) { return {_mm512_div_ps(a.v, b.v)}; }
   friend VecF max(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
   friend VecF fmadd(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   float reduce_add() const { return _mm512_reduce_add_ps(v); }
@@ -74,6 +75,7 @@ struct VecF {
   friend VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend VecF operator-(VecF a, VecF b) { return {_mm256_sub_ps(a.v, b.v)}; }
   friend VecF operator*(VecF a, VecF b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  friend VecF operator/(VecF a, VecF b) { return {_mm256_div_ps(a.v, b.v)}; }
   friend VecF max(VecF a, VecF b) { return {_mm256_max_ps(a.v, b.v)}; }
   friend VecF fmadd(VecF a, VecF b, VecF c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   float reduce_add() const {
@@ -142,6 +144,9 @@ struct VecF {
   friend VecF operator*(VecF a, VecF b) {
     return map2(a, b, [](float x, float y) { return x * y; });
   }
+  friend VecF operator/(VecF a, VecF b) {
+    return map2(a, b, [](float x, float y) { return x / y; });
+  }
   // Returns b when either is NaN, like the x86 max instructions.
   friend VecF max(VecF a, VecF b) {
     return map2(a, b, [](float x, float y) { return x > y ? x : y; });
@@ -204,6 +209,28 @@ inline VecF exp(VecF x) {
   VecF y = p * VecF::pow2i(n);
   y = y.where_less(x, lo, VecF::set1(0.0f));
   return y.where_greater(x, hi, VecF::set1(__builtin_inff()));
+}
+
+// tanh(x) to ~4 ulp (relative) over all floats: Eigen's rational approximation
+// x·P(x²)/Q(x²) (odd degree 13 over even degree 6) on x clamped to ±7.9053111 (where float
+// tanh rounds to ±1). Small x keep full relative accuracy (no 1 - e^-2x cancellation); NaN
+// stays NaN. Used by attention's softcap.
+inline VecF tanh(VecF x) {
+  const VecF lim = VecF::set1(7.90531110763549805f), nlim = VecF::set1(-7.90531110763549805f);
+  const VecF xc = max(nlim, x).where_greater(x, lim, lim);
+  const VecF x2 = xc * xc;
+  VecF p = VecF::set1(-2.76076847742355e-16f);
+  p = fmadd(p, x2, VecF::set1(2.00018790482477e-13f));
+  p = fmadd(p, x2, VecF::set1(-8.60467152213735e-11f));
+  p = fmadd(p, x2, VecF::set1(5.12229709037114e-08f));
+  p = fmadd(p, x2, VecF::set1(1.48572235717979e-05f));
+  p = fmadd(p, x2, VecF::set1(6.37261928875436e-04f));
+  p = fmadd(p, x2, VecF::set1(4.89352455891786e-03f));
+  VecF q = VecF::set1(1.19825839466702e-06f);
+  q = fmadd(q, x2, VecF::set1(1.18534705686654e-04f));
+  q = fmadd(q, x2, VecF::set1(2.26843463243900e-03f));
+  q = fmadd(q, x2, VecF::set1(4.89352518554385e-03f));
+  return (p * xc) / q;
 }
 
 }  // namespace MMFAST_VARIANT

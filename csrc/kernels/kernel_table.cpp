@@ -5,6 +5,7 @@ namespace mmfast {
 namespace MMFAST_VARIANT {
 
 void softmax(const SoftmaxParams& p);
+void attention(const AttentionParams& p);
 
 #define MMFAST_STR2(x) #x
 #define MMFAST_STR(x) MMFAST_STR2(x)
@@ -13,6 +14,7 @@ const KernelTable& kernel_table() {
   static const KernelTable table = {
       /*name=*/MMFAST_STR(MMFAST_VARIANT),
       /*softmax=*/&softmax,
+      /*attention=*/&attention,
   };
   return table;
 }

@@ -3,6 +3,7 @@
 // checked before this (mmfast/ops.py, then csrc/bindings.cpp).
 #pragma once
 
+#include "kernels/attention.h"
 #include "kernels/softmax.h"
 
 namespace mmfast {
@@ -10,6 +11,7 @@ namespace mmfast {
 struct KernelTable {
   const char* name;
   void (*softmax)(const SoftmaxParams& p);
+  void (*attention)(const AttentionParams& p);
 };
 
 }  // namespace mmfast

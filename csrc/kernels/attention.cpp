@@ -1,0 +1,306 @@
+// Fused attention, FlashAttention-style (Dao et al. 2022, algorithm 1) on the CPU: for each
+// block of BQ queries, stream the keys/values in blocks of BK, keep a running row max m, row
+// sum l and unnormalised output O, and never form the Lq×Lk score matrix. Memory: a per-task
+// workspace of (D + BK + Dv + 2)·BQ floats (≤ 155 KiB), nothing proportional to Lq·Lk.
+//
+// Layout trick: everything is kept *transposed*, with the vector lanes running over queries.
+//   Qᵀ tile   qt[x][i]  (D × BQ)   packed once per query block, pre-multiplied by the scale
+//   Sᵀ tile   st[j][i]  (BK × BQ)  S = Q·Kᵀ, later P = exp(S - m)
+//   Oᵀ acc    ot[c][i]  (Dv × BQ)
+// so both products are rank-1 updates that broadcast one element of K or V straight from the
+// caller's row-major memory (no packing of K or V): Sᵀ[j] += K[j][x]·Qᵀ[x], Oᵀ[c] += V[j][c]·Pᵀ[j]
+// — and the online softmax (max over keys, rescale by exp(m_old - m_new), row sums) becomes
+// plain element-wise vector arithmetic across the rows of Sᵀ, with no horizontal reductions.
+#include <cstdlib>
+
+#include "common/simd.h"
+
+namespace mmfast {
+namespace MMFAST_VARIANT {
+namespace {
+
+constexpr int W = VecF::kWidth;
+#if defined(__AVX512F__)
+// 32 zmm registers: a 6 × 4-vector accumulator block (24) + 4 operands + broadcasts.
+constexpr int NR = 4;
+#else
+// 16 ymm registers (AVX2): 6 × 2 accumulators (12) + 2 operands + a broadcast.
+constexpr int NR = 2;
+#endif
+constexpr int BQ = NR * W;  // queries per block: 64 (AVX-512) or 16
+constexpr int MR = 6;       // keys (S = Q·Kᵀ) or value columns (O += P·V) per microkernel call
+constexpr int BK = 96;      // keys per block: 16 microkernel rows; Sᵀ is 24 KiB (AVX-512)
+constexpr float kInf = __builtin_inff();
+
+// Sᵀ[r][:] = Σ_x K[r][x] · Qᵀ[x][:] for the R keys at `k` (row stride k_sl), all BQ queries.
+template <int R>
+inline void qk_micro(const float* k, int64_t k_sl, const float* qt, int64_t d, float* st) {
+  VecF acc[R][NR];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NR; ++c) acc[r][c] = VecF::set1(0.0f);
+  for (int64_t x = 0; x < d; ++x) {
+    VecF qv[NR];
+    for (int c = 0; c < NR; ++c) qv[c] = VecF::load(qt + x * BQ + c * W);
+    for (int r = 0; r < R; ++r) {
+      const VecF kb = VecF::set1(k[r * k_sl + x]);
+      for (int c = 0; c < NR; ++c) acc[r][c] = fmadd(kb, qv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NR; ++c) acc[r][c].store(st + r * BQ + c * W);
+}
+
+// Oᵀ[r][:] = alpha · Oᵀ[r][:] + Σ_j V[j][r] · Pᵀ[j][:] for the R value columns at `v` (row
+// stride v_sl) and the nk keys of the block: the online-softmax rescale is fused into the load.
+template <int R>
+inline void pv_micro(const float* v, int64_t v_sl, const float* pt, int64_t nk, const VecF* alpha,
+                     float* ot) {
+  VecF acc[R][NR];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NR; ++c) acc[r][c] = VecF::load(ot + r * BQ + c * W) * alpha[c];
+  for (int64_t j = 0; j < nk; ++j) {
+    VecF pv[NR];
+    for (int c = 0; c < NR; ++c) pv[c] = VecF::load(pt + j * BQ + c * W);
+    for (int r = 0; r < R; ++r) {
+      const VecF vb = VecF::set1(v[j * v_sl + r]);
+      for (int c = 0; c < NR; ++c) acc[r][c] = fmadd(vb, pv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NR; ++c) acc[r][c].store(ot + r * BQ + c * W);
+}
+
+// Sᵀ for nk keys: full MR-row microkernels, then one for the remainder.
+void qk_block(const float* k, int64_t k_sl, const float* qt, int64_t d, float* st, int64_t nk) {
+  int64_t r = 0;
+  for (; r + MR <= nk; r += MR) qk_micro<MR>(k + r * k_sl, k_sl, qt, d, st + r * BQ);
+  const float* kr = k + r * k_sl;
+  float* sr = st + r * BQ;
+  switch (nk - r) {
+    case 5:
+      qk_micro<5>(kr, k_sl, qt, d, sr);
+      break;
+    case 4:
+      qk_micro<4>(kr, k_sl, qt, d, sr);
+      break;
+    case 3:
+      qk_micro<3>(kr, k_sl, qt, d, sr);
+      break;
+    case 2:
+      qk_micro<2>(kr, k_sl, qt, d, sr);
+      break;
+    case 1:
+      qk_micro<1>(kr, k_sl, qt, d, sr);
+      break;
+    default:
+      break;
+  }
+}
+
+// Oᵀ = alpha·Oᵀ + Vᵀ·Pᵀ over all dv value columns, MR at a time.
+void pv_block(const float* v, int64_t v_sl, const float* pt, int64_t nk, int64_t dv,
+              const VecF* alpha, float* ot) {
+  int64_t c = 0;
+  for (; c + MR <= dv; c += MR) pv_micro<MR>(v + c, v_sl, pt, nk, alpha, ot + c * BQ);
+  const float* vc = v + c;
+  float* oc = ot + c * BQ;
+  switch (dv - c) {
+    case 5:
+      pv_micro<5>(vc, v_sl, pt, nk, alpha, oc);
+      break;
+    case 4:
+      pv_micro<4>(vc, v_sl, pt, nk, alpha, oc);
+      break;
+    case 3:
+      pv_micro<3>(vc, v_sl, pt, nk, alpha, oc);
+      break;
+    case 2:
+      pv_micro<2>(vc, v_sl, pt, nk, alpha, oc);
+      break;
+    case 1:
+      pv_micro<1>(vc, v_sl, pt, nk, alpha, oc);
+      break;
+    default:
+      break;
+  }
+}
+
+struct Workspace {
+  float* qt;    // D × BQ
+  float* st;    // BK × BQ
+  float* ot;    // Dv × BQ
+  float* m;     // BQ: running max (the reference the P values were taken against)
+  float* l;     // BQ: running sum of P
+  float* iota;  // BQ: 0, 1, 2, ... (query index within the block, for the causal mask)
+};
+
+// One block of up to BQ queries of one (batch, head): the whole FlashAttention forward pass.
+void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, int64_t h,
+                     int64_t i0) {
+  const int64_t nq = p.lq - i0 < BQ ? p.lq - i0 : BQ;
+  const int64_t hk = h / (p.hq / p.hkv);  // GQA / MQA: the kv head this query head reads
+  const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
+  const float* k = p.k + b * p.k_sb + hk * p.k_sh;
+  const float* v = p.v + b * p.v_sb + hk * p.v_sh;
+  const int64_t d = p.d, dv = p.dv;
+
+  // Qᵀ, scaled (softcap and masks act on the scaled scores); lanes past nq are zero.
+  for (int64_t x = 0; x < d; ++x) {
+    float* row = ws.qt + x * BQ;
+    for (int64_t i = 0; i < nq; ++i) row[i] = p.scale * q[i * p.q_sl + x];
+    for (int64_t i = nq; i < BQ; ++i) row[i] = 0.0f;
+  }
+  for (int64_t i = 0; i < dv * BQ; ++i) ws.ot[i] = 0.0f;
+  VecF m[NR], l[NR];
+  for (int c = 0; c < NR; ++c) {
+    m[c] = VecF::set1(-kInf);
+    l[c] = VecF::set1(0.0f);
+  }
+
+  // Causal: the last query of the block sees keys j <= i0 + nq - 1 + offset; later key blocks
+  // are skipped entirely, earlier ones need no causal mask.
+  int64_t kend = p.lk;
+  if (p.causal) {
+    const int64_t last = i0 + nq - 1 + p.causal_offset + 1;
+    kend = last < kend ? (last > 0 ? last : 0) : kend;
+  }
+  const bool capped = p.softcap > 0.0f;
+  const VecF cap = VecF::set1(p.softcap), inv_cap = VecF::set1(1.0f / p.softcap);
+  const VecF ninf = VecF::set1(-kInf);
+
+  for (int64_t j0 = 0; j0 < kend; j0 += BK) {
+    const int64_t nk = kend - j0 < BK ? kend - j0 : BK;
+    float* st = ws.st;
+    // S = (scale·Q)·Kᵀ for this key block.
+    qk_block(k + j0 * p.k_sl, p.k_sl, ws.qt, d, st, nk);
+
+    // S = softcap·tanh(S / softcap), before the mask (ONNX Attention / FlashAttention order).
+    if (capped)
+      for (int64_t r = 0; r < nk; ++r)
+        for (int c = 0; c < NR; ++c) {
+          float* s = st + r * BQ + c * W;
+          (cap * tanh(VecF::load(s) * inv_cap)).store(s);
+        }
+
+    // Masks: strided in the query direction, so element by element (rare path).
+    if (p.mask_add || p.mask_keep) {
+      const int64_t off = b * p.m_sb + h * p.m_sh + i0 * p.m_sq + j0 * p.m_sk;
+      if (p.mask_add) {
+        for (int64_t i = 0; i < nq; ++i) {
+          const float* mrow = p.mask_add + off + i * p.m_sq;
+          for (int64_t r = 0; r < nk; ++r) st[r * BQ + i] += mrow[r * p.m_sk];
+        }
+      } else {
+        for (int64_t i = 0; i < nq; ++i) {
+          const uint8_t* mrow = p.mask_keep + off + i * p.m_sq;
+          for (int64_t r = 0; r < nk; ++r)
+            if (!mrow[r * p.m_sk]) st[r * BQ + i] = -kInf;
+        }
+      }
+    }
+
+    // Causal mask inside the diagonal block: key j is masked for local queries i < j - offset - i0.
+    if (p.causal && j0 + nk - 1 > i0 + p.causal_offset) {
+      for (int64_t r = 0; r < nk; ++r) {
+        int64_t t = j0 + r - p.causal_offset - i0;  // first local query that sees key j0 + r
+        if (t <= 0) continue;
+        t = t > BQ ? BQ : t;
+        const VecF vt = VecF::set1(static_cast<float>(t));
+        for (int c = 0; c < NR; ++c) {
+          float* s = st + r * BQ + c * W;
+          VecF::load(s).where_less(VecF::load(ws.iota + c * W), vt, ninf).store(s);
+        }
+      }
+    }
+
+    // Online softmax: m_new = max(m, max_j S), alpha = exp(m - m_new), P = exp(S - m_new),
+    // l = alpha·l + Σ_j P. A lane with no unmasked key yet keeps m = -inf; its reference is
+    // taken as 0 so that P = exp(-inf) = 0 and alpha = 0, never NaN.
+    VecF alpha[NR];
+    for (int c = 0; c < NR; ++c) {
+      VecF mx = m[c];
+      for (int64_t r = 0; r < nk; ++r) mx = max(mx, VecF::load(st + r * BQ + c * W));
+      const VecF ref = mx.where_less(mx, VecF::set1(-3.4e38f), VecF::set1(0.0f));
+      alpha[c] = exp(m[c] - ref);
+      VecF sum = VecF::set1(0.0f);
+      for (int64_t r = 0; r < nk; ++r) {
+        float* s = st + r * BQ + c * W;
+        const VecF e = exp(VecF::load(s) - ref);
+        e.store(s);
+        sum = sum + e;
+      }
+      l[c] = fmadd(l[c], alpha[c], sum);
+      m[c] = ref;
+    }
+
+    // O = alpha·O + P·V.
+    pv_block(v + j0 * p.v_sl, p.v_sl, st, nk, dv, alpha, ws.ot);
+  }
+
+  // out = O / l (0 where l = 0: every key masked), lse = m + log(l) (-inf there).
+  float* linv = ws.l;
+  for (int c = 0; c < NR; ++c) {
+    l[c].store(ws.l + c * W);
+    m[c].store(ws.m + c * W);
+  }
+  float* lse = p.lse ? p.lse + b * p.lse_sb + h * p.lse_sh + i0 : nullptr;
+  for (int64_t i = 0; i < nq; ++i) {
+    const float li = ws.l[i];
+    if (lse) lse[i] = li > 0.0f ? ws.m[i] + __builtin_logf(li) : -kInf;
+    linv[i] = li > 0.0f ? 1.0f / li : 0.0f;
+  }
+  float* out = p.out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
+  for (int64_t i = 0; i < nq; ++i) {
+    float* orow = out + i * p.o_sl;
+    const float s = linv[i];
+    for (int64_t c = 0; c < dv; ++c) orow[c] = ws.ot[c * BQ + i] * s;
+  }
+}
+
+// The outputs of task t, set to NaN (only when the workspace cannot be allocated).
+void fill_nan(const AttentionParams& p, int64_t nqb, int64_t bh, int64_t t) {
+  const int64_t i0 = (nqb - 1 - t / bh) * BQ, r = t % bh, b = r / p.hq, h = r % p.hq;
+  const int64_t nq = p.lq - i0 < BQ ? p.lq - i0 : BQ;
+  for (int64_t i = 0; i < nq; ++i) {
+    float* orow = p.out + b * p.o_sb + h * p.o_sh + (i0 + i) * p.o_sl;
+    for (int64_t c = 0; c < p.dv; ++c) orow[c] = __builtin_nanf("");
+    if (p.lse) p.lse[b * p.lse_sb + h * p.lse_sh + i0 + i] = __builtin_nanf("");
+  }
+}
+
+}  // namespace
+
+void attention(const AttentionParams& p) {
+  if (p.b <= 0 || p.hq <= 0 || p.lq <= 0) return;
+  const int64_t nqb = (p.lq + BQ - 1) / BQ;
+  const int64_t bh = p.b * p.hq;
+  // Tasks go from the last query block to the first: under a causal mask the last blocks see
+  // the most keys, and the pool hands tasks out in order, so the big ones start first.
+  parallel_for(bh * nqb, 1, [&p, nqb, bh](int64_t begin, int64_t end) {
+    // 64-byte aligned (a zmm load never splits a cache line); size rounded up for aligned_alloc.
+    const int64_t floats = (p.d + BK + p.dv + 3) * BQ;
+    const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
+    float* buf = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!buf) {
+      // Out of memory (≤ 155 KiB asked): kernels never throw, so make the failure visible.
+      for (int64_t t = begin; t < end; ++t) fill_nan(p, nqb, bh, t);
+      return;
+    }
+    Workspace ws;
+    ws.qt = buf;
+    ws.st = ws.qt + p.d * BQ;
+    ws.ot = ws.st + BK * BQ;
+    ws.m = ws.ot + p.dv * BQ;
+    ws.l = ws.m + BQ;
+    ws.iota = ws.l + BQ;
+    for (int i = 0; i < BQ; ++i) ws.iota[i] = static_cast<float>(i);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t qb = nqb - 1 - t / bh, r = t % bh;
+      attention_block(p, ws, r / p.hq, r % p.hq, qb * BQ);
+    }
+    std::free(buf);
+  });
+}
+
+}  // namespace MMFAST_VARIANT
+}  // namespace mmfast
