@@ -7,9 +7,11 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common/cpu_features.h"
 #include "common/parallel.h"
+#include "common/workspace.h"
 #include "dispatch.h"
 
 namespace py = pybind11;
@@ -51,6 +53,107 @@ void softmax(const py::array& x, py::array out, bool log) {
   const mmfast::KernelTable& k = mmfast::kernels();
   py::gil_scoped_release release;
   k.softmax(p);
+}
+
+// Element strides of an array whose byte strides must be multiples of the item size.
+int64_t elem_stride(const py::array& a, int dim, const std::string& name) {
+  const py::ssize_t st = a.strides(dim);
+  MMFAST_CHECK(st % static_cast<py::ssize_t>(sizeof(float)) == 0,
+               name + ": strides must be multiples of 4 bytes");
+  return static_cast<int64_t>(st / static_cast<py::ssize_t>(sizeof(float)));
+}
+
+void check_float32(const py::array& a, const std::string& name, py::ssize_t ndim) {
+  MMFAST_CHECK(a.dtype().equal(py::dtype::of<float>()),
+               name + ": expected float32, got " + std::string(py::str(a.dtype())));
+  MMFAST_CHECK(a.ndim() == ndim, name + ": expected " + std::to_string(ndim) + " dimensions, got " +
+                                     std::to_string(a.ndim()));
+}
+
+mmfast::Conv2dShape conv_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t M, int64_t KH,
+                               int64_t KW, const std::vector<int64_t>& stride,
+                               const std::vector<int64_t>& dilation,
+                               const std::vector<int64_t>& pads, int64_t groups) {
+  MMFAST_CHECK(stride.size() == 2, "stride: expected 2 values");
+  MMFAST_CHECK(dilation.size() == 2, "dilation: expected 2 values");
+  MMFAST_CHECK(pads.size() == 4, "padding: expected 4 values (top, left, bottom, right)");
+  MMFAST_CHECK(stride[0] >= 1 && stride[1] >= 1, "stride: must be positive");
+  MMFAST_CHECK(dilation[0] >= 1 && dilation[1] >= 1, "dilation: must be positive");
+  for (int64_t pd : pads) MMFAST_CHECK(pd >= 0, "padding: must be non-negative");
+  MMFAST_CHECK(groups >= 1, "groups: must be positive");
+  MMFAST_CHECK(C % groups == 0, "groups: must divide the input channels");
+  MMFAST_CHECK(M % groups == 0, "groups: must divide the output channels");
+  MMFAST_CHECK(KH >= 1 && KW >= 1, "weight: kernel size must be positive");
+  MMFAST_CHECK(KH * KW <= mmfast::kConvMaxTaps, "weight: kernels of more than " +
+                                                    std::to_string(mmfast::kConvMaxTaps) +
+                                                    " taps are not supported");
+  mmfast::Conv2dShape s;
+  s.N = N, s.C = C, s.H = H, s.W = W, s.M = M, s.KH = KH, s.KW = KW;
+  s.SH = stride[0], s.SW = stride[1], s.DH = dilation[0], s.DW = dilation[1];
+  s.PT = pads[0], s.PL = pads[1], s.PB = pads[2], s.PR = pads[3];
+  s.groups = groups;
+  return s;
+}
+
+py::array conv2d_pack(const py::array& w, int64_t groups) {
+  check_float32(w, "weight", 4);
+  MMFAST_CHECK(w.flags() & py::array::c_style, "weight: must be C-contiguous");
+  MMFAST_CHECK(groups >= 1, "groups: must be positive");
+  MMFAST_CHECK(w.shape(0) % groups == 0, "groups: must divide the output channels");
+  const mmfast::Conv2dShape s = conv_shape(1, w.shape(1) * groups, 1, 1, w.shape(0), w.shape(2),
+                                           w.shape(3), {1, 1}, {1, 1}, {0, 0, 0, 0}, groups);
+  py::array_t<float> packed(static_cast<py::ssize_t>(mmfast::conv2d_packed_floats(s)));
+  const float* src = static_cast<const float*>(w.data());
+  float* dst = packed.mutable_data();
+  {
+    py::gil_scoped_release release;
+    mmfast::conv2d_pack_weights(s, src, dst);
+  }
+  return packed;
+}
+
+void conv2d(const py::array& x, const py::array& packed, const py::object& bias, py::array out,
+            int64_t M, int64_t KH, int64_t KW, const std::vector<int64_t>& stride,
+            const std::vector<int64_t>& dilation, const std::vector<int64_t>& pads, int64_t groups,
+            bool relu) {
+  check_float32(x, "x", 4);
+  check_float32(out, "out", 4);
+  MMFAST_CHECK(out.writeable(), "out: array is read-only");
+  const mmfast::Conv2dShape s = conv_shape(x.shape(0), x.shape(1), x.shape(2), x.shape(3), M, KH,
+                                           KW, stride, dilation, pads, groups);
+  mmfast::Conv2dParams p;
+  p.shape = s;
+  MMFAST_CHECK(mmfast::conv2d_geometry(s, p.geom),
+               "x: the (dilated) kernel is larger than the padded input: empty output");
+  const mmfast::Conv2dGeometry& g = p.geom;
+  MMFAST_CHECK(
+      out.shape(0) == s.N && out.shape(1) == M && out.shape(2) == g.OH && out.shape(3) == g.OW,
+      "out: shape does not match (N, M, OH, OW) = (" + std::to_string(s.N) + ", " +
+          std::to_string(M) + ", " + std::to_string(g.OH) + ", " + std::to_string(g.OW) + ")");
+  check_float32(packed, "packed", 1);
+  MMFAST_CHECK(packed.flags() & py::array::c_style, "packed: must be contiguous");
+  MMFAST_CHECK(packed.shape(0) == mmfast::conv2d_packed_floats(s),
+               "packed: size does not match the convolution's weights");
+  if (!bias.is_none()) {
+    py::array b = py::reinterpret_borrow<py::array>(bias);
+    check_float32(b, "bias", 1);
+    MMFAST_CHECK(b.shape(0) == M, "bias: expected " + std::to_string(M) + " values");
+    MMFAST_CHECK(b.shape(0) <= 1 || b.strides(0) == sizeof(float), "bias: must be contiguous");
+    p.bias = static_cast<const float*>(b.data());
+  }
+  p.x = static_cast<const float*>(x.data());
+  p.xs_n = elem_stride(x, 0, "x"), p.xs_c = elem_stride(x, 1, "x");
+  p.xs_h = elem_stride(x, 2, "x"), p.xs_w = elem_stride(x, 3, "x");
+  p.packed_w = static_cast<const float*>(packed.data());
+  p.y = static_cast<float*>(out.mutable_data());
+  p.ys_n = elem_stride(out, 0, "out"), p.ys_c = elem_stride(out, 1, "out");
+  p.ys_h = elem_stride(out, 2, "out"), p.ys_w = elem_stride(out, 3, "out");
+  p.relu = relu;
+  if (s.N == 0 || M == 0) return;
+  p.workspace = mmfast::thread_workspace(static_cast<size_t>(g.planes_floats));
+  const mmfast::KernelTable& k = mmfast::kernels();
+  py::gil_scoped_release release;
+  k.conv2d(p);
 }
 
 // q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv) float32 with a
@@ -173,6 +276,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("mask"), py::arg("lse"), py::arg("causal"), py::arg("causal_offset"),
         py::arg("scale"), py::arg("softcap"),
         "Fused attention (online softmax) into `out` (B, Hq, Lq, Dv); see mmfast.ops.attention.");
+
+  m.def("conv2d_pack", &conv2d_pack, py::arg("weight"), py::arg("groups"),
+        "Pack (M, C/groups, KH, KW) float32 weights for conv2d (layout independent of the CPU).");
+  m.def("conv2d", &conv2d, py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("out"),
+        py::arg("M"), py::arg("KH"), py::arg("KW"), py::arg("stride"), py::arg("dilation"),
+        py::arg("pads"), py::arg("groups"), py::arg("relu"),
+        "2-D convolution of NCHW float32 `x` into `out` (N, M, OH, OW) with packed weights.");
 
   m.def("cpu_features", &cpu_features_dict, "CPU features usable by this process.");
   m.def("compiled_variants", &mmfast::compiled_variants, "Kernel variants in this build.");

@@ -21,6 +21,21 @@ def attention(
     scale: float,
     softcap: float,
 ) -> None: ...
+def conv2d_pack(weight: npt.NDArray[np.float32], groups: int) -> npt.NDArray[np.float32]: ...
+def conv2d(
+    x: npt.NDArray[np.float32],
+    packed: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    out: npt.NDArray[np.float32],
+    M: int,
+    KH: int,
+    KW: int,
+    stride: list[int],
+    dilation: list[int],
+    pads: list[int],
+    groups: int,
+    relu: bool,
+) -> None: ...
 def cpu_features() -> dict[str, bool]: ...
 def compiled_variants() -> list[str]: ...
 def runnable_variants() -> list[str]: ...

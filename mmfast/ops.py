@@ -8,6 +8,7 @@ One private module per op family (argument checks + conversion); this module re-
 from __future__ import annotations
 
 from ._attention import attention
+from ._conv2d import Conv2d, conv2d
 from ._softmax import log_softmax, softmax
 
-__all__ = ["attention", "log_softmax", "softmax"]
+__all__ = ["Conv2d", "attention", "conv2d", "log_softmax", "softmax"]

@@ -23,6 +23,7 @@ namespace mmfast {
 namespace {
 
 thread_local bool tl_in_worker = false;
+thread_local int tl_thread_index = 0;
 
 int default_threads() {
   if (const char* env = std::getenv("MMFAST_NUM_THREADS")) {
@@ -39,7 +40,7 @@ int default_threads() {
 class Pool {
  public:
   explicit Pool(int nthreads) : nthreads_(std::max(1, nthreads)) {
-    for (int i = 1; i < nthreads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+    for (int i = 1; i < nthreads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
   }
   ~Pool() {
     {
@@ -87,8 +88,9 @@ class Pool {
     }
   }
 
-  void worker_loop() {
+  void worker_loop(int index) {
     tl_in_worker = true;
+    tl_thread_index = index;
     uint64_t seen = 0;
     for (;;) {
       // Spin briefly (a kernel call often follows another), then sleep.
@@ -159,6 +161,8 @@ void parallel_for_raw(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
 }
 
 int get_num_threads() { return pool().size(); }
+
+int current_thread_index() { return tl_thread_index; }
 
 void set_num_threads(int n) {
   std::lock_guard<std::mutex> lk(g_pool_mu);

@@ -21,6 +21,11 @@ namespace mmfast {
 using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
 void parallel_for_raw(int64_t n, int64_t grain, RangeFn fn, void* ctx);
 
+// Index of the calling thread within the running job: 1..n-1 for pool workers, 0 for any other
+// thread (the caller that runs a job takes part as 0; a job run inline runs wholly on its
+// caller, as 0). Kernels use it to pick a per-thread slice of a workspace owned by the caller.
+int current_thread_index();
+
 // Threads used by the kernels (workers + the calling thread).
 int get_num_threads();
 // n >= 1. Recreates the pool; must not be called while kernels run in other threads.

@@ -5,6 +5,7 @@ namespace mmfast {
 namespace MMFAST_VARIANT {
 
 void softmax(const SoftmaxParams& p);
+void conv2d(const Conv2dParams& p);
 void attention(const AttentionParams& p);
 
 #define MMFAST_STR2(x) #x
@@ -14,6 +15,7 @@ const KernelTable& kernel_table() {
   static const KernelTable table = {
       /*name=*/MMFAST_STR(MMFAST_VARIANT),
       /*softmax=*/&softmax,
+      /*conv2d=*/&conv2d,
       /*attention=*/&attention,
   };
   return table;

@@ -3,6 +3,7 @@
 // checked before this (mmfast/ops.py, then csrc/bindings.cpp).
 #pragma once
 
+#include "kernels/conv2d.h"
 #include "kernels/attention.h"
 #include "kernels/softmax.h"
 
@@ -11,6 +12,7 @@ namespace mmfast {
 struct KernelTable {
   const char* name;
   void (*softmax)(const SoftmaxParams& p);
+  void (*conv2d)(const Conv2dParams& p);
   void (*attention)(const AttentionParams& p);
 };
 

@@ -1,0 +1,69 @@
+// Convolution geometry and weight packing: plain integer work done once per call (or once per
+// prepacked layer), compiled for the baseline ISA. The kernels are in kernels/conv2d.cpp.
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/conv2d.h"
+
+namespace mmfast {
+
+bool conv2d_geometry(const Conv2dShape& s, Conv2dGeometry& g) {
+  g.Cg = s.C / s.groups;
+  g.Mg = s.M / s.groups;
+  const int64_t span_h = s.DH * (s.KH - 1) + 1, span_w = s.DW * (s.KW - 1) + 1;
+  const int64_t hp = s.H + s.PT + s.PB, wp = s.W + s.PL + s.PR;
+  if (hp < span_h || wp < span_w) return false;
+  g.OH = (hp - span_h) / s.SH + 1;
+  g.OW = (wp - span_w) / s.SW + 1;
+  // Largest shift of a tap inside its phase plane.
+  const int64_t umax = (s.DH * (s.KH - 1)) / s.SH, vmax = (s.DW * (s.KW - 1)) / s.SW;
+  g.Hq = g.OH + umax;
+  g.Wq = g.OW + vmax;
+  g.phase_stride = g.Hq * g.Wq;
+  g.plane_stride = s.SH * s.SW * g.phase_stride;
+  g.virtual_cols = g.OH * g.Wq;
+  g.ntaps = s.KH * s.KW;
+  int64_t max_off = 0;
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const int64_t rh = kh * s.DH, rw = kw * s.DW;
+      const int64_t phase = (rh % s.SH) * s.SW + (rw % s.SW);
+      const int64_t off = phase * g.phase_stride + (rh / s.SH) * g.Wq + (rw / s.SW);
+      g.tap_offset[kh * s.KW + kw] = off;
+      max_off = std::max(max_off, off);
+    }
+  }
+  // Microkernel tiles read up to kConvMaxNR columns past the last virtual position: keep
+  // them inside the (zeroed) workspace.
+  const int64_t last_read = (s.C - 1) * g.plane_stride + max_off + g.virtual_cols + kConvMaxNR;
+  g.planes_floats = std::max(s.C * g.plane_stride, last_read);
+  g.m_blocks = (g.Mg + kConvMR - 1) / kConvMR;
+  g.depthwise = g.Cg == 1;
+  return true;
+}
+
+int64_t conv2d_packed_floats(const Conv2dShape& s) {
+  const int64_t cg = s.C / s.groups, mg = s.M / s.groups;
+  const int64_t m_blocks = (mg + kConvMR - 1) / kConvMR;
+  return s.groups * m_blocks * kConvMR * cg * s.KH * s.KW;
+}
+
+void conv2d_pack_weights(const Conv2dShape& s, const float* w, float* packed) {
+  const int64_t cg = s.C / s.groups, mg = s.M / s.groups;
+  const int64_t k = cg * s.KH * s.KW;
+  const int64_t m_blocks = (mg + kConvMR - 1) / kConvMR;
+  for (int64_t grp = 0; grp < s.groups; ++grp) {
+    for (int64_t mb = 0; mb < m_blocks; ++mb) {
+      float* panel = packed + (grp * m_blocks + mb) * kConvMR * k;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        for (int64_t i = 0; i < kConvMR; ++i) {
+          const int64_t m = mb * kConvMR + i;
+          // W is (M, Cg, KH, KW) contiguous, so (c, kh, kw) flattens to kk.
+          panel[kk * kConvMR + i] = m < mg ? w[(grp * mg + m) * k + kk] : 0.0f;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace mmfast

@@ -1,0 +1,253 @@
+"""conv2d / Conv2d over mmfast._C: ONNX Conv semantics, float32, NCHW.
+
+Arguments are checked and normalised here (names in every message); the C++ layer checks the
+invariants again and runs the kernel with the GIL released.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _C
+from ._arrays import ArrayKind, from_numpy, to_numpy
+
+__all__ = ["Conv2d", "conv2d", "conv2d_output_shape", "resolve_padding"]
+
+_AUTO_PAD = ("valid", "same_upper", "same_lower")
+_ACTIVATIONS = (None, "relu")
+
+
+def _int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    return int(v)
+
+
+def _pair(v: Any, name: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints (h, w), each >= minimum."""
+    vals = (v, v) if not isinstance(v, (tuple, list)) else tuple(v)
+    if len(vals) != 2:
+        raise ValueError(f"{name}: expected an int or 2 ints (h, w), got {len(vals)} values")
+    h, w = (_int(x, name) for x in vals)
+    if h < minimum or w < minimum:
+        kind = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name}: must be {kind}, got {v!r}")
+    return h, w
+
+
+def resolve_padding(
+    padding: Any,
+    in_hw: tuple[int, int],
+    kernel_hw: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int, int, int]:
+    """Padding as (top, left, bottom, right) = ONNX ``pads`` [H_begin, W_begin, H_end, W_end].
+
+    padding: an int (all sides), (pad_h, pad_w) (symmetric), (top, left, bottom, right), or an
+    ONNX ``auto_pad`` mode: "valid" (none), "same_upper" / "same_lower" (output size
+    ceil(in / stride); an odd total goes at the end for same_upper, at the beginning for
+    same_lower).
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in _AUTO_PAD:
+            raise ValueError(f"padding: unknown mode {padding!r}; expected one of {_AUTO_PAD}")
+        if mode == "valid":
+            return (0, 0, 0, 0)
+        begin_end = []
+        for size, k, s, d in zip(in_hw, kernel_hw, stride, dilation, strict=True):
+            out = -(-size // s)  # ceil
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            small, big = total // 2, total - total // 2
+            begin_end.append((small, big) if mode == "same_upper" else (big, small))
+        (t, b), (left, r) = begin_end
+        return (t, left, b, r)
+    if isinstance(padding, (tuple, list)):
+        vals = tuple(_int(p, "padding") for p in padding)
+        if len(vals) == 2:
+            vals = (vals[0], vals[1], vals[0], vals[1])
+        elif len(vals) != 4:
+            raise ValueError(
+                "padding: expected an int, (pad_h, pad_w), (top, left, bottom, right) or an "
+                f"auto_pad mode, got {len(vals)} values"
+            )
+    else:
+        p = _int(padding, "padding")
+        vals = (p, p, p, p)
+    if min(vals) < 0:
+        raise ValueError(f"padding: must be non-negative, got {padding!r}")
+    return (vals[0], vals[1], vals[2], vals[3])
+
+
+def conv2d_output_shape(
+    in_hw: tuple[int, int],
+    kernel_hw: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pads: tuple[int, int, int, int],
+) -> tuple[int, int]:
+    """(OH, OW); either may be <= 0 when the dilated kernel exceeds the padded input."""
+    oh = (in_hw[0] + pads[0] + pads[2] - dilation[0] * (kernel_hw[0] - 1) - 1) // stride[0] + 1
+    ow = (in_hw[1] + pads[1] + pads[3] - dilation[1] * (kernel_hw[1] - 1) - 1) // stride[1] + 1
+    return oh, ow
+
+
+def _float32(a: Any, name: str, ndim: int) -> tuple[np.ndarray, ArrayKind]:
+    arr, kind = to_numpy(a, name)
+    if arr.dtype != np.float32:
+        raise TypeError(f"{name}: expected float32, got {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got {arr.ndim} {arr.shape}")
+    return arr, kind
+
+
+class Conv2d:
+    """A 2-D convolution with its weights packed once, for repeated inference.
+
+    weight: (M, C/groups, kH, kW) float32; bias: (M,) float32 or None. stride, dilation: an
+    int or (h, w), positive. padding: see :func:`resolve_padding` (auto_pad modes are resolved
+    per input size). groups divides C and M (groups == C is depthwise; M = k*C gives a channel
+    multiplier k). activation: None or "relu" (fused). Call with x (N, C, H, W) float32 ->
+    (N, M, OH, OW), as a numpy array or a torch CPU tensor like x.
+    """
+
+    def __init__(
+        self,
+        weight: Any,
+        bias: Any = None,
+        *,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        activation: str | None = None,
+    ) -> None:
+        w, _ = _float32(weight, "weight", 4)
+        if 0 in w.shape:
+            raise ValueError(f"weight: has an empty dimension {w.shape}")
+        self.groups = _int(groups, "groups")
+        if self.groups < 1:
+            raise ValueError(f"groups: must be positive, got {groups}")
+        m, cg, kh, kw = (int(d) for d in w.shape)
+        if m % self.groups:
+            raise ValueError(f"groups: {self.groups} does not divide the {m} output channels")
+        if kh * kw > 256:
+            raise ValueError(f"weight: kernels of more than 256 taps are not supported ({kh}x{kw})")
+        self.out_channels, self.in_channels = m, cg * self.groups
+        self.kernel_size = (kh, kw)
+        self.stride = _pair(stride, "stride", 1)
+        self.dilation = _pair(dilation, "dilation", 1)
+        # Validate the padding spec now (auto_pad modes are resolved per input size later).
+        resolve_padding(padding, (1, 1), self.kernel_size, self.stride, self.dilation)
+        self.padding = padding
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
+        self.activation = activation
+        self.bias: np.ndarray | None = None
+        if bias is not None:
+            b, _ = _float32(bias, "bias", 1)
+            if b.shape[0] != m:
+                raise ValueError(f"bias: expected {m} values (weight's M), got {b.shape[0]}")
+            self.bias = np.ascontiguousarray(b).copy()
+        self._packed = _C.conv2d_pack(np.ascontiguousarray(w), self.groups)
+
+    def output_shape(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """(N, M, OH, OW) for an input of shape (N, C, H, W)."""
+        n, _, h, w = x_shape
+        pads = resolve_padding(self.padding, (h, w), self.kernel_size, self.stride, self.dilation)
+        oh, ow = conv2d_output_shape((h, w), self.kernel_size, self.stride, self.dilation, pads)
+        return (n, self.out_channels, oh, ow)
+
+    def __call__(self, x: Any, *, out: Any = None) -> Any:
+        xa, kind = _float32(x, "x", 4)
+        n, c, h, w = (int(d) for d in xa.shape)
+        if c != self.in_channels:
+            raise ValueError(
+                f"x: has {c} channels but weight expects {self.in_channels} "
+                f"(C/groups = {self.in_channels // self.groups}, groups = {self.groups})"
+            )
+        pads = resolve_padding(self.padding, (h, w), self.kernel_size, self.stride, self.dilation)
+        oh, ow = conv2d_output_shape((h, w), self.kernel_size, self.stride, self.dilation, pads)
+        if oh <= 0 or ow <= 0:
+            raise ValueError(
+                f"x: the kernel {self.kernel_size} (dilation {self.dilation}) is larger than "
+                f"the padded input ({h + pads[0] + pads[2]}, {w + pads[1] + pads[3]}): "
+                "empty output"
+            )
+        shape = (n, self.out_channels, oh, ow)
+        if out is None:
+            oa = np.empty(shape, dtype=np.float32)
+        else:
+            oa, okind = _float32(out, "out", 4)
+            if okind != kind:
+                raise TypeError(f"out: expected a {kind.framework} array like x")
+            if oa.shape != shape:
+                raise ValueError(f"out: expected shape {shape}, got {oa.shape}")
+            if not oa.flags.writeable:
+                raise ValueError("out: array is read-only")
+            if np.shares_memory(oa, xa):
+                raise ValueError("out: overlaps x (convolution cannot run in place)")
+        if oa.size:
+            _C.conv2d(
+                xa,
+                self._packed,
+                self.bias,
+                oa,
+                self.out_channels,
+                self.kernel_size[0],
+                self.kernel_size[1],
+                list(self.stride),
+                list(self.dilation),
+                list(pads),
+                self.groups,
+                self.activation == "relu",
+            )
+        return from_numpy(oa, kind) if out is None else out
+
+    def __repr__(self) -> str:
+        return (
+            f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}, "
+            f"activation={self.activation!r})"
+        )
+
+
+def conv2d(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    activation: str | None = None,
+    out: Any = None,
+) -> Any:
+    """2-D convolution with ONNX Conv semantics (cross-correlation), float32, NCHW.
+
+    x: (N, C, H, W); weight: (M, C/groups, kH, kW); bias: (M,) or None -> (N, M, OH, OW),
+    OH = (H + pad_top + pad_bottom - dilation_h*(kH-1) - 1) // stride_h + 1 (same for W).
+    padding: int, (pad_h, pad_w), (top, left, bottom, right) — the ONNX ``pads`` order
+    [H_begin, W_begin, H_end, W_end] — or "valid" / "same_upper" / "same_lower" (ONNX auto_pad).
+    activation: None or "relu" (fused). Takes numpy arrays or torch CPU tensors (any strides)
+    and returns the kind x was. For repeated calls with the same weights use :class:`Conv2d`,
+    which packs them once.
+    """
+    xa, _ = _float32(x, "x", 4)
+    conv = Conv2d(
+        weight,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        activation=activation,
+    )
+    if xa.shape[1] % conv.groups:
+        raise ValueError(f"groups: {conv.groups} does not divide the {xa.shape[1]} input channels")
+    return conv(x, out=out)
