@@ -15,6 +15,7 @@ __all__ = ["attention"]
 
 _MAX_HEAD_DIM = 256
 _ALIGNS = ("top_left", "bottom_right")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _float32_4d(x: Any, name: str) -> tuple[np.ndarray, ArrayKind]:
@@ -127,7 +128,7 @@ def attention(
     if not isinstance(causal_align, str) or causal_align not in _ALIGNS:
         raise ValueError(f"causal_align: expected one of {_ALIGNS}, got {causal_align!r}")
     scale_f = 1.0 / math.sqrt(D) if scale is None else _real(scale, "scale")
-    if not math.isfinite(scale_f) or not math.isfinite(np.float32(scale_f)):
+    if not math.isfinite(scale_f) or abs(scale_f) > _FLOAT32_MAX:
         raise ValueError(f"scale: must be finite, got {scale_f}")
     softcap_f = _real(softcap, "softcap")
     if not math.isfinite(softcap_f) or softcap_f < 0:
