@@ -174,95 +174,6 @@ void attention(const py::array& q, const py::array& k, const py::array& v, py::a
       MMFAST_CHECK(a.strides(i) % 4 == 0, n + ": strides must be multiples of 4 bytes");
       st[i] = static_cast<int64_t>(a.strides(i) / 4);
     }
-    MMFAST_CHECK(a.shape(ndim - 1) <= 1 || st[ndim - 1] == 1,
-                 n + ": the last dimension must be contiguous");
-  };
-  int64_t qs[4], ks[4], vs[4], os[4], ls[3] = {0, 0, 0}, ms[4] = {0, 0, 0, 0};
-  strides_of(q, "q", 4, qs);
-  strides_of(k, "k", 4, ks);
-  strides_of(v, "v", 4, vs);
-  strides_of(out, "out", 4, os);
-  MMFAST_CHECK(out.writeable(), "out: array is read-only");
-  const int64_t B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), D = q.shape(3);
-  const int64_t Hkv = k.shape(1), Lk = k.shape(2), Dv = v.shape(3);
-  MMFAST_CHECK(k.shape(0) == B && v.shape(0) == B, "k, v: batch size differs from q's");
-  MMFAST_CHECK(Hkv >= 1 && Hq % Hkv == 0, "k: its head count must divide q's (GQA/MQA)");
-  MMFAST_CHECK(v.shape(1) == Hkv, "v: head count differs from k's");
-  MMFAST_CHECK(k.shape(3) == D, "k: head dim differs from q's");
-  MMFAST_CHECK(v.shape(2) == Lk, "v: sequence length differs from k's");
-  MMFAST_CHECK(D >= 1 && D <= 256, "q: head dim must be in [1, 256]");
-  MMFAST_CHECK(Dv >= 1 && Dv <= 256, "v: head dim must be in [1, 256]");
-  MMFAST_CHECK(out.shape(0) == B && out.shape(1) == Hq && out.shape(2) == Lq && out.shape(3) == Dv,
-               "out: shape must be (B, Hq, Lq, Dv)");
-  MMFAST_CHECK(std::isfinite(static_cast<float>(scale)), "scale: must be finite");
-  MMFAST_CHECK(std::isfinite(static_cast<float>(softcap)) && softcap >= 0.0,
-               "softcap: must be finite and >= 0");
-
-  mmfast::AttentionParams p;
-  if (!mask.is_none()) {
-    const py::array m = mask.cast<py::array>();
-    const bool is_f32 = m.dtype().equal(f32);
-    MMFAST_CHECK(is_f32 || m.dtype().equal(py::dtype::of<bool>()) ||
-                     m.dtype().equal(py::dtype::of<uint8_t>()),
-                 "mask: expected float32 or bool, got " + std::string(py::str(m.dtype())));
-    MMFAST_CHECK(m.ndim() == 4 && m.shape(0) == B && m.shape(1) == Hq && m.shape(2) == Lq &&
-                     m.shape(3) == Lk,
-                 "mask: shape must be (B, Hq, Lq, Lk) (broadcast with zero strides)");
-    const py::ssize_t item = is_f32 ? 4 : 1;
-    for (int i = 0; i < 4; ++i) {
-      MMFAST_CHECK(m.strides(i) % item == 0, "mask: strides must be multiples of its item size");
-      ms[i] = static_cast<int64_t>(m.strides(i) / item);
-    }
-    if (is_f32)
-      p.mask_add = static_cast<const float*>(m.data());
-    else
-      p.mask_keep = static_cast<const uint8_t*>(m.data());
-  }
-  if (!lse.is_none()) {
-    py::array la = lse.cast<py::array>();
-    strides_of(la, "lse", 3, ls);
-    MMFAST_CHECK(la.writeable(), "lse: array is read-only");
-    MMFAST_CHECK(la.shape(0) == B && la.shape(1) == Hq && la.shape(2) == Lq,
-                 "lse: shape must be (B, Hq, Lq)");
-    p.lse = static_cast<float*>(la.mutable_data());
-  }
-  p.q = static_cast<const float*>(q.data());
-  p.k = static_cast<const float*>(k.data());
-  p.v = static_cast<const float*>(v.data());
-  p.out = static_cast<float*>(out.mutable_data());
-  p.b = B, p.hq = Hq, p.hkv = Hkv, p.lq = Lq, p.lk = Lk, p.d = D, p.dv = Dv;
-  p.q_sb = qs[0], p.q_sh = qs[1], p.q_sl = qs[2];
-  p.k_sb = ks[0], p.k_sh = ks[1], p.k_sl = ks[2];
-  p.v_sb = vs[0], p.v_sh = vs[1], p.v_sl = vs[2];
-  p.o_sb = os[0], p.o_sh = os[1], p.o_sl = os[2];
-  p.lse_sb = ls[0], p.lse_sh = ls[1];
-  p.m_sb = ms[0], p.m_sh = ms[1], p.m_sq = ms[2], p.m_sk = ms[3];
-  p.scale = static_cast<float>(scale);
-  p.softcap = static_cast<float>(softcap);
-  p.causal = causal;
-  p.causal_offset = causal_offset;
-  const mmfast::KernelTable& kt = mmfast::kernels();
-  py::gil_scoped_release release;
-  kt.attention(p);
-}
-// q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv) float32 with a
-// contiguous last dimension; mask None or (B, Hq, Lq, Lk) float32 (added) or bool/uint8 (keep),
-// any strides (0 = broadcast); lse None or (B, Hq, Lq) float32 with a contiguous last dim.
-void attention(const py::array& q, const py::array& k, const py::array& v, py::array out,
-               const py::object& mask, const py::object& lse, bool causal, int64_t causal_offset,
-               double scale, double softcap) {
-  const auto f32 = py::dtype::of<float>();
-  // Checks dtype, ndim, 4-byte strides and a contiguous last dim; returns element strides.
-  auto strides_of = [&f32](const py::array& a, const char* name, py::ssize_t ndim, int64_t* st) {
-    const std::string n(name);
-    MMFAST_CHECK(a.dtype().equal(f32),
-                 n + ": expected float32, got " + std::string(py::str(a.dtype())));
-    MMFAST_CHECK(a.ndim() == ndim, n + ": expected " + std::to_string(ndim) + " dimensions, got " +
-                                       std::to_string(a.ndim()));
-    for (py::ssize_t i = 0; i < ndim; ++i) {
-      MMFAST_CHECK(a.strides(i) % 4 == 0, n + ": strides must be multiples of 4 bytes");
-      st[i] = static_cast<int64_t>(a.strides(i) / 4);
-    }
     MMFAST_CHECK(a.size() == 0 || a.shape(ndim - 1) <= 1 || st[ndim - 1] == 1,
                  n + ": the last dimension must be contiguous");
   };
@@ -360,11 +271,6 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("softmax", &softmax, py::arg("x"), py::arg("out"), py::arg("log") = false,
         "Row-wise softmax (or log-softmax) of a 2-D float32 array into `out` (same shape).");
-
-  m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
-        py::arg("mask"), py::arg("lse"), py::arg("causal"), py::arg("causal_offset"),
-        py::arg("scale"), py::arg("softcap"),
-        "Fused attention (online softmax) into `out` (B, Hq, Lq, Dv); see mmfast.ops.attention.");
 
   m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("mask"), py::arg("lse"), py::arg("causal"), py::arg("causal_offset"),
