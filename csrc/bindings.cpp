@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -55,6 +56,9 @@ void softmax(const py::array& x, py::array out, bool log) {
   k.softmax(p);
 }
 
+// conv2d's GEMM path: 0 auto, 1 spatial, 2 channel (a testing/benchmarking hook).
+std::atomic<int> g_conv_path{0};
+
 // Element strides of an array whose byte strides must be multiples of the item size.
 int64_t elem_stride(const py::array& a, int dim, const std::string& name) {
   const py::ssize_t st = a.strides(dim);
@@ -95,27 +99,30 @@ mmfast::Conv2dShape conv_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64
   return s;
 }
 
-py::array conv2d_pack(const py::array& w, int64_t groups) {
+py::array conv2d_pack(const py::array& w, int64_t groups, int panel) {
+  MMFAST_CHECK(panel == mmfast::kConvMR || panel == mmfast::kConvNC,
+               "panel: expected " + std::to_string(mmfast::kConvMR) + " or " +
+                   std::to_string(mmfast::kConvNC));
   check_float32(w, "weight", 4);
   MMFAST_CHECK(w.flags() & py::array::c_style, "weight: must be C-contiguous");
   MMFAST_CHECK(groups >= 1, "groups: must be positive");
   MMFAST_CHECK(w.shape(0) % groups == 0, "groups: must divide the output channels");
   const mmfast::Conv2dShape s = conv_shape(1, w.shape(1) * groups, 1, 1, w.shape(0), w.shape(2),
                                            w.shape(3), {1, 1}, {1, 1}, {0, 0, 0, 0}, groups);
-  py::array_t<float> packed(static_cast<py::ssize_t>(mmfast::conv2d_packed_floats(s)));
+  py::array_t<float> packed(static_cast<py::ssize_t>(mmfast::conv2d_packed_floats(s, panel)));
   const float* src = static_cast<const float*>(w.data());
   float* dst = packed.mutable_data();
   {
     py::gil_scoped_release release;
-    mmfast::conv2d_pack_weights(s, src, dst);
+    mmfast::conv2d_pack_weights(s, panel, src, dst);
   }
   return packed;
 }
 
-void conv2d(const py::array& x, const py::array& packed, const py::object& bias, py::array out,
-            int64_t M, int64_t KH, int64_t KW, const std::vector<int64_t>& stride,
-            const std::vector<int64_t>& dilation, const std::vector<int64_t>& pads, int64_t groups,
-            bool relu) {
+void conv2d(const py::array& x, const py::array& packed, const py::object& packed_cols,
+            const py::object& bias, py::array out, int64_t M, int64_t KH, int64_t KW,
+            const std::vector<int64_t>& stride, const std::vector<int64_t>& dilation,
+            const std::vector<int64_t>& pads, int64_t groups, bool relu) {
   check_float32(x, "x", 4);
   check_float32(out, "out", 4);
   MMFAST_CHECK(out.writeable(), "out: array is read-only");
@@ -132,8 +139,16 @@ void conv2d(const py::array& x, const py::array& packed, const py::object& bias,
           std::to_string(M) + ", " + std::to_string(g.OH) + ", " + std::to_string(g.OW) + ")");
   check_float32(packed, "packed", 1);
   MMFAST_CHECK(packed.flags() & py::array::c_style, "packed: must be contiguous");
-  MMFAST_CHECK(packed.shape(0) == mmfast::conv2d_packed_floats(s),
+  MMFAST_CHECK(packed.shape(0) == mmfast::conv2d_packed_floats(s, mmfast::kConvMR),
                "packed: size does not match the convolution's weights");
+  if (!packed_cols.is_none()) {
+    py::array pc = py::reinterpret_borrow<py::array>(packed_cols);
+    check_float32(pc, "packed_cols", 1);
+    MMFAST_CHECK(pc.flags() & py::array::c_style, "packed_cols: must be contiguous");
+    MMFAST_CHECK(pc.shape(0) == mmfast::conv2d_packed_floats(s, mmfast::kConvNC),
+                 "packed_cols: size does not match the convolution's weights");
+    p.packed_w_cols = static_cast<const float*>(pc.data());
+  }
   if (!bias.is_none()) {
     py::array b = py::reinterpret_borrow<py::array>(bias);
     check_float32(b, "bias", 1);
@@ -149,8 +164,11 @@ void conv2d(const py::array& x, const py::array& packed, const py::object& bias,
   p.ys_n = elem_stride(out, 0, "out"), p.ys_c = elem_stride(out, 1, "out");
   p.ys_h = elem_stride(out, 2, "out"), p.ys_w = elem_stride(out, 3, "out");
   p.relu = relu;
+  p.path = g_conv_path.load();
   if (s.N == 0 || M == 0) return;
-  p.workspace = mmfast::thread_workspace(static_cast<size_t>(g.planes_floats));
+  p.nthreads = mmfast::get_num_threads();
+  p.workspace =
+      mmfast::thread_workspace(static_cast<size_t>(mmfast::conv2d_workspace_floats(g, p.nthreads)));
   const mmfast::KernelTable& k = mmfast::kernels();
   py::gil_scoped_release release;
   k.conv2d(p);
@@ -245,6 +263,18 @@ void attention(const py::array& q, const py::array& k, const py::array& v, py::a
   py::gil_scoped_release release;
   kt.attention(p);
 }
+void set_conv_path(const std::string& path) {
+  if (path == "auto")
+    g_conv_path = 0;
+  else if (path == "spatial")
+    g_conv_path = 1;
+  else if (path == "channel")
+    g_conv_path = 2;
+  else
+    throw std::invalid_argument("path: expected 'auto', 'spatial' or 'channel', got '" + path +
+                                "'");
+}
+
 py::dict cpu_features_dict() {
   const mmfast::CpuFeatures& f = mmfast::cpu_features();
   py::dict d;
@@ -277,12 +307,20 @@ PYBIND11_MODULE(_C, m) {
         py::arg("scale"), py::arg("softcap"),
         "Fused attention (online softmax) into `out` (B, Hq, Lq, Dv); see mmfast.ops.attention.");
 
-  m.def("conv2d_pack", &conv2d_pack, py::arg("weight"), py::arg("groups"),
-        "Pack (M, C/groups, KH, KW) float32 weights for conv2d (layout independent of the CPU).");
-  m.def("conv2d", &conv2d, py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("out"),
-        py::arg("M"), py::arg("KH"), py::arg("KW"), py::arg("stride"), py::arg("dilation"),
-        py::arg("pads"), py::arg("groups"), py::arg("relu"),
-        "2-D convolution of NCHW float32 `x` into `out` (N, M, OH, OW) with packed weights.");
+  m.attr("CONV_PANEL_ROWS") = mmfast::kConvMR;
+  m.attr("CONV_PANEL_COLS") = mmfast::kConvNC;
+  m.def("conv2d_pack", &conv2d_pack, py::arg("weight"), py::arg("groups"), py::arg("panel"),
+        "Pack (M, C/groups, KH, KW) float32 weights for conv2d in panels of CONV_PANEL_ROWS or "
+        "CONV_PANEL_COLS output channels (layouts independent of the CPU).");
+  m.def("conv2d", &conv2d, py::arg("x"), py::arg("packed"), py::arg("packed_cols"), py::arg("bias"),
+        py::arg("out"), py::arg("M"), py::arg("KH"), py::arg("KW"), py::arg("stride"),
+        py::arg("dilation"), py::arg("pads"), py::arg("groups"), py::arg("relu"),
+        "2-D convolution of NCHW float32 `x` into `out` (N, M, OH, OW) with packed weights "
+        "(packed_cols optional: enables the channel-vectorised path).");
+
+  m.def("_set_conv_path", &set_conv_path, py::arg("path"),
+        "Testing/benchmarking hook: force conv2d's GEMM path ('auto', 'spatial', 'channel'; "
+        "'channel' needs AVX-512 and packed_cols, else it falls back to spatial).");
 
   m.def("cpu_features", &cpu_features_dict, "CPU features usable by this process.");
   m.def("compiled_variants", &mmfast::compiled_variants, "Kernel variants in this build.");

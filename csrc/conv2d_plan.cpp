@@ -37,33 +37,39 @@ bool conv2d_geometry(const Conv2dShape& s, Conv2dGeometry& g) {
   // them inside the (zeroed) workspace.
   const int64_t last_read = (s.C - 1) * g.plane_stride + max_off + g.virtual_cols + kConvMaxNR;
   g.planes_floats = std::max(s.C * g.plane_stride, last_read);
+  const int64_t channel_read = max_off + g.virtual_cols + kConvMaxNR;
+  g.channel_floats = (std::max(g.plane_stride, channel_read) + 15) / 16 * 16;
   g.m_blocks = (g.Mg + kConvMR - 1) / kConvMR;
   g.depthwise = g.Cg == 1;
   return true;
 }
 
-int64_t conv2d_packed_floats(const Conv2dShape& s) {
+int64_t conv2d_packed_floats(const Conv2dShape& s, int panel) {
   const int64_t cg = s.C / s.groups, mg = s.M / s.groups;
-  const int64_t m_blocks = (mg + kConvMR - 1) / kConvMR;
-  return s.groups * m_blocks * kConvMR * cg * s.KH * s.KW;
+  const int64_t blocks = (mg + panel - 1) / panel;
+  return s.groups * blocks * panel * cg * s.KH * s.KW;
 }
 
-void conv2d_pack_weights(const Conv2dShape& s, const float* w, float* packed) {
+void conv2d_pack_weights(const Conv2dShape& s, int panel, const float* w, float* packed) {
   const int64_t cg = s.C / s.groups, mg = s.M / s.groups;
   const int64_t k = cg * s.KH * s.KW;
-  const int64_t m_blocks = (mg + kConvMR - 1) / kConvMR;
+  const int64_t blocks = (mg + panel - 1) / panel;
   for (int64_t grp = 0; grp < s.groups; ++grp) {
-    for (int64_t mb = 0; mb < m_blocks; ++mb) {
-      float* panel = packed + (grp * m_blocks + mb) * kConvMR * k;
+    for (int64_t mb = 0; mb < blocks; ++mb) {
+      float* dst = packed + (grp * blocks + mb) * panel * k;
       for (int64_t kk = 0; kk < k; ++kk) {
-        for (int64_t i = 0; i < kConvMR; ++i) {
-          const int64_t m = mb * kConvMR + i;
+        for (int64_t i = 0; i < panel; ++i) {
+          const int64_t m = mb * panel + i;
           // W is (M, Cg, KH, KW) contiguous, so (c, kh, kw) flattens to kk.
-          panel[kk * kConvMR + i] = m < mg ? w[(grp * mg + m) * k + kk] : 0.0f;
+          dst[kk * panel + i] = m < mg ? w[(grp * mg + m) * k + kk] : 0.0f;
         }
       }
     }
   }
+}
+
+int64_t conv2d_workspace_floats(const Conv2dGeometry& g, int64_t nthreads) {
+  return g.depthwise ? nthreads * g.channel_floats : g.planes_floats;
 }
 
 }  // namespace mmfast

@@ -152,7 +152,15 @@ class Conv2d:
             if b.shape[0] != m:
                 raise ValueError(f"bias: expected {m} values (weight's M), got {b.shape[0]}")
             self.bias = np.ascontiguousarray(b).copy()
-        self._packed = _C.conv2d_pack(np.ascontiguousarray(w), self.groups)
+        wc = np.ascontiguousarray(w)
+        # Two layouts, packed once: the kernel picks per input size (spatially vectorised, or
+        # channel-vectorised for small images with many channels; the latter on AVX-512 only).
+        self._packed = _C.conv2d_pack(wc, self.groups, _C.CONV_PANEL_ROWS)
+        self._packed_cols = (
+            _C.conv2d_pack(wc, self.groups, _C.CONV_PANEL_COLS)
+            if m // self.groups >= 16 and cg > 1
+            else None
+        )
 
     def output_shape(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """(N, M, OH, OW) for an input of shape (N, C, H, W)."""
@@ -194,6 +202,7 @@ class Conv2d:
             _C.conv2d(
                 xa,
                 self._packed,
+                self._packed_cols,
                 self.bias,
                 oa,
                 self.out_channels,

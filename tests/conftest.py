@@ -32,3 +32,13 @@ def variant(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.param
     finally:
         _C.set_variant(previous)
+
+
+@pytest.fixture(params=["spatial", "channel"])
+def conv_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on each of conv2d's GEMM paths (channel falls back to spatial off AVX-512)."""
+    _C._set_conv_path(request.param)
+    try:
+        yield request.param
+    finally:
+        _C._set_conv_path("auto")

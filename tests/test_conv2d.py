@@ -23,6 +23,20 @@ def check(x, w, b, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, 
         groups=groups,
         activation="relu" if relu else None,
     )
+    # every output element must be written: a NaN-filled `out` ends up equal to y
+    out = np.full(y.shape, np.nan, np.float32)
+    ops.conv2d(
+        x,
+        w,
+        b,
+        stride=stride,
+        padding=pads,
+        dilation=dilation,
+        groups=groups,
+        activation="relu" if relu else None,
+        out=out,
+    )
+    np.testing.assert_array_equal(out, y)
     ref = conv2d_ref(x, w, b, stride, pads, dilation, groups)
     tol = conv2d_tolerance(x, w, b, stride, pads, dilation, groups)
     if relu:
@@ -40,7 +54,7 @@ def conv_cases(draw):
     groups_kind = draw(st.sampled_from(["one", "two", "depthwise", "depthwise_mult"]))
     cg = draw(st.sampled_from([1, 3, 5, 17]))
     if groups_kind == "one":
-        groups, c, m = 1, cg, draw(st.sampled_from([1, 3, 5, 8, 17]))
+        groups, c, m = 1, cg, draw(st.sampled_from([1, 3, 5, 8, 17, 40, 67]))
     elif groups_kind == "two":
         groups, c = 2, 2 * cg
         m = 2 * draw(st.sampled_from([1, 3, 5, 9]))
@@ -85,7 +99,7 @@ def make(case):
 
 
 @given(case=conv_cases())
-def test_random_convolutions_match_float64(variant, case):
+def test_random_convolutions_match_float64(variant, conv_path, case):
     x, w, b = make(case)
     check(x, w, b, case["stride"], case["pads"], case["dilation"], case["groups"], case["relu"])
 
@@ -131,7 +145,7 @@ def test_random_convolutions_match_torch_float64(case):
         (32, 64, 30, 3, 2, 1, 32),  # depthwise with multiplier, strided
     ],
 )
-def test_network_shapes(variant, c, m, hw, k, stride, pad, groups):
+def test_network_shapes(variant, conv_path, c, m, hw, k, stride, pad, groups):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
     w = (rng.standard_normal((m, c // groups, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
@@ -350,22 +364,22 @@ def test_native_layer_rejects_bad_calls():
     from mmfast import _C
 
     x = np.zeros((1, 4, 8, 8), np.float32)
-    packed = _C.conv2d_pack(np.zeros((4, 4, 3, 3), np.float32), 1)
+    packed = _C.conv2d_pack(np.zeros((4, 4, 3, 3), np.float32), 1, _C.CONV_PANEL_ROWS)
     out = np.zeros((1, 4, 6, 6), np.float32)
     args = dict(
         M=4, KH=3, KW=3, stride=[1, 1], dilation=[1, 1], pads=[0, 0, 0, 0], groups=1, relu=False
     )
-    _C.conv2d(x, packed, None, out, **args)  # valid
+    _C.conv2d(x, packed, None, None, out, **args)  # valid
     with pytest.raises(ValueError, match="packed: size does not match"):
-        _C.conv2d(x, packed[:-1], None, out, **args)
+        _C.conv2d(x, packed[:-1], None, None, out, **args)
     with pytest.raises(ValueError, match="out: shape does not match"):
-        _C.conv2d(x, packed, None, out[:, :, :5], **args)
+        _C.conv2d(x, packed, None, None, out[:, :, :5], **args)
     with pytest.raises(ValueError, match="groups: must divide"):
-        _C.conv2d(x, packed, None, out, **{**args, "groups": 3})
+        _C.conv2d(x, packed, None, None, out, **{**args, "groups": 3})
     with pytest.raises(ValueError, match="padding: must be non-negative"):
-        _C.conv2d(x, packed, None, out, **{**args, "pads": [0, -1, 0, 0]})
+        _C.conv2d(x, packed, None, None, out, **{**args, "pads": [0, -1, 0, 0]})
     with pytest.raises(ValueError, match="x: the \\(dilated\\) kernel"):
-        _C.conv2d(x, packed, None, out, **{**args, "dilation": [5, 5]})
+        _C.conv2d(x, packed, None, None, out, **{**args, "dilation": [5, 5]})
 
 
 def test_empty_batch_and_torch_roundtrip():

@@ -1,10 +1,14 @@
 // Convolution kernels (see kernels/conv2d.h for the phase-plane implicit GEMM).
 //
-// Per image: (1) fill the zero-padded phase planes (parallel over channels); (2) either the
-// GEMM — out_virtual[m, p'] = sum_k A[m, k] * planes[k-offset + p'] with a register-blocked
-// microkernel of kConvMR output channels x NV vectors of virtual positions — or, for
-// depthwise convolution (one input channel per group), a per-channel stencil over output rows.
-// Bias and ReLU are applied when the tile is written to the NCHW output.
+// Per image, one of three paths (bias and ReLU applied when a tile is written to the output):
+//  - spatial GEMM: fill the zero-padded phase planes (parallel over channels), then
+//    out_virtual[m, p'] = sum_k A[m, k] * planes[k-offset + p'] with a register-blocked
+//    microkernel of kConvMR output channels (broadcast) x NV vectors of virtual positions;
+//  - channel GEMM (AVX-512, chosen when it wastes fewer lanes — small images, many channels):
+//    the same planes, 8 output positions (broadcast from the planes) x 3 vectors of 16 output
+//    channels (the "cols" weight layout); no garbage columns, K blocked to keep weights in L2;
+//  - depthwise (one input channel per group): per channel, its planes are filled into a
+//    per-thread buffer and a stencil runs over the output rows, vectorised along ow.
 #include "kernels/conv2d.h"
 
 #include <cstring>
@@ -29,44 +33,49 @@ static_assert(NR <= kConvMaxNR, "tile wider than the workspace slack");
 
 // ---- (1) phase planes ---------------------------------------------------------------------
 
+// Channel c's sh*sw phase planes, each Hq x Wq, at dst: dst[(a*SW + b)*Hq*Wq + i*Wq + j] =
+// xpad[c, i*SH + a, j*SW + b] (0 in the padding).
+void fill_channel(const Conv2dParams& p, int64_t n, int64_t c, float* dst) {
+  const Conv2dShape& s = p.shape;
+  const Conv2dGeometry& g = p.geom;
+  const float* xc = p.x + n * p.xs_n + c * p.xs_c;
+  for (int64_t a = 0; a < s.SH; ++a) {
+    for (int64_t b = 0; b < s.SW; ++b) {
+      float* ph = dst + (a * s.SW + b) * g.phase_stride;
+      // Plane columns j read input column j*SW + b - PL: valid for j in [j0, j1).
+      const int64_t lead = s.PL - b;
+      const int64_t j0 = lead <= 0 ? 0 : (lead + s.SW - 1) / s.SW;
+      const int64_t last = s.W - 1 + lead;
+      int64_t j1 = last < 0 ? 0 : last / s.SW + 1;
+      if (j1 > g.Wq) j1 = g.Wq;
+      for (int64_t i = 0; i < g.Hq; ++i) {
+        float* row = ph + i * g.Wq;
+        const int64_t r = i * s.SH + a - s.PT;
+        if (r < 0 || r >= s.H || j1 <= j0) {
+          std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(float));
+          continue;
+        }
+        const float* xr = xc + r * p.xs_h + (j0 * s.SW + b - s.PL) * p.xs_w;
+        std::memset(row, 0, static_cast<size_t>(j0) * sizeof(float));
+        if (s.SW == 1 && p.xs_w == 1) {
+          std::memcpy(row + j0, xr, static_cast<size_t>(j1 - j0) * sizeof(float));
+        } else {
+          const int64_t step = s.SW * p.xs_w;
+          for (int64_t j = j0; j < j1; ++j) row[j] = xr[(j - j0) * step];
+        }
+        std::memset(row + j1, 0, static_cast<size_t>(g.Wq - j1) * sizeof(float));
+      }
+    }
+  }
+}
+
+// All channels' planes of image n (the GEMM paths read across channels).
 void fill_planes(const Conv2dParams& p, int64_t n, float* planes) {
   const Conv2dShape& s = p.shape;
   const Conv2dGeometry& g = p.geom;
-  const float* xn = p.x + n * p.xs_n;
   const int64_t grain = g.plane_stride >= 4096 ? 1 : 4096 / g.plane_stride + 1;
   parallel_for(s.C, grain, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const float* xc = xn + c * p.xs_c;
-      float* pc = planes + c * g.plane_stride;
-      for (int64_t a = 0; a < s.SH; ++a) {
-        for (int64_t b = 0; b < s.SW; ++b) {
-          float* ph = pc + (a * s.SW + b) * g.phase_stride;
-          // Plane columns j read input column j*SW + b - PL: valid for j in [j0, j1).
-          const int64_t lead = s.PL - b;
-          const int64_t j0 = lead <= 0 ? 0 : (lead + s.SW - 1) / s.SW;
-          const int64_t last = s.W - 1 + lead;
-          int64_t j1 = last < 0 ? 0 : last / s.SW + 1;
-          if (j1 > g.Wq) j1 = g.Wq;
-          for (int64_t i = 0; i < g.Hq; ++i) {
-            float* row = ph + i * g.Wq;
-            const int64_t r = i * s.SH + a - s.PT;
-            if (r < 0 || r >= s.H || j1 <= j0) {
-              std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(float));
-              continue;
-            }
-            const float* xr = xc + r * p.xs_h + (j0 * s.SW + b - s.PL) * p.xs_w;
-            std::memset(row, 0, static_cast<size_t>(j0) * sizeof(float));
-            if (s.SW == 1 && p.xs_w == 1) {
-              std::memcpy(row + j0, xr, static_cast<size_t>(j1 - j0) * sizeof(float));
-            } else {
-              const int64_t step = s.SW * p.xs_w;
-              for (int64_t j = j0; j < j1; ++j) row[j] = xr[(j - j0) * step];
-            }
-            std::memset(row + j1, 0, static_cast<size_t>(g.Wq - j1) * sizeof(float));
-          }
-        }
-      }
-    }
+    for (int64_t c = c0; c < c1; ++c) fill_channel(p, n, c, planes + c * g.plane_stride);
   });
   // Slack read (and dropped) by the last tiles: keep it finite.
   const int64_t used = s.C * g.plane_stride;
@@ -177,51 +186,241 @@ void conv_gemm(const Conv2dParams& p, int64_t n, const float* planes) {
       const int64_t mb_begin = split_m ? mt : 0, mb_end = split_m ? mt + 1 : g.m_blocks;
       const int64_t p0 = tile_idx * NR;
       const int64_t cols = g.virtual_cols - p0 < NR ? g.virtual_cols - p0 : NR;
+      // The last tile may need fewer vectors (e.g. 63 virtual columns: 48 + 16, not 48 + 48).
+      const int nv = static_cast<int>((cols + W - 1) / W);
       const float* b = planes + grp * g.Cg * g.plane_stride + p0;
       for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
         const float* a = p.packed_w + (grp * g.m_blocks + mb) * MR * k;
-        microkernel<kNV>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps, tile);
+        if (nv >= kNV) {
+          microkernel<kNV>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps, tile);
+        } else if (nv == 2) {
+          microkernel<(kNV > 2 ? 2 : kNV)>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps, tile);
+        } else {
+          microkernel<1>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps, tile);
+        }
         const int64_t m0 = mb * MR;
         const int64_t rows = g.Mg - m0 < MR ? g.Mg - m0 : MR;
-        store_tile(p, n, tile, NR, p0, cols, grp * g.Mg + m0, rows);
+        const int64_t tile_stride = (nv >= kNV ? kNV : (nv == 2 && kNV > 2 ? 2 : 1)) * W;
+        store_tile(p, n, tile, tile_stride, p0, cols, grp * g.Mg + m0, rows);
       }
     }
   });
 }
 
-// ---- (2b) depthwise -------------------------------------------------------------------------
+// ---- (2b) channel-vectorised GEMM (AVX-512) ---------------------------------------------
 
-// One input channel per group (Cg == 1), Mg outputs each (channel multiplier): a stencil over
-// each output row, vectorised along ow, reading the planes at the taps' offsets.
-void conv_depthwise(const Conv2dParams& p, int64_t n, const float* planes) {
+#if defined(__AVX512F__)
+constexpr int kPosRows = 8;  // output positions per tile (broadcast rows)
+constexpr int kNVc = kConvNC / W;
+static_assert(kNVc * W == kConvNC, "panel must be whole vectors");
+
+// tile[i][v*W + j] (+)= sum over k in [c0, c1) x taps of planes[pos[i] + c*plane_stride +
+// tap[t]] * a[k][v*W + j]; a points at k = c0*ntaps of a (K x kConvNC) panel.
+template <int NV>
+void microkernel_cols(const float* a, const float* planes, const int64_t* pos, int64_t c0,
+                      int64_t c1, int64_t plane_stride, const int64_t* tap, int64_t ntaps,
+                      float* tile, bool accumulate) {
+  VecF acc[kPosRows][NV];
+  const float* r[kPosRows];
+#pragma GCC unroll 8
+  for (int i = 0; i < kPosRows; ++i) {
+    r[i] = planes + pos[i];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = accumulate ? VecF::load(tile + i * kConvNC + v * W) : VecF::set1(0.0f);
+  }
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t t = 0; t < ntaps; ++t) {
+      const int64_t off = c * plane_stride + tap[t];
+      VecF av[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) av[v] = VecF::load(a + v * W);
+#pragma GCC unroll 8
+      for (int i = 0; i < kPosRows; ++i) {
+        const VecF bv = VecF::set1(r[i][off]);
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) acc[i][v] = fmadd(bv, av[v], acc[i][v]);
+      }
+      a += kConvNC;
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kPosRows; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v].store(tile + i * kConvNC + v * W);
+}
+
+// Lanes used by each path, to pick one: spatial wastes garbage columns and tail vectors,
+// channel wastes tail positions and tail channel vectors.
+bool prefer_channel_path(const Conv2dGeometry& g) {
+  const double useful = static_cast<double>(g.OH * g.OW);
+  const int64_t s_tiles = (g.virtual_cols + NR - 1) / NR;
+  const int64_t s_last = g.virtual_cols - (s_tiles - 1) * NR;
+  const double s_cols = static_cast<double>((s_tiles - 1) * NR + (s_last + W - 1) / W * W);
+  const double s_eff =
+      useful / s_cols * static_cast<double>(g.Mg) / static_cast<double>(g.m_blocks * MR);
+  const int64_t c_rows = (g.OH * g.OW + kPosRows - 1) / kPosRows * kPosRows;
+  const double c_eff = useful / static_cast<double>(c_rows) * static_cast<double>(g.Mg) /
+                       static_cast<double>((g.Mg + W - 1) / W * W);
+  // The channel path pays a transposing store; ask for a clear gain.
+  return c_eff > 1.04 * s_eff;
+}
+
+void conv_gemm_cols(const Conv2dParams& p, int64_t n, const float* planes) {
   const Conv2dShape& s = p.shape;
   const Conv2dGeometry& g = p.geom;
-  const int64_t rows_per_task = g.OH >= 8 ? 8 : g.OH;
-  const int64_t row_tasks = (g.OH + rows_per_task - 1) / rows_per_task;
+  const int64_t k = g.Cg * g.ntaps;
+  const int64_t positions = g.OH * g.OW;
+  const int64_t pblocks = (positions + kPosRows - 1) / kPosRows;
+  const int64_t panels = (g.Mg + kConvNC - 1) / kConvNC;
+  // Tasks: (group, panel, run of up to 8 position blocks). Within a task the K loop is
+  // blocked (~512 rows) so the weight block stays in L2 while the blocks reuse it.
+  constexpr int64_t kGroupBlocks = 8;
+  const int64_t pgroups = (pblocks + kGroupBlocks - 1) / kGroupBlocks;
+  const int64_t c_block = g.ntaps >= 512 ? 1 : 512 / g.ntaps;
+  const int64_t tasks = s.groups * panels * pgroups;
+  float* yn = p.y + n * p.ys_n;
+  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float tiles[kGroupBlocks][kPosRows * kConvNC];
+    int64_t pos[kGroupBlocks][kPosRows];
+    for (int64_t task = t0; task < t1; ++task) {
+      // Panel-major order: consecutive tasks (and threads) share a weight panel in L3.
+      const int64_t pg = task % pgroups;
+      const int64_t panel = (task / pgroups) % panels, grp = task / (pgroups * panels);
+      const int64_t m0 = panel * kConvNC;
+      const int64_t width = g.Mg - m0 < kConvNC ? g.Mg - m0 : kConvNC;
+      const int nv = static_cast<int>((width + W - 1) / W);
+      const int64_t pb0 = pg * kGroupBlocks;
+      const int64_t pb1 = pb0 + kGroupBlocks < pblocks ? pb0 + kGroupBlocks : pblocks;
+      // Plane offsets of each position (positions past the end repeat the last one).
+      for (int64_t pb = pb0; pb < pb1; ++pb) {
+        for (int i = 0; i < kPosRows; ++i) {
+          int64_t q = pb * kPosRows + i;
+          if (q >= positions) q = positions - 1;
+          pos[pb - pb0][i] = (q / g.OW) * g.Wq + q % g.OW;
+        }
+      }
+      const float* a_panel = p.packed_w_cols + (grp * panels + panel) * kConvNC * k;
+      const float* gplanes = planes + grp * g.Cg * g.plane_stride;
+      for (int64_t c0 = 0; c0 < g.Cg; c0 += c_block) {
+        const int64_t c1 = c0 + c_block < g.Cg ? c0 + c_block : g.Cg;
+        const float* a = a_panel + c0 * g.ntaps * kConvNC;
+        for (int64_t pb = pb0; pb < pb1; ++pb) {
+          float* tile = tiles[pb - pb0];
+          const int64_t* ps = pos[pb - pb0];
+          if (nv >= 3)
+            microkernel_cols<3>(a, gplanes, ps, c0, c1, g.plane_stride, g.tap_offset, g.ntaps, tile,
+                                c0 > 0);
+          else if (nv == 2)
+            microkernel_cols<2>(a, gplanes, ps, c0, c1, g.plane_stride, g.tap_offset, g.ntaps, tile,
+                                c0 > 0);
+          else
+            microkernel_cols<1>(a, gplanes, ps, c0, c1, g.plane_stride, g.tap_offset, g.ntaps, tile,
+                                c0 > 0);
+        }
+      }
+      // Transposing store: tile rows are positions, columns are output channels.
+      for (int64_t pb = pb0; pb < pb1; ++pb) {
+        const float* tile = tiles[pb - pb0];
+        const int64_t rows =
+            positions - pb * kPosRows < kPosRows ? positions - pb * kPosRows : kPosRows;
+        int64_t yoff[kPosRows];
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t q = pb * kPosRows + i;
+          yoff[i] = (q / g.OW) * p.ys_h + (q % g.OW) * p.ys_w;
+        }
+        for (int64_t j = 0; j < width; ++j) {
+          const int64_t m = grp * g.Mg + m0 + j;
+          const float bias = p.bias ? p.bias[m] : 0.0f;
+          float* ym = yn + m * p.ys_c;
+          for (int64_t i = 0; i < rows; ++i) {
+            float r = tile[i * kConvNC + j] + bias;
+            if (p.relu) r = r > 0.0f ? r : 0.0f;
+            ym[yoff[i]] = r;
+          }
+        }
+      }
+    }
+  });
+}
+#endif
+
+// ---- (2c) depthwise -------------------------------------------------------------------------
+
+// NV vectors of one output row: acc[v] = sum_t w[t] * src[tap[t] + v*W], then bias, ReLU and
+// a store of `len` outputs (the last vector partial).
+template <int NV>
+inline void depthwise_run(const float* src, const int64_t* tap, const float* w, int64_t ntaps,
+                          float* dst, int64_t len, int64_t ys_w, float bias, bool relu) {
+  VecF acc[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) acc[v] = VecF::set1(bias);
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const VecF wt = VecF::set1(w[t]);
+    const float* st = src + tap[t];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[v] = fmadd(wt, VecF::load(st + v * W), acc[v]);
+  }
+  const VecF zero = VecF::set1(0.0f);
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    if (relu) acc[v] = max(zero, acc[v]);
+    const int64_t left = len - v * W;
+    if (ys_w == 1) {
+      if (left >= W)
+        acc[v].store(dst + v * W);
+      else if (left > 0)
+        acc[v].store_partial(dst + v * W, static_cast<int>(left));
+    } else {
+      alignas(64) float buf[W];
+      acc[v].store(buf);
+      for (int64_t j = 0; j < (left < W ? left : W); ++j) dst[(v * W + j) * ys_w] = buf[j];
+    }
+  }
+}
+
+// One input channel per group (Cg == 1), Mg outputs each (channel multiplier). Each task fills
+// its channel's planes into this thread's slice of the workspace (cache-resident) and runs
+// every output channel of the group over it.
+void conv_depthwise(const Conv2dParams& p, int64_t n) {
+  const Conv2dShape& s = p.shape;
+  const Conv2dGeometry& g = p.geom;
   const int64_t ntaps = g.ntaps;
   float* yn = p.y + n * p.ys_n;
-  parallel_for(s.M * row_tasks, 1, [&](int64_t t0, int64_t t1) {
+  parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) {
+    const int tid = current_thread_index();
+    float* plane = p.workspace + (tid < p.nthreads ? tid : 0) * g.channel_floats;
     float w[kConvMaxTaps];
-    alignas(64) float buf[W];
-    for (int64_t task = t0; task < t1; ++task) {
-      const int64_t m = task / row_tasks, rt = task % row_tasks;
-      const int64_t grp = m / g.Mg, j = m % g.Mg;
-      // Unpack this output channel's taps from its weight panel.
-      const float* panel = p.packed_w + (grp * g.m_blocks + j / MR) * MR * ntaps;
-      for (int64_t t = 0; t < ntaps; ++t) w[t] = panel[t * MR + j % MR];
-      const float bias = p.bias ? p.bias[m] : 0.0f;
-      const float* plane = planes + grp * g.plane_stride;
-      const int64_t oh_end = (rt + 1) * rows_per_task < g.OH ? (rt + 1) * rows_per_task : g.OH;
-      for (int64_t oh = rt * rows_per_task; oh < oh_end; ++oh) {
-        const float* src = plane + oh * g.Wq;
-        float* dst = yn + m * p.ys_c + oh * p.ys_h;
-        for (int64_t ow = 0; ow < g.OW; ow += W) {
-          VecF acc = VecF::set1(0.0f);
-          for (int64_t t = 0; t < ntaps; ++t)
-            acc = fmadd(VecF::set1(w[t]), VecF::load(src + g.tap_offset[t] + ow), acc);
-          acc.store(buf);
-          const int64_t len = g.OW - ow < W ? g.OW - ow : W;
-          store_run(buf, dst + ow * p.ys_w, len, p.ys_w, bias, p.relu);
+    // Slack past the planes, read by vectors that straddle the end: keep it finite.
+    std::memset(plane + g.plane_stride, 0,
+                static_cast<size_t>(g.channel_floats - g.plane_stride) * sizeof(float));
+    for (int64_t c = c0; c < c1; ++c) {
+      fill_channel(p, n, c, plane);
+      for (int64_t j = 0; j < g.Mg; ++j) {
+        const int64_t m = c * g.Mg + j;
+        const float* panel = p.packed_w + (c * g.m_blocks + j / MR) * MR * ntaps;
+        for (int64_t t = 0; t < ntaps; ++t) w[t] = panel[t * MR + j % MR];
+        const float bias = p.bias ? p.bias[m] : 0.0f;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          const float* src = plane + oh * g.Wq;
+          float* dst = yn + m * p.ys_c + oh * p.ys_h;
+          int64_t ow = 0;
+          for (; ow + 4 * W <= g.OW; ow += 4 * W)
+            depthwise_run<4>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, 4 * W, p.ys_w,
+                             bias, p.relu);
+          const int64_t left = g.OW - ow;
+          if (left > 3 * W)
+            depthwise_run<4>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, left, p.ys_w,
+                             bias, p.relu);
+          else if (left > 2 * W)
+            depthwise_run<3>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, left, p.ys_w,
+                             bias, p.relu);
+          else if (left > W)
+            depthwise_run<2>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, left, p.ys_w,
+                             bias, p.relu);
+          else if (left > 0)
+            depthwise_run<1>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, left, p.ys_w,
+                             bias, p.relu);
         }
       }
     }
@@ -231,12 +430,23 @@ void conv_depthwise(const Conv2dParams& p, int64_t n, const float* planes) {
 }  // namespace
 
 void conv2d(const Conv2dParams& p) {
+#if defined(__AVX512F__)
+  const bool cols = !p.geom.depthwise && p.packed_w_cols && p.path != 1 &&
+                    (p.path == 2 || prefer_channel_path(p.geom));
+#endif
   for (int64_t n = 0; n < p.shape.N; ++n) {
+    if (p.geom.depthwise) {
+      conv_depthwise(p, n);
+      continue;
+    }
     fill_planes(p, n, p.workspace);
-    if (p.geom.depthwise)
-      conv_depthwise(p, n, p.workspace);
-    else
-      conv_gemm(p, n, p.workspace);
+#if defined(__AVX512F__)
+    if (cols) {
+      conv_gemm_cols(p, n, p.workspace);
+      continue;
+    }
+#endif
+    conv_gemm(p, n, p.workspace);
   }
 }
 

@@ -27,6 +27,9 @@ constexpr int kConvMR = 8;
 constexpr int kConvMaxNR = 48;
 // Taps up to this many are handled (a 16x16 kernel); larger filters are rejected up front.
 constexpr int kConvMaxTaps = 256;
+// Output channels per panel of the channel-vectorised layout (AVX-512 path for small images:
+// 8 output positions x 3 vectors of 16 channels), see conv2d.cpp.
+constexpr int kConvNC = 48;
 
 struct Conv2dShape {
   int64_t N = 0, C = 0, H = 0, W = 0;  // input
@@ -45,7 +48,8 @@ struct Conv2dGeometry {
   int64_t phase_stride = 0;               // Hq * Wq
   int64_t plane_stride = 0;               // floats between channels in the planes (SH*SW*Hq*Wq)
   int64_t virtual_cols = 0;               // OH * Wq: flattened virtual output positions
-  int64_t planes_floats = 0;              // workspace floats for one image's planes, slack included
+  int64_t planes_floats = 0;              // floats for one image's planes, slack included
+  int64_t channel_floats = 0;             // floats for one channel's planes + slack, 64B-rounded
   int64_t ntaps = 0;                      // KH * KW
   int64_t tap_offset[kConvMaxTaps] = {};  // (kh, kw) -> offset in a channel's planes
   int64_t m_blocks = 0;                   // ceil(Mg / kConvMR) panels per group
@@ -55,23 +59,34 @@ struct Conv2dGeometry {
 // Fills `g` from `s`; returns false (and leaves `g` partial) if the output would be empty.
 bool conv2d_geometry(const Conv2dShape& s, Conv2dGeometry& g);
 
-// Packed weights: per group, per panel of kConvMR output channels, K = Cg*KH*KW rows of
-// kConvMR floats ([k][m], k = (c, kh, kw) in that order), output channels past Mg zero.
-int64_t conv2d_packed_floats(const Conv2dShape& s);
-void conv2d_pack_weights(const Conv2dShape& s, const float* w /* (M, Cg, KH, KW) contiguous */,
-                         float* packed);
+// Packed weights, two layouts (both CPU-independent; k = (c, kh, kw) in that order, output
+// channels past Mg zero):
+//  - rows: per group, per panel of kConvMR output channels, K = Cg*KH*KW rows of kConvMR
+//    floats ([k][m]) — broadcast operand of the spatially vectorised GEMM;
+//  - cols: per group, per panel of kConvNC output channels, K rows of kConvNC floats — vector
+//    operand of the channel-vectorised GEMM (AVX-512, small images).
+int64_t conv2d_packed_floats(const Conv2dShape& s, int panel);
+void conv2d_pack_weights(const Conv2dShape& s, int panel,
+                         const float* w /* (M, Cg, KH, KW) contiguous */, float* packed);
+
+// Workspace floats conv2d needs with `nthreads` threads (planes of one image, or one channel's
+// planes per thread for depthwise convolution).
+int64_t conv2d_workspace_floats(const Conv2dGeometry& g, int64_t nthreads);
 
 struct Conv2dParams {
   Conv2dShape shape;
   Conv2dGeometry geom;
   const float* x = nullptr;  // (N, C, H, W) with strides in elements
   int64_t xs_n = 0, xs_c = 0, xs_h = 0, xs_w = 0;
-  const float* packed_w = nullptr;  // conv2d_pack_weights layout
-  const float* bias = nullptr;      // (M,) or null
-  float* y = nullptr;               // (N, M, OH, OW) with strides in elements
+  const float* packed_w = nullptr;       // "rows" layout (panel kConvMR)
+  const float* packed_w_cols = nullptr;  // "cols" layout (panel kConvNC)
+  const float* bias = nullptr;           // (M,) or null
+  float* y = nullptr;                    // (N, M, OH, OW) with strides in elements
   int64_t ys_n = 0, ys_c = 0, ys_h = 0, ys_w = 0;
   bool relu = false;
-  float* workspace = nullptr;  // geom.planes_floats floats, 64-byte aligned
+  float* workspace = nullptr;  // conv2d_workspace_floats() floats, 64-byte aligned
+  int64_t nthreads = 1;        // threads the workspace was sized for
+  int path = 0;                // 0: pick by lane use; 1: spatial GEMM; 2: channel GEMM (tests)
 };
 
 }  // namespace mmfast

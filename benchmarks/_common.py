@@ -1,0 +1,51 @@
+"""Shared benchmark helpers: timing, the machine's fp32 matmul peak, allocator set-up."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+# glibc malloc hands big blocks back to the OS on free, so every fresh torch output of a few
+# MB is page-faulted in again (up to 5x slower on large outputs). Benchmarks run with the
+# thresholds raised so the baselines are measured at their best; re-exec'd before anything
+# allocates. mmfast and ONNX Runtime write into preallocated outputs either way.
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 31)}
+
+
+def tune_allocator() -> str:
+    if any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items()):
+        os.environ.update(_MALLOC_ENV)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    return "glibc malloc with MALLOC_MMAP_THRESHOLD_=1GiB, MALLOC_TRIM_THRESHOLD_=2GiB"
+
+
+def median_ms(fn: Callable[[], object], repeats: int, min_time: float = 0.2) -> float:
+    """Median wall time of fn() in ms: warm-up, then `repeats` batches of enough calls to last
+    min_time / repeats seconds each (short kernels are timed over several calls)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_time / repeats / one))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples) * 1e3
+
+
+def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 7) -> float:
+    """fp32 GEMM GFLOP/s of torch (oneDNN/MKL sgemm) on `threads` threads: the practical peak
+    of this machine for the kernels compared here."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    c = torch.empty(n, n)
+    ms = median_ms(lambda: torch.mm(a, b, out=c), repeats, min_time=1.0)
+    return 2 * n**3 / (ms * 1e-3) / 1e9
