@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import matmul_peak_gflops, median_ms, tune_allocator  # noqa: E402
+from _common import matmul_peak_gflops, median_ms, tune_allocator
 
 ALLOCATOR = tune_allocator()
 
@@ -88,47 +88,52 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
-    for name, c, m, hw, k, s, p, g in SHAPES:
-        if args.shapes and not any(f in name for f in args.shapes):
+    for shape_spec in SHAPES:
+        if args.shapes and not any(f in shape_spec[0] for f in args.shapes):
             continue
-        w = (rng.standard_normal((m, c // g, k, k)) / np.sqrt(c // g * k * k)).astype(np.float32)
-        b = rng.standard_normal(m).astype(np.float32)
-        sess = ort_session(w, b, k, s, p, g, args.threads)
-        conv = ops.Conv2d(w, b, stride=s, padding=p, groups=g)
-        tw, tb = torch.from_numpy(w), torch.from_numpy(b)
-        for n in args.batch:
-            x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
-            tx = torch.from_numpy(x)
-            shape = conv.output_shape(x.shape)
-            out = np.empty(shape, np.float32)
-            flops = 2 * np.prod(shape) * (c // g) * k * k
+        bench_shape(shape_spec, args, rng, peak)
 
-            ref = torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p, groups=g).numpy()
-            conv(x, out=out)
-            scale = np.abs(ref).max()
-            assert np.abs(out - ref).max() <= 1e-4 * scale, f"{name}: mmfast disagrees with torch"
 
-            binding = sess.io_binding()
-            x_ort = ort.OrtValue.ortvalue_from_numpy(x)
-            y_ort = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32)
-            binding.bind_ortvalue_input("x", x_ort)
-            binding.bind_ortvalue_output("y", y_ort)
-            sess.run_with_iobinding(binding)
-            assert np.abs(y_ort.numpy() - ref).max() <= 1e-4 * scale
+def bench_shape(spec: tuple, args: argparse.Namespace, rng: np.random.Generator, peak: float):
+    name, c, m, hw, k, s, p, g = spec
+    w = (rng.standard_normal((m, c // g, k, k)) / np.sqrt(c // g * k * k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    sess = ort_session(w, b, k, s, p, g, args.threads)
+    conv = ops.Conv2d(w, b, stride=s, padding=p, groups=g)
+    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+    for n in args.batch:
+        x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+        tx = torch.from_numpy(x)
+        shape = conv.output_shape(x.shape)
+        out = np.empty(shape, np.float32)
+        flops = 2 * np.prod(shape) * (c // g) * k * k
 
-            t_mm = median_ms(lambda x=x, out=out: conv(x, out=out), args.repeats)
-            t_torch = median_ms(
-                lambda tx=tx: torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p, groups=g),
-                args.repeats,
-            )
-            t_ort = median_ms(lambda b_=binding: sess.run_with_iobinding(b_), args.repeats)
-            gflops = flops / (t_mm * 1e-3) / 1e9
-            print(
-                f"| {name} | {n} | {flops / 1e9:.3f} | {t_mm:.3f} | {t_torch:.3f} | {t_ort:.3f} "
-                f"| {gflops:.0f} | {100 * gflops / peak:.0f}% | {t_torch / t_mm:.2f}x "
-                f"| {t_ort / t_mm:.2f}x |",
-                flush=True,
-            )
+        def run_torch(tx=tx):
+            return torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p, groups=g)
+
+        ref = run_torch().numpy()
+        conv(x, out=out)
+        scale = np.abs(ref).max()
+        assert np.abs(out - ref).max() <= 1e-4 * scale, f"{name}: mmfast disagrees with torch"
+
+        binding = sess.io_binding()
+        x_ort = ort.OrtValue.ortvalue_from_numpy(x)
+        y_ort = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32)
+        binding.bind_ortvalue_input("x", x_ort)
+        binding.bind_ortvalue_output("y", y_ort)
+        sess.run_with_iobinding(binding)
+        assert np.abs(y_ort.numpy() - ref).max() <= 1e-4 * scale, f"{name}: ORT disagrees"
+
+        t_mm = median_ms(lambda x=x, out=out: conv(x, out=out), args.repeats)
+        t_torch = median_ms(run_torch, args.repeats)
+        t_ort = median_ms(lambda binding=binding: sess.run_with_iobinding(binding), args.repeats)
+        gflops = flops / (t_mm * 1e-3) / 1e9
+        print(
+            f"| {name} | {n} | {flops / 1e9:.3f} | {t_mm:.3f} | {t_torch:.3f} | {t_ort:.3f} "
+            f"| {gflops:.0f} | {100 * gflops / peak:.0f}% | {t_torch / t_mm:.2f}x "
+            f"| {t_ort / t_mm:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
