@@ -20,14 +20,30 @@ bool conv2d_geometry(const Conv2dShape& s, Conv2dGeometry& g) {
   g.Hq = g.OH + umax;
   g.Wq = g.OW + vmax;
   g.phase_stride = g.Hq * g.Wq;
-  g.plane_stride = s.SH * s.SW * g.phase_stride;
   g.virtual_cols = g.OH * g.Wq;
   g.ntaps = s.KH * s.KW;
+  // Only the phases some tap reads are stored (e.g. a 1x1 stride-2 conv reads 1 of 4).
+  g.nphases = 0;
+  int64_t tap_slot[kConvMaxTaps];
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const int64_t a = (kh * s.DH) % s.SH, b = (kw * s.DW) % s.SW;
+      int64_t slot = 0;
+      while (slot < g.nphases && !(g.phase_a[slot] == a && g.phase_b[slot] == b)) ++slot;
+      if (slot == g.nphases) {
+        g.phase_a[slot] = a;
+        g.phase_b[slot] = b;
+        ++g.nphases;
+      }
+      tap_slot[kh * s.KW + kw] = slot;
+    }
+  }
+  g.plane_stride = g.nphases * g.phase_stride;
   int64_t max_off = 0;
   for (int64_t kh = 0; kh < s.KH; ++kh) {
     for (int64_t kw = 0; kw < s.KW; ++kw) {
       const int64_t rh = kh * s.DH, rw = kw * s.DW;
-      const int64_t phase = (rh % s.SH) * s.SW + (rw % s.SW);
+      const int64_t phase = tap_slot[kh * s.KW + kw];
       const int64_t off = phase * g.phase_stride + (rh / s.SH) * g.Wq + (rw / s.SW);
       g.tap_offset[kh * s.KW + kw] = off;
       max_off = std::max(max_off, off);

@@ -33,15 +33,16 @@ static_assert(NR <= kConvMaxNR, "tile wider than the workspace slack");
 
 // ---- (1) phase planes ---------------------------------------------------------------------
 
-// Channel c's sh*sw phase planes, each Hq x Wq, at dst: dst[(a*SW + b)*Hq*Wq + i*Wq + j] =
-// xpad[c, i*SH + a, j*SW + b] (0 in the padding).
+// Channel c's phase planes (the used ones), each Hq x Wq, at dst: for phase slot (a, b),
+// dst[slot*Hq*Wq + i*Wq + j] = xpad[c, i*SH + a, j*SW + b] (0 in the padding).
 void fill_channel(const Conv2dParams& p, int64_t n, int64_t c, float* dst) {
   const Conv2dShape& s = p.shape;
   const Conv2dGeometry& g = p.geom;
   const float* xc = p.x + n * p.xs_n + c * p.xs_c;
-  for (int64_t a = 0; a < s.SH; ++a) {
-    for (int64_t b = 0; b < s.SW; ++b) {
-      float* ph = dst + (a * s.SW + b) * g.phase_stride;
+  for (int64_t slot = 0; slot < g.nphases; ++slot) {
+    const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
+    {
+      float* ph = dst + slot * g.phase_stride;
       // Plane columns j read input column j*SW + b - PL: valid for j in [j0, j1).
       const int64_t lead = s.PL - b;
       const int64_t j0 = lead <= 0 ? 0 : (lead + s.SW - 1) / s.SW;

@@ -1,6 +1,7 @@
 // 2-D convolution (ONNX Conv semantics, NCHW, float32) as an implicit GEMM without im2col.
 //
-// The padded input of one image is laid out as "phase planes": for strides (sh, sw), plane
+// The padded input of one image is laid out as "phase planes" (only the phases some tap reads
+// are stored): for strides (sh, sw), plane
 // (a, b) of channel c holds xpad[c, i*sh + a, j*sw + b] at [i, j], on a grid of Hq x Wq. Tap
 // (kh, kw) of the filter then reads plane ((kh*dh) % sh, (kw*dw) % sw) shifted by
 // ((kh*dh) / sh, (kw*dw) / sw): a *constant offset* in the flattened plane. So for a run of
@@ -44,9 +45,11 @@ struct Conv2dShape {
 struct Conv2dGeometry {
   int64_t Cg = 0, Mg = 0;  // channels per group: input, output
   int64_t OH = 0, OW = 0;
-  int64_t Hq = 0, Wq = 0;                 // phase-plane grid
-  int64_t phase_stride = 0;               // Hq * Wq
-  int64_t plane_stride = 0;               // floats between channels in the planes (SH*SW*Hq*Wq)
+  int64_t Hq = 0, Wq = 0;    // phase-plane grid
+  int64_t phase_stride = 0;  // Hq * Wq
+  int64_t nphases = 0;       // phases some tap reads (1x1 stride 2: only (0, 0))
+  int64_t phase_a[kConvMaxTaps] = {}, phase_b[kConvMaxTaps] = {};  // slot -> (row, col) phase
+  int64_t plane_stride = 0;               // floats between channels in the planes (nphases*Hq*Wq)
   int64_t virtual_cols = 0;               // OH * Wq: flattened virtual output positions
   int64_t planes_floats = 0;              // floats for one image's planes, slack included
   int64_t channel_floats = 0;             // floats for one channel's planes + slack, 64B-rounded
