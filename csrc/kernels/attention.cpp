@@ -278,10 +278,9 @@ void attention(const AttentionParams& p) {
   // the most keys, and the pool hands tasks out in order, so the big ones start first.
   // A chunk of tasks is at least ~4 MFLOP (~40 µs): waking a worker for less costs more than it
   // saves (a one-token decode step over 8 heads runs inline).
-  const double task_flops =
-      2.0 * static_cast<double>(p.lq < BQ ? p.lq : BQ) * static_cast<double>(p.lk) *
-          static_cast<double>(p.d + p.dv) +
-      2e4;
+  const double task_flops = 2.0 * static_cast<double>(p.lq < BQ ? p.lq : BQ) *
+                                static_cast<double>(p.lk) * static_cast<double>(p.d + p.dv) +
+                            2e4;
   const int64_t grain = static_cast<int64_t>(4e6 / task_flops) + 1;
   parallel_for(bh * nqb, grain, [&p, nqb, bh](int64_t begin, int64_t end) {
     // 64-byte aligned (a zmm load never splits a cache line); size rounded up for aligned_alloc.
