@@ -37,8 +37,16 @@ int default_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+// Work is handed out as chunks claimed from one atomic word: job id (24 bits), next chunk
+// (20 bits) and chunk count (20 bits). A worker can only claim a chunk of the job it woke for
+// while that job still has unclaimed chunks, and the caller waits for every chunk to be *done*
+// (not for every worker to turn up): a worker that wakes late, or is descheduled on a busy
+// machine, never holds up a job it took no chunk of. Job fields are written before the word is
+// published (release) and stay valid until the last chunk is done.
 class Pool {
  public:
+  static constexpr int64_t kMaxChunks = (int64_t{1} << 20) - 1;
+
   explicit Pool(int nthreads) : nthreads_(std::max(1, nthreads)) {
     for (int i = 1; i < nthreads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
   }
@@ -54,37 +62,49 @@ class Pool {
   int size() const { return nthreads_; }
 
   void run(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
+    if (n / grain >= kMaxChunks) grain = (n + kMaxChunks - 1) / kMaxChunks;
     const int64_t nchunks = (n + grain - 1) / grain;
     std::unique_lock<std::mutex> job_lock(job_mu_, std::try_to_lock);
     if (nthreads_ == 1 || nchunks <= 1 || tl_in_worker || !job_lock.owns_lock()) {
       fn(ctx, 0, n);
       return;
     }
+    fn_ = fn;
+    ctx_ = ctx;
+    n_ = n;
+    grain_ = grain;
+    done_.store(0, std::memory_order_relaxed);
+    job_ = (job_ + 1) & 0xffffff;
+    state_.store((job_ << 40) | static_cast<uint64_t>(nchunks), std::memory_order_release);
     {
       std::lock_guard<std::mutex> lk(mu_);
-      fn_ = fn;
-      ctx_ = ctx;
-      n_ = n;
-      grain_ = grain;
-      next_.store(0, std::memory_order_relaxed);
-      pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     tl_in_worker = true;
-    work();
+    work(job_);
     tl_in_worker = false;
-    // Wait for the workers to leave the job before its context goes out of scope.
-    while (pending_.load(std::memory_order_acquire) != 0) MMFAST_PAUSE();
+    // Wait for chunks still running on workers; yield so a descheduled worker sharing this
+    // core can finish them.
+    for (int i = 0; done_.load(std::memory_order_acquire) < nchunks; ++i) {
+      if (i < 2000)
+        MMFAST_PAUSE();
+      else
+        std::this_thread::yield();
+    }
   }
 
  private:
-  void work() {
+  void work(uint64_t job) {
     for (;;) {
-      const int64_t chunk = next_.fetch_add(1, std::memory_order_relaxed);
-      const int64_t begin = chunk * grain_;
-      if (begin >= n_) break;
+      uint64_t v = state_.load(std::memory_order_acquire);
+      const uint64_t total = v & 0xfffff, next = (v >> 20) & 0xfffff;
+      if ((v >> 40) != job || next >= total) return;
+      if (!state_.compare_exchange_weak(v, v + (uint64_t{1} << 20), std::memory_order_acq_rel))
+        continue;
+      const int64_t begin = static_cast<int64_t>(next) * grain_;
       fn_(ctx_, begin, std::min(n_, begin + grain_));
+      done_.fetch_add(1, std::memory_order_release);
     }
   }
 
@@ -93,9 +113,10 @@ class Pool {
     tl_thread_index = index;
     uint64_t seen = 0;
     for (;;) {
-      // Spin briefly (a kernel call often follows another), then sleep.
+      // Spin briefly (kernel calls often come in runs), then sleep: long spinning would steal
+      // the core from other work on a busy machine.
       bool woke = false;
-      for (int i = 0; i < 20000; ++i) {
+      for (int i = 0; i < 4000; ++i) {
         if (generation_.load(std::memory_order_acquire) != seen) {
           woke = true;
           break;
@@ -111,8 +132,7 @@ class Pool {
         seen = generation_.load(std::memory_order_acquire);
         if (stop_) return;
       }
-      work();
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      work(state_.load(std::memory_order_acquire) >> 40);
     }
   }
 
@@ -122,8 +142,9 @@ class Pool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int64_t> next_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> state_{0};  // job << 40 | next << 20 | total
+  std::atomic<int64_t> done_{0};
+  uint64_t job_ = 0;  // written only by the caller holding job_mu_
   bool stop_ = false;
   RangeFn fn_ = nullptr;
   void* ctx_ = nullptr;
