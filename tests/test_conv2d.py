@@ -404,3 +404,34 @@ def test_torch_tensors_in_and_out():
     assert (np.abs(y.numpy() - ref.numpy()) <= tol).all()
     out = torch.empty(2, 4, 11, 13)
     assert ops.conv2d(x, w, b, padding=1, out=out) is out
+
+
+def _array_before_guard_page(shape):
+    """A float32 array whose last byte is followed by an inaccessible page: reading past its
+    end crashes the test instead of passing silently."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    nbytes = int(np.prod(shape)) * 4
+    npages = -(-nbytes // page) + 1
+    buf = mmap.mmap(-1, npages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(base + (npages - 1) * page, page, 0) == 0
+    offset = (npages - 1) * page - nbytes
+    arr = np.frombuffer(buf, dtype=np.float32, count=int(np.prod(shape)), offset=offset)
+    return arr.reshape(shape), buf
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "PROT_READ"), reason="needs POSIX mmap")
+@pytest.mark.parametrize("c,m,hw", [(3, 5, (10, 10)), (16, 40, (7, 7)), (8, 64, (1, 37))])
+def test_one_by_one_reads_nothing_past_the_input(variant, conv_path, c, m, hw):
+    # 1x1 stride-1 unpadded convolutions read the caller's array in place (no copy): the last
+    # tile must not touch memory past its end.
+    x, keep = _array_before_guard_page((1, c, *hw))
+    x[...] = np.random.default_rng(7).standard_normal(x.shape)
+    w = np.random.default_rng(8).standard_normal((m, c, 1, 1)).astype(np.float32)
+    check(x, w, None)
+    del keep

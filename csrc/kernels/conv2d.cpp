@@ -86,10 +86,12 @@ void fill_planes(const Conv2dParams& p, int64_t n, float* planes) {
 // ---- (2a) GEMM ------------------------------------------------------------------------------
 
 // tile[MR][NV*W] = A_panel (K x MR, packed) * B, B[k][j] = b[c*plane_stride + tap[t] + j],
-// k = (c, t). The accumulators stay in registers for the whole K loop.
-template <int NV>
+// k = (c, t). The accumulators stay in registers for the whole K loop. Masked: only the first
+// `valid` columns of each B row may be read (the caller's own input, 1x1 direct mode); the
+// masked loads (AVX-512 / AVX2 maskload) do not fault on the lanes they skip.
+template <int NV, bool Masked = false>
 void microkernel(const float* a, const float* b, int64_t cg, int64_t plane_stride,
-                 const int64_t* tap, int64_t ntaps, float* tile) {
+                 const int64_t* tap, int64_t ntaps, float* tile, int64_t valid = 0) {
   VecF acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
@@ -101,7 +103,16 @@ void microkernel(const float* a, const float* b, int64_t cg, int64_t plane_strid
       const float* bp = bc + tap[t];
       VecF bv[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = VecF::load(bp + v * W);
+      for (int v = 0; v < NV; ++v) {
+        if (Masked) {
+          const int64_t left = valid - v * W;
+          bv[v] = left >= W  ? VecF::load(bp + v * W)
+                  : left > 0 ? VecF::load_partial(bp + v * W, static_cast<int>(left), 0.0f)
+                             : VecF::set1(0.0f);
+        } else {
+          bv[v] = VecF::load(bp + v * W);
+        }
+      }
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const VecF av = VecF::set1(a[i]);
@@ -165,7 +176,10 @@ void store_tile(const Conv2dParams& p, int64_t n, const float* tile, int64_t til
   }
 }
 
-void conv_gemm(const Conv2dParams& p, int64_t n, const float* planes) {
+// planes: the phase planes, or (1x1 direct mode) the image itself with channel stride
+// plane_stride, whose rows must not be read past the end (direct).
+void conv_gemm(const Conv2dParams& p, int64_t n, const float* planes, int64_t plane_stride,
+               bool direct) {
   const Conv2dShape& s = p.shape;
   const Conv2dGeometry& g = p.geom;
   const int64_t k = g.Cg * g.ntaps;
@@ -189,15 +203,25 @@ void conv_gemm(const Conv2dParams& p, int64_t n, const float* planes) {
       const int64_t cols = g.virtual_cols - p0 < NR ? g.virtual_cols - p0 : NR;
       // The last tile may need fewer vectors (e.g. 63 virtual columns: 48 + 16, not 48 + 48).
       const int nv = static_cast<int>((cols + W - 1) / W);
-      const float* b = planes + grp * g.Cg * g.plane_stride + p0;
+      const float* b = planes + grp * g.Cg * plane_stride + p0;
+      const bool masked = direct && nv * W > cols;
       for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
         const float* a = p.packed_w + (grp * g.m_blocks + mb) * MR * k;
-        if (nv >= kNV) {
-          microkernel<kNV>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps, tile);
+        const int64_t* tap = g.tap_offset;
+        if (masked) {
+          if (nv >= kNV)
+            microkernel<kNV, true>(a, b, g.Cg, plane_stride, tap, g.ntaps, tile, cols);
+          else if (nv == 2)
+            microkernel<(kNV > 2 ? 2 : kNV), true>(a, b, g.Cg, plane_stride, tap, g.ntaps, tile,
+                                                   cols);
+          else
+            microkernel<1, true>(a, b, g.Cg, plane_stride, tap, g.ntaps, tile, cols);
+        } else if (nv >= kNV) {
+          microkernel<kNV>(a, b, g.Cg, plane_stride, tap, g.ntaps, tile);
         } else if (nv == 2) {
-          microkernel<(kNV > 2 ? 2 : kNV)>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps, tile);
+          microkernel<(kNV > 2 ? 2 : kNV)>(a, b, g.Cg, plane_stride, tap, g.ntaps, tile);
         } else {
-          microkernel<1>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps, tile);
+          microkernel<1>(a, b, g.Cg, plane_stride, tap, g.ntaps, tile);
         }
         const int64_t m0 = mb * MR;
         const int64_t rows = g.Mg - m0 < MR ? g.Mg - m0 : MR;
@@ -267,7 +291,7 @@ bool prefer_channel_path(const Conv2dGeometry& g) {
   return c_eff > 1.04 * s_eff;
 }
 
-void conv_gemm_cols(const Conv2dParams& p, int64_t n, const float* planes) {
+void conv_gemm_cols(const Conv2dParams& p, int64_t n, const float* planes, int64_t plane_stride) {
   const Conv2dShape& s = p.shape;
   const Conv2dGeometry& g = p.geom;
   const int64_t k = g.Cg * g.ntaps;
@@ -302,7 +326,7 @@ void conv_gemm_cols(const Conv2dParams& p, int64_t n, const float* planes) {
         }
       }
       const float* a_panel = p.packed_w_cols + (grp * panels + panel) * kConvNC * k;
-      const float* gplanes = planes + grp * g.Cg * g.plane_stride;
+      const float* gplanes = planes + grp * g.Cg * plane_stride;
       for (int64_t c0 = 0; c0 < g.Cg; c0 += c_block) {
         const int64_t c1 = c0 + c_block < g.Cg ? c0 + c_block : g.Cg;
         const float* a = a_panel + c0 * g.ntaps * kConvNC;
@@ -310,13 +334,13 @@ void conv_gemm_cols(const Conv2dParams& p, int64_t n, const float* planes) {
           float* tile = tiles[pb - pb0];
           const int64_t* ps = pos[pb - pb0];
           if (nv >= 3)
-            microkernel_cols<3>(a, gplanes, ps, c0, c1, g.plane_stride, g.tap_offset, g.ntaps, tile,
+            microkernel_cols<3>(a, gplanes, ps, c0, c1, plane_stride, g.tap_offset, g.ntaps, tile,
                                 c0 > 0);
           else if (nv == 2)
-            microkernel_cols<2>(a, gplanes, ps, c0, c1, g.plane_stride, g.tap_offset, g.ntaps, tile,
+            microkernel_cols<2>(a, gplanes, ps, c0, c1, plane_stride, g.tap_offset, g.ntaps, tile,
                                 c0 > 0);
           else
-            microkernel_cols<1>(a, gplanes, ps, c0, c1, g.plane_stride, g.tap_offset, g.ntaps, tile,
+            microkernel_cols<1>(a, gplanes, ps, c0, c1, plane_stride, g.tap_offset, g.ntaps, tile,
                                 c0 > 0);
         }
       }
@@ -435,19 +459,26 @@ void conv2d(const Conv2dParams& p) {
   const bool cols = !p.geom.depthwise && p.packed_w_cols && p.path != 1 &&
                     (p.path == 2 || prefer_channel_path(p.geom));
 #endif
-  for (int64_t n = 0; n < p.shape.N; ++n) {
+  // 1x1, stride 1, no padding, rows contiguous: the image is its own (only) phase plane, so
+  // the GEMM reads it in place — no copy.
+  const Conv2dShape& s = p.shape;
+  const bool direct = s.KH == 1 && s.KW == 1 && s.SH == 1 && s.SW == 1 && s.PT == 0 && s.PL == 0 &&
+                      s.PB == 0 && s.PR == 0 && p.xs_w == 1 && (p.xs_h == s.W || s.H == 1);
+  for (int64_t n = 0; n < s.N; ++n) {
     if (p.geom.depthwise) {
       conv_depthwise(p, n);
       continue;
     }
-    fill_planes(p, n, p.workspace);
+    const float* planes = direct ? p.x + n * p.xs_n : p.workspace;
+    const int64_t plane_stride = direct ? p.xs_c : p.geom.plane_stride;
+    if (!direct) fill_planes(p, n, p.workspace);
 #if defined(__AVX512F__)
     if (cols) {
-      conv_gemm_cols(p, n, p.workspace);
+      conv_gemm_cols(p, n, planes, plane_stride);
       continue;
     }
 #endif
-    conv_gemm(p, n, p.workspace);
+    conv_gemm(p, n, planes, plane_stride, direct);
   }
 }
 
