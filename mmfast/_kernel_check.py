@@ -1,12 +1,15 @@
-"""`mmfast bench`: every runnable kernel variant against a float64 reference, then timed.
+"""`mmfast bench`: every native op on every runnable kernel variant against a float64
+reference, with a rounding-error bound, then timed.
 
-A quick health check of the native build on this machine (the demo runs it); the real
-benchmarks, against oneDNN / ONNX Runtime / PyTorch in the same run, are in benchmarks/.
+A quick health check of the native build on this machine (the demo runs it); the benchmarks
+against oneDNN / ONNX Runtime / PyTorch, in the same run, are in benchmarks/.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,16 +17,66 @@ from . import _C, ops
 
 __all__ = ["run_kernel_check"]
 
+EPS = float(np.finfo(np.float32).eps)
 
-def _softmax_ref(x: np.ndarray) -> np.ndarray:
+
+@dataclass
+class _Case:
+    name: str
+    run: Callable[[], np.ndarray]  # the op in float32
+    ref: np.ndarray  # float64 reference
+    bound: np.ndarray  # first-order float32 rounding bound per element
+
+
+def _softmax_case(rng: np.random.Generator) -> _Case:
+    rows, cols = 512, 4099  # a beam of 512 hypotheses over a 4k vocabulary; odd on purpose
+    x = (rng.standard_normal((rows, cols)) * 8).astype(np.float32)
     x64 = x.astype(np.float64)
-    e = np.exp(x64 - x64.max(axis=-1, keepdims=True))
-    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
-    return out
+    d = x64 - x64.max(-1, keepdims=True)
+    ref = np.exp(d) / np.exp(d).sum(-1, keepdims=True)
+    # exp of a rounded difference, ~2 ulp of exp, the division, and the length-`cols` sum
+    # spread over 16 lanes
+    bound = EPS * (4 + np.abs(d) / 2 + cols / 16 + 5) * ref
+    out = np.empty_like(x)
+    return _Case(f"softmax {rows}x{cols}", lambda: ops.softmax(x, out=out), ref, bound)
 
 
-def _median_ms(fn: object, repeats: int) -> float:
-    assert callable(fn)
+def _conv_case(rng: np.random.Generator) -> _Case:
+    n, c, h, w, m, k = 1, 32, 28, 28, 48, 3
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((m, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.zeros((n, m, h, w)) + b.astype(np.float64)[None, :, None, None]
+    mag = np.zeros((n, m, h, w)) + np.abs(b.astype(np.float64))[None, :, None, None]
+    for i in range(k):
+        for j in range(k):
+            patch = xp[:, :, i : i + h, j : j + w]
+            ref += np.einsum("nchw,mc->nmhw", patch, wt[:, :, i, j].astype(np.float64))
+            mag += np.einsum("nchw,mc->nmhw", np.abs(patch), np.abs(wt[:, :, i, j]).astype(float))
+    bound = (c * k * k + 2) * EPS * mag  # a length-K float32 dot product (Higham)
+    conv = ops.Conv2d(wt, b, padding=1)
+    out = np.empty(ref.shape, np.float32)
+    return _Case(f"conv2d 3x3 {c}->{m} @{h}", lambda: conv(x, out=out), ref, bound)
+
+
+def _attention_case(rng: np.random.Generator) -> _Case:
+    b, h, lq, lk, d = 1, 4, 67, 131, 40
+    q, k, v = (rng.standard_normal((b, h, n, d)).astype(np.float32) for n in (lq, lk, lk))
+    scale = 1 / np.sqrt(d)
+    s = np.einsum("bhid,bhjd->bhij", q.astype(np.float64), k.astype(np.float64)) * scale
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = p @ v.astype(np.float64)
+    # score error <= D*eps*scale*|q||k|; it moves p by twice that relatively; plus the sums
+    ds = d * EPS * scale * np.einsum("bhid,bhjd->bhij", np.abs(q), np.abs(k)).max(-1)
+    pv = p @ np.abs(v.astype(np.float64))
+    bound = (2 * ds[..., None] + (lk + 8) * EPS) * pv + EPS * np.abs(ref)
+    out = np.empty(ref.shape, np.float32)
+    return _Case(f"attention {lq}x{lk} d{d}", lambda: ops.attention(q, k, v, out=out), ref, bound)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -34,43 +87,30 @@ def _median_ms(fn: object, repeats: int) -> float:
 
 
 def run_kernel_check(repeats: int = 20) -> int:
-    """Print a table; return 0 if every variant matches the reference, 1 otherwise."""
+    """Print a table; return 0 if every op on every variant is within its bound, 1 otherwise."""
     rng = np.random.default_rng(0)
-    rows, cols = 512, 4099  # a beam of 512 hypotheses over a 4k vocabulary; odd on purpose
-    x = (rng.standard_normal((rows, cols)) * 8).astype(np.float32)
-    ref = _softmax_ref(x)
-    # float32 softmax: each output carries a few ulp from exp and the division, plus the
-    # rounding of the length-`cols` sum, bounded by cols * eps relative to the row sum.
-    tol = 8 * np.finfo(np.float32).eps * (1 + np.log2(cols))
-
+    cases = [_softmax_case(rng), _conv_case(rng), _attention_case(rng)]
     active = _C.active_variant()
     ok = True
-    print(f"softmax {rows}x{cols} float32, {_C.get_num_threads()} thread(s), median of {repeats}")
-    print(f"  {'variant':10} {'max rel err':>12} {'ms':>8} {'vs numpy':>9}")
-    out = np.empty_like(x)
-
-    def numpy_softmax() -> np.ndarray:
-        e = np.exp(x - x.max(axis=-1, keepdims=True))
-        r: np.ndarray = e / e.sum(axis=-1, keepdims=True)
-        return r
-
-    t_numpy = _median_ms(numpy_softmax, repeats)
+    print(
+        f"{_C.get_num_threads()} thread(s), median of {repeats}; err/bound = worst error over "
+        "its float32 rounding bound (float64 reference), must be <= 1"
+    )
+    print(f"  {'op':26} {'variant':10} {'err/bound':>9} {'ms':>8}")
     try:
-        for variant in _C.runnable_variants():
-            _C.set_variant(variant)
-            ops.softmax(x, out=out)
-            err = float(np.max(np.abs(out - ref) / np.maximum(ref, np.finfo(np.float32).tiny)))
-            # relative error only where the reference is not denormal-small
-            big = ref > 1e-30
-            err = float(np.max(np.abs(out[big] - ref[big]) / ref[big]))
-            good = err <= tol
-            ok &= good
-            t = _median_ms(lambda: ops.softmax(x, out=out), repeats)
-            mark = "" if good else f"  FAIL (tolerance {tol:.1e})"
-            star = " *" if variant == active else ""
-            print(f"  {variant + star:10} {err:12.2e} {t:8.3f} {t_numpy / t:8.1f}x{mark}")
+        for case in cases:
+            for variant in _C.runnable_variants():
+                _C.set_variant(variant)
+                y = case.run()
+                worst = float(np.max(np.abs(y - case.ref) / (case.bound + 1e-37)))
+                good = bool(worst <= 1.0)
+                ok &= good
+                t = _median_ms(case.run, repeats)
+                star = " *" if variant == active else ""
+                flag = "" if good else "  FAIL"
+                print(f"  {case.name:26} {variant + star:10} {worst:9.3f} {t:8.3f}{flag}")
     finally:
         _C.set_variant(active)
-    print(f"  numpy      {'':12} {t_numpy:8.3f} {1.0:8.1f}x   (* = active variant)")
+    print("  (* = the variant this CPU uses)")
     print("kernel check: " + ("OK" if ok else "FAILED"))
     return 0 if ok else 1
