@@ -53,8 +53,10 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/clang-format -i $$(find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
+# Kernel benchmarks against their peers in the same run (see benchmarks/README.md).
 bench: setup
-	$(BIN)/python -m pytest benchmarks -q --benchmark-only
+	$(BIN)/python benchmarks/bench_conv.py
+	$(BIN)/python benchmarks/bench_attention.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .mypy_cache
