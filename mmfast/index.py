@@ -1,0 +1,120 @@
+"""Exact nearest-neighbour search over L2-normalised embeddings (cosine similarity), torch-free.
+
+Built for text-to-image retrieval: image embeddings are added once, text queries search them.
+Scores are dot products of unit vectors (numpy's BLAS sgemm), top-k by partial sort. Saved as
+a directory: ``embeddings.npy`` (float32, (n, d)), ``ids.json``, ``index.json`` (format, dim,
+metadata such as the model that made the embeddings).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["EmbeddingIndex"]
+
+INDEX_FORMAT = 1
+FloatArray = npt.NDArray[np.float32]
+
+
+def _unit_rows(x: Any, dim: int, name: str) -> FloatArray:
+    a = np.asarray(x, dtype=np.float32)
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2 or a.shape[1] != dim:
+        raise ValueError(f"{name}: expected shape (n, {dim}), got {np.shape(x)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: contains NaN or inf")
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{name}: contains an all-zero vector (no direction to compare)")
+    out: FloatArray = (a / norms).astype(np.float32)
+    return out
+
+
+class EmbeddingIndex:
+    """Cosine-similarity index of (id, embedding) pairs; ids are unique strings."""
+
+    def __init__(self, dim: int, metadata: dict[str, Any] | None = None) -> None:
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim: expected a positive int, got {dim!r}")
+        self.dim = dim
+        self.metadata = dict(metadata or {})
+        self._emb: FloatArray = np.zeros((0, dim), np.float32)
+        self._ids: list[str] = []
+        self._id_set: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def add(self, embeddings: Any, ids: Sequence[str] | None = None) -> None:
+        """Add (n, dim) embeddings (normalised here) under `ids` (default: running numbers)."""
+        e = _unit_rows(embeddings, self.dim, "embeddings")
+        if ids is None:
+            ids = [str(len(self._ids) + i) for i in range(len(e))]
+        ids = [str(i) for i in ids]
+        if len(ids) != len(e):
+            raise ValueError(f"ids: {len(ids)} ids for {len(e)} embeddings")
+        dup = self._id_set.intersection(ids) or (len(set(ids)) != len(ids) and {"(within ids)"})
+        if dup:
+            raise ValueError(f"ids: already in the index or repeated: {sorted(dup)[:5]}")
+        self._emb = np.concatenate([self._emb, e]) if len(self._emb) else e
+        self._ids.extend(ids)
+        self._id_set.update(ids)
+
+    def search(self, queries: Any, k: int = 10) -> tuple[list[list[str]], FloatArray]:
+        """Top-k ids and cosine scores (descending) for each of (m, dim) queries."""
+        if not len(self):
+            raise ValueError("search: the index is empty")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: expected a positive int, got {k!r}")
+        q = _unit_rows(queries, self.dim, "queries")
+        k = min(k, len(self))
+        scores = q @ self._emb.T  # (m, n)
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(self) else None
+        if part is None:
+            part = np.tile(np.arange(len(self)), (len(q), 1))
+        top = np.take_along_axis(scores, part, 1)
+        order = np.lexsort((part, -top), axis=1)  # score desc, then insertion order
+        idx = np.take_along_axis(part, order, 1)
+        result: FloatArray = np.take_along_axis(scores, idx, 1).astype(np.float32)
+        return [[self._ids[j] for j in row] for row in idx], result
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        np.save(d / "embeddings.npy", self._emb)
+        (d / "ids.json").write_text(json.dumps(self._ids))
+        meta = {"format": INDEX_FORMAT, "dim": self.dim, "count": len(self), **self.metadata}
+        (d / "index.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EmbeddingIndex:
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "index.json").read_text())
+            ids = json.loads((d / "ids.json").read_text())
+            emb = np.load(d / "embeddings.npy", allow_pickle=False)
+        except FileNotFoundError as e:
+            raise ValueError(f"{d}: not an index directory ({e.filename} missing)") from e
+        except (json.JSONDecodeError, ValueError) as e:
+            raise ValueError(f"{d}: corrupt index ({e})") from e
+        if meta.get("format", 0) > INDEX_FORMAT:
+            raise ValueError(f"{d}: index format {meta['format']} is newer than this mmfast")
+        dim = int(meta["dim"])
+        if emb.dtype != np.float32 or emb.shape != (len(ids), dim):
+            raise ValueError(f"{d}: embeddings {emb.shape} do not match {len(ids)} ids x {dim}")
+        extra = {k: v for k, v in meta.items() if k not in ("format", "dim", "count")}
+        index = cls(dim, extra)
+        if len(ids):
+            index._emb, index._ids, index._id_set = emb, list(ids), set(ids)
+        return index
