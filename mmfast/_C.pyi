@@ -21,6 +21,7 @@ def attention(
     scale: float,
     softcap: float,
 ) -> None: ...
+
 CONV_PANEL_ROWS: int
 CONV_PANEL_COLS: int
 

@@ -3,8 +3,8 @@
 // checked before this (mmfast/ops.py, then csrc/bindings.cpp).
 #pragma once
 
-#include "kernels/conv2d.h"
 #include "kernels/attention.h"
+#include "kernels/conv2d.h"
 #include "kernels/softmax.h"
 
 namespace mmfast {
