@@ -2,9 +2,9 @@
 scaled_dot_product_attention, and against the ONNX Attention operator's own test cases.
 
 Tolerance (derived, not tuned): for query i the kernel's float32 score s_ij carries an error
-    δ_ij <= eps·((D + 2)·|scale|·Σ_x|q_ix·k_jx| + 2|s_ij| + 2|m_i| + |softcap|·8 + 8)
-(a length-D dot product, the scale, mask addition, softcap's ~4-ulp tanh, the rounding of
-s - m before exp, exp's ~2 ulp). Each softmax weight then moves by at most 2·max_j δ_ij
+    δ_ij <= eps·((D + 3)·|scale|·Σ_x|q_ix·k_jx| + 2|s_ij| + 2|m_i| + |softcap|·8 + 8)
+(a length-D dot product, the scale and the log2(e) the kernel folds into it, mask addition,
+softcap's ~4-ulp tanh, the rounding of s - m before exp, exp2's ~1 ulp, lse's ln 2). Each softmax weight then moves by at most 2·max_j δ_ij
 relatively, and the output row accumulates Lk products sequentially (one FMA chain per lane)
 plus the final division: err_ic <= (2·max_j δ_ij + (Lk + 8)·eps) · Σ_j w_ij·|v_jc|.
 """
@@ -69,7 +69,7 @@ def reference(
     w = p / np.where(l_ > 0, l_, 1.0)
     out = w @ v64
     lse = np.where(l_[..., 0] > 0, m[..., 0] + np.log(np.where(l_ > 0, l_, 1.0))[..., 0], -np.inf)
-    delta = EPS * ((D + 2) * sabs + 2 * np.abs(np.where(keep, s, 0)) + 2 * np.abs(m))
+    delta = EPS * ((D + 3) * sabs + 2 * np.abs(np.where(keep, s, 0)) + 2 * np.abs(m))
     delta = np.where(keep, delta + EPS * (8 + 8 * softcap), 0).max(axis=-1, keepdims=True)
     rel = 2 * delta + (Lk + 8) * EPS  # relative error of every weight and of Σ exp
     bound = rel * (w @ np.abs(v64))

@@ -5,7 +5,7 @@
 //
 // Layout trick: everything is kept *transposed*, with the vector lanes running over queries.
 //   Qᵀ tile   qt[x][i]  (D × BQ)   packed once per query block, pre-multiplied by the scale
-//   Sᵀ tile   st[j][i]  (BK × BQ)  S = Q·Kᵀ, later P = exp(S - m)
+//   Sᵀ tile   st[j][i]  (BK × BQ)  S = Q·Kᵀ, later P = exp(S - m) (computed as 2^(S' - m'))
 //   Oᵀ acc    ot[c][i]  (Dv × BQ)
 // so both products are rank-1 updates that broadcast one element of K or V straight from the
 // caller's row-major memory (no packing of K or V): Sᵀ[j] += K[j][x]·Qᵀ[x], Oᵀ[c] += V[j][c]·Pᵀ[j]
@@ -31,6 +31,30 @@ constexpr int BQ = NR * W;  // queries per block: 64 (AVX-512) or 16
 constexpr int MR = 6;       // keys (S = Q·Kᵀ) or value columns (O += P·V) per microkernel call
 constexpr int BK = 96;      // keys per block: 16 microkernel rows; Sᵀ is 24 KiB (AVX-512)
 constexpr float kInf = __builtin_inff();
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2 = 0.693147180559945309f;
+
+// 2^x for x <= 0: x = n + r with |r| <= 1/2, 2^r by Cephes exp2f's degree-6 polynomial (< 1 ulp
+// on [-1/2, 1/2]), 2^n built in the exponent bits. The softmax works in base 2 (log2(e) is
+// folded into the query scale), which saves exp's range reduction; its arguments s - max are
+// never positive. x is clamped at -126 (2^-126: the smallest normal float, ~1e-38 next to the
+// row maximum's 1); with kZero, x < -126 (a masked score, -inf) gives exactly 0 instead.
+template <bool kZero>
+inline VecF exp2_nonpos(VecF x) {
+  const VecF lo = VecF::set1(-126.0f);
+  const VecF xc = max(lo, x);
+  const VecF n = xc.round();
+  const VecF r = xc - n;
+  VecF p = VecF::set1(1.535336188319500e-4f);
+  p = fmadd(p, r, VecF::set1(1.339887440266574e-3f));
+  p = fmadd(p, r, VecF::set1(9.618437357674640e-3f));
+  p = fmadd(p, r, VecF::set1(5.550332471162809e-2f));
+  p = fmadd(p, r, VecF::set1(2.402264791363012e-1f));
+  p = fmadd(p, r, VecF::set1(6.931472028550421e-1f));
+  p = fmadd(p, r, VecF::set1(1.0f));
+  const VecF y = p * VecF::pow2i(n);
+  return kZero ? y.where_less(x, lo, VecF::set1(0.0f)) : y;
+}
 
 // Sᵀ[r][:] = Σ_x K[r][x] · Qᵀ[x][:] for the R keys at `k` (row stride k_sl), all BQ queries.
 template <int R>
@@ -144,10 +168,14 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
   const float* v = p.v + b * p.v_sb + hk * p.v_sh;
   const int64_t d = p.d, dv = p.dv;
 
-  // Qᵀ, scaled (softcap and masks act on the scaled scores); lanes past nq are zero.
+  // Qᵀ, scaled, lanes past nq zero. Scores are kept in base 2 (s·log2(e), so exp becomes exp2):
+  // log2(e) is folded into the scale, or, with a softcap (which acts on the natural scores),
+  // into the cap's outer factor.
+  const bool capped = p.softcap > 0.0f;
+  const float qscale = capped ? p.scale : p.scale * kLog2e;
   for (int64_t x = 0; x < d; ++x) {
     float* row = ws.qt + x * BQ;
-    for (int64_t i = 0; i < nq; ++i) row[i] = p.scale * q[i * p.q_sl + x];
+    for (int64_t i = 0; i < nq; ++i) row[i] = qscale * q[i * p.q_sl + x];
     for (int64_t i = nq; i < BQ; ++i) row[i] = 0.0f;
   }
   for (int64_t i = 0; i < dv * BQ; ++i) ws.ot[i] = 0.0f;
@@ -164,14 +192,13 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     const int64_t last = i0 + nq - 1 + p.causal_offset + 1;
     kend = last < kend ? (last > 0 ? last : 0) : kend;
   }
-  const bool capped = p.softcap > 0.0f;
-  const VecF cap = VecF::set1(p.softcap), inv_cap = VecF::set1(1.0f / p.softcap);
+  const VecF cap2 = VecF::set1(p.softcap * kLog2e), inv_cap = VecF::set1(1.0f / p.softcap);
   const VecF ninf = VecF::set1(-kInf);
 
   for (int64_t j0 = 0; j0 < kend; j0 += BK) {
     const int64_t nk = kend - j0 < BK ? kend - j0 : BK;
     float* st = ws.st;
-    // S = (scale·Q)·Kᵀ for this key block.
+    // S = (scale·log2(e)·Q)·Kᵀ for this key block.
     qk_block(k + j0 * p.k_sl, p.k_sl, ws.qt, d, st, nk);
 
     // S = softcap·tanh(S / softcap), before the mask (ONNX Attention / FlashAttention order).
@@ -179,7 +206,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
       for (int64_t r = 0; r < nk; ++r)
         for (int c = 0; c < NR; ++c) {
           float* s = st + r * BQ + c * W;
-          (cap * tanh(VecF::load(s) * inv_cap)).store(s);
+          (cap2 * tanh(VecF::load(s) * inv_cap)).store(s);
         }
 
     // Masks: strided in the query direction, so element by element (rare path).
@@ -188,7 +215,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
       if (p.mask_add) {
         for (int64_t i = 0; i < nq; ++i) {
           const float* mrow = p.mask_add + off + i * p.m_sq;
-          for (int64_t r = 0; r < nk; ++r) st[r * BQ + i] += mrow[r * p.m_sk];
+          for (int64_t r = 0; r < nk; ++r) st[r * BQ + i] += kLog2e * mrow[r * p.m_sk];
         }
       } else {
         for (int64_t i = 0; i < nq; ++i) {
@@ -200,7 +227,8 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     }
 
     // Causal mask inside the diagonal block: key j is masked for local queries i < j - offset - i0.
-    if (p.causal && j0 + nk - 1 > i0 + p.causal_offset) {
+    const bool diagonal = p.causal && j0 + nk - 1 > i0 + p.causal_offset;
+    if (diagonal) {
       for (int64_t r = 0; r < nk; ++r) {
         int64_t t = j0 + r - p.causal_offset - i0;  // first local query that sees key j0 + r
         if (t <= 0) continue;
@@ -213,21 +241,31 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
       }
     }
 
-    // Online softmax: m_new = max(m, max_j S), alpha = exp(m - m_new), P = exp(S - m_new),
-    // l = alpha·l + Σ_j P. A lane with no unmasked key yet keeps m = -inf; its reference is
-    // taken as 0 so that P = exp(-inf) = 0 and alpha = 0, never NaN.
+    // Online softmax (base 2): m_new = max(m, max_j S), alpha = 2^(m - m_new),
+    // P = 2^(S - m_new), l = alpha·l + Σ_j P. A lane with no unmasked key yet keeps m = -inf;
+    // its reference is taken as 0 so that P = 2^-inf = 0 and alpha = 0, never NaN. Only blocks
+    // that can hold -inf (a mask, the causal diagonal) pay for the exact zeros.
+    const bool masked = diagonal || p.mask_add || p.mask_keep;
     VecF alpha[NR];
     for (int c = 0; c < NR; ++c) {
       VecF mx = m[c];
       for (int64_t r = 0; r < nk; ++r) mx = max(mx, VecF::load(st + r * BQ + c * W));
       const VecF ref = mx.where_less(mx, VecF::set1(-3.4e38f), VecF::set1(0.0f));
-      alpha[c] = exp(m[c] - ref);
+      alpha[c] = exp2_nonpos<true>(m[c] - ref);
       VecF sum = VecF::set1(0.0f);
-      for (int64_t r = 0; r < nk; ++r) {
-        float* s = st + r * BQ + c * W;
-        const VecF e = exp(VecF::load(s) - ref);
-        e.store(s);
-        sum = sum + e;
+      float* s = st + c * W;
+      if (masked) {
+        for (int64_t r = 0; r < nk; ++r, s += BQ) {
+          const VecF e = exp2_nonpos<true>(VecF::load(s) - ref);
+          e.store(s);
+          sum = sum + e;
+        }
+      } else {
+        for (int64_t r = 0; r < nk; ++r, s += BQ) {
+          const VecF e = exp2_nonpos<false>(VecF::load(s) - ref);
+          e.store(s);
+          sum = sum + e;
+        }
       }
       l[c] = fmadd(l[c], alpha[c], sum);
       m[c] = ref;
@@ -237,7 +275,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     pv_block(v + j0 * p.v_sl, p.v_sl, st, nk, dv, alpha, ws.ot);
   }
 
-  // out = O / l (0 where l = 0: every key masked), lse = m + log(l) (-inf there).
+  // out = O / l (0 where l = 0: every key masked), lse = ln(2)·m + ln(l) (-inf there).
   float* linv = ws.l;
   for (int c = 0; c < NR; ++c) {
     l[c].store(ws.l + c * W);
@@ -246,7 +284,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
   float* lse = p.lse ? p.lse + b * p.lse_sb + h * p.lse_sh + i0 : nullptr;
   for (int64_t i = 0; i < nq; ++i) {
     const float li = ws.l[i];
-    if (lse) lse[i] = li > 0.0f ? ws.m[i] + __builtin_logf(li) : -kInf;
+    if (lse) lse[i] = li > 0.0f ? kLn2 * ws.m[i] + __builtin_logf(li) : -kInf;
     linv[i] = li > 0.0f ? 1.0f / li : 0.0f;
   }
   float* out = p.out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
