@@ -4,9 +4,10 @@ scaled_dot_product_attention, and against the ONNX Attention operator's own test
 Tolerance (derived, not tuned): for query i the kernel's float32 score s_ij carries an error
     δ_ij <= eps·((D + 3)·|scale|·Σ_x|q_ix·k_jx| + 2|s_ij| + 2|m_i| + |softcap|·8 + 8)
 (a length-D dot product, the scale and the log2(e) the kernel folds into it, mask addition,
-softcap's ~4-ulp tanh, the rounding of s - m before exp, exp2's ~1 ulp, lse's ln 2). Each softmax weight then moves by at most 2·max_j δ_ij
-relatively, and the output row accumulates Lk products sequentially (one FMA chain per lane)
-plus the final division: err_ic <= (2·max_j δ_ij + (Lk + 8)·eps) · Σ_j w_ij·|v_jc|.
+softcap's ~4-ulp tanh, the rounding of s - m before exp, exp2's ~1 ulp, lse's ln 2). Each
+softmax weight then moves by at most 2·max_j δ_ij relatively, and the output row accumulates Lk
+products sequentially (one FMA chain per lane) plus the final division:
+    err_ic <= (2·max_j δ_ij + (Lk + 8)·eps) · Σ_j w_ij·|v_jc|.
 """
 
 from __future__ import annotations
