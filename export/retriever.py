@@ -26,6 +26,7 @@ class RetrieverConfig:
     embed_dim: int = 256
     max_len: int = 40
     rerank: bool = True
+    pool_heads: int = 4
     init_temperature: float = 0.07
 
 
@@ -73,8 +74,10 @@ class Retriever(nn.Module):
         self.text = TextEncoder(
             TextEncoderConfig(cfg.vocab_size, cfg.text_dim, cfg.heads, cfg.text_layers, cfg.max_len)
         )
-        self.img_attn = nn.Linear(c, 1)  # attention pooling over regions
-        self.img_proj = nn.Sequential(nn.Linear(2 * c, c), nn.GELU(), nn.Linear(c, cfg.embed_dim))
+        self.img_attn = nn.Linear(c, cfg.pool_heads)  # multi-head attention pooling
+        self.img_proj = nn.Sequential(
+            nn.Linear((cfg.pool_heads + 1) * c, c), nn.GELU(), nn.Linear(c, cfg.embed_dim)
+        )
         self.txt_proj = nn.Sequential(
             nn.Linear(cfg.text_dim, cfg.text_dim), nn.GELU(), nn.Linear(cfg.text_dim, cfg.embed_dim)
         )
@@ -87,8 +90,8 @@ class Retriever(nn.Module):
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, S, S) -> embedding (B, E) (unit norm), regions (B, N, C)."""
         regions, pooled = self.encoder(images)
-        w = torch.softmax(self.img_attn(regions).squeeze(-1), dim=-1)  # (B, N)
-        att = torch.bmm(w.unsqueeze(1), regions).squeeze(1)  # (B, C)
+        w = torch.softmax(self.img_attn(regions), dim=1)  # (B, N, P): P pooling heads
+        att = torch.bmm(w.transpose(1, 2), regions).flatten(1)  # (B, P * C)
         emb = self.img_proj(torch.cat([att, pooled], dim=-1))
         return F.normalize(emb, dim=-1), regions
 

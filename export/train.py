@@ -40,7 +40,7 @@ from .coco import CaptionData, SplitFiles, VqaData, load_captions, load_vqa, res
 from .decoding import beam_search, greedy
 from .encoder import EncoderConfig
 from .metrics import caption_scores, recall_at_k, vqa_accuracy
-from .retriever import Retriever, RetrieverConfig, info_nce
+from .retriever import Retriever, RetrieverConfig
 from .transforms import preprocess_tensor
 from .vqa import VQAConfig, VQAModel
 
@@ -74,6 +74,7 @@ class TrainArgs:
     length_penalty: float = 0.0
     rerank_k: int = 10
     resume: bool = False
+    stop_after: int | None = None  # stop after this epoch (the schedule still spans `epochs`)
     progress: bool = True
     train_json: str | None = None
     val_json: str | None = None
@@ -151,7 +152,9 @@ class Task:
         self.splits = splits
 
     def images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return preprocess_tensor(pixels, self.prep)
+        # channels-last: oneDNN's convolutions run about twice as fast on CPU in this layout
+        x = preprocess_tensor(pixels, self.prep)
+        return x.contiguous(memory_format=torch.channels_last)
 
     def epoch_batches(self, epoch: int) -> list[Any]:
         raise NotImplementedError
@@ -289,9 +292,15 @@ class RetrievalTask(Task):
         self.train_ids = [[self.tok.encode(c) for c in caps] for caps in self.train_data.captions]
 
     def epoch_batches(self, epoch: int) -> list[Any]:
+        """Each image with two of its captions (two text queries per encoder pass)."""
         g = _epoch_generator(self.args.seed, epoch)
         perm = torch.randperm(len(self.train_ids), generator=g)
-        pick = [int(torch.randint(len(self.train_ids[i]), (1,), generator=g)) for i in perm]
+        # the first caption (for the shapes data: the full description, the test query) and
+        # one other, at random
+        pick = [
+            [0, *(1 + torch.randperm(len(self.train_ids[i]) - 1, generator=g)[:1]).tolist()]
+            for i in perm.tolist()
+        ]
         assert self.args.batch_size is not None
         bs = self.args.batch_size
         return [
@@ -303,22 +312,35 @@ class RetrievalTask(Task):
     def loss(self, batch: Any) -> torch.Tensor:
         idx, pick = batch
         m: Retriever = self.model  # type: ignore[assignment]
-        tokens = _pad(
-            [self.train_ids[i][p] for i, p in zip(idx.tolist(), pick, strict=True)],
-        )[:, : m.cfg.max_len]
-        img, regions = m.encode_image(self.images(self.train_data.pixels[idx]))
-        txt, feats, mask = m.encode_text(tokens)
-        loss = info_nce(img, txt, m.temperature_scale())
+        b = len(idx)
+        first = [self.train_ids[i][p[0]] for i, p in zip(idx.tolist(), pick, strict=True)]
+        extra = [
+            (k, self.train_ids[i][p[1]])
+            for k, (i, p) in enumerate(zip(idx.tolist(), pick, strict=True))
+            if len(p) > 1
+        ]
+        tokens = _pad(first + [t for _, t in extra])[:, : m.cfg.max_len]  # (B + E, T)
+        txt_img = torch.tensor(list(range(b)) + [k for k, _ in extra], dtype=torch.long)
+        img, regions = m.encode_image(self.images(self.train_data.pixels[idx]))  # (B, E)
+        txt, feats, mask = m.encode_text(tokens)  # (B + E, E)
+        scale = m.temperature_scale()
+        # InfoNCE: every text against the batch's images; each image against its first texts
+        logits = scale * txt @ img.t()  # (B + E, B)
+        loss = 0.5 * (
+            F.cross_entropy(logits, txt_img)
+            + F.cross_entropy(logits[:b].t(), torch.arange(b, dtype=torch.long))
+        )
         if m.reranker is not None:
-            b = img.shape[0]
-            r = min(8, b)
+            r = min(4, b)
             with torch.no_grad():
-                sim = txt @ img.t()  # (B, B)
+                sim = logits[:b].detach().clone()  # (B, B)
                 sim.fill_diagonal_(float("-inf"))
                 neg = sim.topk(r - 1, dim=-1).indices  # (B, r-1) hardest negatives
             cand = torch.cat([torch.arange(b)[:, None], neg], 1)  # (B, r), positive first
             s = m.rerank(
-                feats.repeat_interleave(r, 0), mask.repeat_interleave(r, 0), regions[cand.flatten()]
+                feats[:b].repeat_interleave(r, 0),
+                mask[:b].repeat_interleave(r, 0),
+                regions[cand.flatten()],
             ).view(b, r)
             loss = loss + F.cross_entropy(s, torch.zeros(b, dtype=torch.long))
         return loss
@@ -358,6 +380,7 @@ class RetrievalTask(Task):
         images go first, in the re-ranker's order, the rest keep their order."""
         m: Retriever = self.model  # type: ignore[assignment]
         q = sim.shape[0]
+        k = min(k, sim.shape[1])
         top = sim.topk(k, dim=-1).indices  # (Q, k)
         out = sim.clone()
         for idx in _chunks(torch.arange(q), 100):
@@ -545,7 +568,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     t_load = time.perf_counter()
     task = TASKS[args.task](args, splits, prep, saved, out)  # type: ignore[call-arg]
     load_s = time.perf_counter() - t_load
-    model = task.model
+    model = task.model.to(memory_format=torch.channels_last)  # conv weights only
     opt = _optimizer(model, args.lr, args.weight_decay)
     history: list[dict[str, Any]] = []
     start = 0
@@ -586,7 +609,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     task.save_vocab(out)
-    for epoch in range(start, args.epochs):
+    last = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
+    for epoch in range(start, last):
         t0 = time.perf_counter()
         model.train()
         batches = task.epoch_batches(epoch)
@@ -633,6 +657,11 @@ def train(args: TrainArgs) -> dict[str, Any]:
         save_optimizer(opt, out / "optimizer.safetensors")
         save_rng(out / "rng.safetensors")
         write_config(epoch + 1)
+    if last < args.epochs:
+        print(
+            f"[mmfast train] stopped after epoch {last}/{args.epochs}; --resume continues", file=log
+        )
+        return {"task": args.task, "stopped_after": last, "train_seconds": round(train_s, 1)}
     model.eval()
     t0 = time.perf_counter()
     test = task.test(out)

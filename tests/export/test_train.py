@@ -38,10 +38,11 @@ def test_caption_lstm_learns_resumes_and_round_trips(tiny_shapes: Path, tmp_path
 
     # interrupted after 2 epochs, then resumed: the same weights as the uninterrupted run
     part = tmp_path / "part"
-    train(TrainArgs("caption", str(tiny_shapes), str(part), epochs=2, batch_size=16, **TINY))
+    kw = {"epochs": 4, "batch_size": 16, "stop_after": 2, **TINY}
+    train(TrainArgs("caption", str(tiny_shapes), str(part), **kw))
     after2 = _weights(part)
     again = tmp_path / "again"
-    train(TrainArgs("caption", str(tiny_shapes), str(again), epochs=2, batch_size=16, **TINY))
+    train(TrainArgs("caption", str(tiny_shapes), str(again), **kw))
     assert _same(after2, _weights(again))  # reproducible
     train(
         TrainArgs(
