@@ -22,14 +22,14 @@ namespace {
 constexpr int W = VecF::kWidth;
 #if defined(__AVX512F__)
 // 32 zmm registers: a 6 × 4-vector accumulator block (24) + 4 operands + broadcasts.
-constexpr int NR = 4;
+constexpr int kNR = 4;
 #else
 // 16 ymm registers (AVX2): 6 × 2 accumulators (12) + 2 operands + a broadcast.
-constexpr int NR = 2;
+constexpr int kNR = 2;
 #endif
-constexpr int BQ = NR * W;  // queries per block: 64 (AVX-512) or 16
-constexpr int MR = 6;       // keys (S = Q·Kᵀ) or value columns (O += P·V) per microkernel call
-constexpr int BK = 96;      // keys per block: 16 microkernel rows; Sᵀ is 24 KiB (AVX-512)
+constexpr int kBQ = kNR * W;  // queries per block: 64 (AVX-512) or 16
+constexpr int MR = 6;         // keys (S = Q·Kᵀ) or value columns (O += P·V) per microkernel call
+constexpr int BK = 96;        // keys per block: 16 microkernel rows; Sᵀ is 24 KiB (AVX-512)
 constexpr float kInf = __builtin_inff();
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.693147180559945309f;
@@ -57,64 +57,68 @@ inline VecF exp2_nonpos(VecF x) {
 }
 
 // Sᵀ[r][:] = Σ_x K[r][x] · Qᵀ[x][:] for the R keys at `k` (row stride k_sl), all BQ queries.
-template <int R>
+template <int R, int N>
 inline void qk_micro(const float* k, int64_t k_sl, const float* qt, int64_t d, float* st) {
-  VecF acc[R][NR];
+  constexpr int BQ = N * W;  // the tile's row stride
+  VecF acc[R][N];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NR; ++c) acc[r][c] = VecF::set1(0.0f);
+    for (int c = 0; c < N; ++c) acc[r][c] = VecF::set1(0.0f);
   for (int64_t x = 0; x < d; ++x) {
-    VecF qv[NR];
-    for (int c = 0; c < NR; ++c) qv[c] = VecF::load(qt + x * BQ + c * W);
+    VecF qv[N];
+    for (int c = 0; c < N; ++c) qv[c] = VecF::load(qt + x * BQ + c * W);
     for (int r = 0; r < R; ++r) {
       const VecF kb = VecF::set1(k[r * k_sl + x]);
-      for (int c = 0; c < NR; ++c) acc[r][c] = fmadd(kb, qv[c], acc[r][c]);
+      for (int c = 0; c < N; ++c) acc[r][c] = fmadd(kb, qv[c], acc[r][c]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NR; ++c) acc[r][c].store(st + r * BQ + c * W);
+    for (int c = 0; c < N; ++c) acc[r][c].store(st + r * BQ + c * W);
 }
 
 // Oᵀ[r][:] = alpha · Oᵀ[r][:] + Σ_j V[j][r] · Pᵀ[j][:] for the R value columns at `v` (row
 // stride v_sl) and the nk keys of the block: the online-softmax rescale is fused into the load.
-template <int R>
+template <int R, int N>
 inline void pv_micro(const float* v, int64_t v_sl, const float* pt, int64_t nk, const VecF* alpha,
                      float* ot) {
-  VecF acc[R][NR];
+  constexpr int BQ = N * W;  // the tile's row stride
+  VecF acc[R][N];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NR; ++c) acc[r][c] = VecF::load(ot + r * BQ + c * W) * alpha[c];
+    for (int c = 0; c < N; ++c) acc[r][c] = VecF::load(ot + r * BQ + c * W) * alpha[c];
   for (int64_t j = 0; j < nk; ++j) {
-    VecF pv[NR];
-    for (int c = 0; c < NR; ++c) pv[c] = VecF::load(pt + j * BQ + c * W);
+    VecF pv[N];
+    for (int c = 0; c < N; ++c) pv[c] = VecF::load(pt + j * BQ + c * W);
     for (int r = 0; r < R; ++r) {
       const VecF vb = VecF::set1(v[j * v_sl + r]);
-      for (int c = 0; c < NR; ++c) acc[r][c] = fmadd(vb, pv[c], acc[r][c]);
+      for (int c = 0; c < N; ++c) acc[r][c] = fmadd(vb, pv[c], acc[r][c]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NR; ++c) acc[r][c].store(ot + r * BQ + c * W);
+    for (int c = 0; c < N; ++c) acc[r][c].store(ot + r * BQ + c * W);
 }
 
 // Sᵀ for nk keys: full MR-row microkernels, then one for the remainder.
+template <int N>
 void qk_block(const float* k, int64_t k_sl, const float* qt, int64_t d, float* st, int64_t nk) {
+  constexpr int BQ = N * W;  // the tile's row stride
   int64_t r = 0;
-  for (; r + MR <= nk; r += MR) qk_micro<MR>(k + r * k_sl, k_sl, qt, d, st + r * BQ);
+  for (; r + MR <= nk; r += MR) qk_micro<MR, N>(k + r * k_sl, k_sl, qt, d, st + r * BQ);
   const float* kr = k + r * k_sl;
   float* sr = st + r * BQ;
   switch (nk - r) {
     case 5:
-      qk_micro<5>(kr, k_sl, qt, d, sr);
+      qk_micro<5, N>(kr, k_sl, qt, d, sr);
       break;
     case 4:
-      qk_micro<4>(kr, k_sl, qt, d, sr);
+      qk_micro<4, N>(kr, k_sl, qt, d, sr);
       break;
     case 3:
-      qk_micro<3>(kr, k_sl, qt, d, sr);
+      qk_micro<3, N>(kr, k_sl, qt, d, sr);
       break;
     case 2:
-      qk_micro<2>(kr, k_sl, qt, d, sr);
+      qk_micro<2, N>(kr, k_sl, qt, d, sr);
       break;
     case 1:
-      qk_micro<1>(kr, k_sl, qt, d, sr);
+      qk_micro<1, N>(kr, k_sl, qt, d, sr);
       break;
     default:
       break;
@@ -122,27 +126,29 @@ void qk_block(const float* k, int64_t k_sl, const float* qt, int64_t d, float* s
 }
 
 // Oᵀ = alpha·Oᵀ + Vᵀ·Pᵀ over all dv value columns, MR at a time.
+template <int N>
 void pv_block(const float* v, int64_t v_sl, const float* pt, int64_t nk, int64_t dv,
               const VecF* alpha, float* ot) {
+  constexpr int BQ = N * W;  // the tile's row stride
   int64_t c = 0;
-  for (; c + MR <= dv; c += MR) pv_micro<MR>(v + c, v_sl, pt, nk, alpha, ot + c * BQ);
+  for (; c + MR <= dv; c += MR) pv_micro<MR, N>(v + c, v_sl, pt, nk, alpha, ot + c * BQ);
   const float* vc = v + c;
   float* oc = ot + c * BQ;
   switch (dv - c) {
     case 5:
-      pv_micro<5>(vc, v_sl, pt, nk, alpha, oc);
+      pv_micro<5, N>(vc, v_sl, pt, nk, alpha, oc);
       break;
     case 4:
-      pv_micro<4>(vc, v_sl, pt, nk, alpha, oc);
+      pv_micro<4, N>(vc, v_sl, pt, nk, alpha, oc);
       break;
     case 3:
-      pv_micro<3>(vc, v_sl, pt, nk, alpha, oc);
+      pv_micro<3, N>(vc, v_sl, pt, nk, alpha, oc);
       break;
     case 2:
-      pv_micro<2>(vc, v_sl, pt, nk, alpha, oc);
+      pv_micro<2, N>(vc, v_sl, pt, nk, alpha, oc);
       break;
     case 1:
-      pv_micro<1>(vc, v_sl, pt, nk, alpha, oc);
+      pv_micro<1, N>(vc, v_sl, pt, nk, alpha, oc);
       break;
     default:
       break;
@@ -159,8 +165,10 @@ struct Workspace {
 };
 
 // One block of up to BQ queries of one (batch, head): the whole FlashAttention forward pass.
+template <int N>
 void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, int64_t h,
                      int64_t i0) {
+  constexpr int BQ = N * W;  // queries in this tile (N vectors)
   const int64_t nq = p.lq - i0 < BQ ? p.lq - i0 : BQ;
   const int64_t hk = h / (p.hq / p.hkv);  // GQA / MQA: the kv head this query head reads
   const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
@@ -179,8 +187,8 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     for (int64_t i = nq; i < BQ; ++i) row[i] = 0.0f;
   }
   for (int64_t i = 0; i < dv * BQ; ++i) ws.ot[i] = 0.0f;
-  VecF m[NR], l[NR];
-  for (int c = 0; c < NR; ++c) {
+  VecF m[N], l[N];
+  for (int c = 0; c < N; ++c) {
     m[c] = VecF::set1(-kInf);
     l[c] = VecF::set1(0.0f);
   }
@@ -199,12 +207,12 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     const int64_t nk = kend - j0 < BK ? kend - j0 : BK;
     float* st = ws.st;
     // S = (scale·log2(e)·Q)·Kᵀ for this key block.
-    qk_block(k + j0 * p.k_sl, p.k_sl, ws.qt, d, st, nk);
+    qk_block<N>(k + j0 * p.k_sl, p.k_sl, ws.qt, d, st, nk);
 
     // S = softcap·tanh(S / softcap), before the mask (ONNX Attention / FlashAttention order).
     if (capped)
       for (int64_t r = 0; r < nk; ++r)
-        for (int c = 0; c < NR; ++c) {
+        for (int c = 0; c < N; ++c) {
           float* s = st + r * BQ + c * W;
           (cap2 * tanh(VecF::load(s) * inv_cap)).store(s);
         }
@@ -234,7 +242,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
         if (t <= 0) continue;
         t = t > BQ ? BQ : t;
         const VecF vt = VecF::set1(static_cast<float>(t));
-        for (int c = 0; c < NR; ++c) {
+        for (int c = 0; c < N; ++c) {
           float* s = st + r * BQ + c * W;
           VecF::load(s).where_less(VecF::load(ws.iota + c * W), vt, ninf).store(s);
         }
@@ -246,8 +254,8 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     // its reference is taken as 0 so that P = 2^-inf = 0 and alpha = 0, never NaN. Only blocks
     // that can hold -inf (a mask, the causal diagonal) pay for the exact zeros.
     const bool masked = diagonal || p.mask_add || p.mask_keep;
-    VecF alpha[NR];
-    for (int c = 0; c < NR; ++c) {
+    VecF alpha[N];
+    for (int c = 0; c < N; ++c) {
       VecF mx = m[c];
       for (int64_t r = 0; r < nk; ++r) mx = max(mx, VecF::load(st + r * BQ + c * W));
       const VecF ref = mx.where_less(mx, VecF::set1(-3.4e38f), VecF::set1(0.0f));
@@ -272,12 +280,12 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     }
 
     // O = alpha·O + P·V.
-    pv_block(v + j0 * p.v_sl, p.v_sl, st, nk, dv, alpha, ws.ot);
+    pv_block<N>(v + j0 * p.v_sl, p.v_sl, st, nk, dv, alpha, ws.ot);
   }
 
   // out = O / l (0 where l = 0: every key masked), lse = ln(2)·m + ln(l) (-inf there).
   float* linv = ws.l;
-  for (int c = 0; c < NR; ++c) {
+  for (int c = 0; c < N; ++c) {
     l[c].store(ws.l + c * W);
     m[c].store(ws.m + c * W);
   }
@@ -297,8 +305,8 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
 
 // The outputs of task t, set to NaN (only when the workspace cannot be allocated).
 void fill_nan(const AttentionParams& p, int64_t nqb, int64_t bh, int64_t t) {
-  const int64_t i0 = (nqb - 1 - t / bh) * BQ, r = t % bh, b = r / p.hq, h = r % p.hq;
-  const int64_t nq = p.lq - i0 < BQ ? p.lq - i0 : BQ;
+  const int64_t i0 = (nqb - 1 - t / bh) * kBQ, r = t % bh, b = r / p.hq, h = r % p.hq;
+  const int64_t nq = p.lq - i0 < kBQ ? p.lq - i0 : kBQ;
   for (int64_t i = 0; i < nq; ++i) {
     float* orow = p.out + b * p.o_sb + h * p.o_sh + (i0 + i) * p.o_sl;
     for (int64_t c = 0; c < p.dv; ++c) orow[c] = __builtin_nanf("");
@@ -310,19 +318,19 @@ void fill_nan(const AttentionParams& p, int64_t nqb, int64_t bh, int64_t t) {
 
 void attention(const AttentionParams& p) {
   if (p.b <= 0 || p.hq <= 0 || p.lq <= 0) return;
-  const int64_t nqb = (p.lq + BQ - 1) / BQ;
+  const int64_t nqb = (p.lq + kBQ - 1) / kBQ;
   const int64_t bh = p.b * p.hq;
   // Tasks go from the last query block to the first: under a causal mask the last blocks see
   // the most keys, and the pool hands tasks out in order, so the big ones start first.
   // A chunk of tasks is at least ~4 MFLOP (~40 µs): waking a worker for less costs more than it
   // saves (a one-token decode step over 8 heads runs inline).
-  const double task_flops = 2.0 * static_cast<double>(p.lq < BQ ? p.lq : BQ) *
+  const double task_flops = 2.0 * static_cast<double>(p.lq < kBQ ? p.lq : kBQ) *
                                 static_cast<double>(p.lk) * static_cast<double>(p.d + p.dv) +
                             2e4;
   const int64_t grain = static_cast<int64_t>(4e6 / task_flops) + 1;
   parallel_for(bh * nqb, grain, [&p, nqb, bh](int64_t begin, int64_t end) {
     // 64-byte aligned (a zmm load never splits a cache line); size rounded up for aligned_alloc.
-    const int64_t floats = (p.d + BK + p.dv + 3) * BQ;
+    const int64_t floats = (p.d + BK + p.dv + 3) * kBQ;
     const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
     float* buf = static_cast<float*>(std::aligned_alloc(64, bytes));
     if (!buf) {
@@ -332,15 +340,19 @@ void attention(const AttentionParams& p) {
     }
     Workspace ws;
     ws.qt = buf;
-    ws.st = ws.qt + p.d * BQ;
-    ws.ot = ws.st + BK * BQ;
-    ws.m = ws.ot + p.dv * BQ;
-    ws.l = ws.m + BQ;
-    ws.iota = ws.l + BQ;
-    for (int i = 0; i < BQ; ++i) ws.iota[i] = static_cast<float>(i);
+    ws.st = ws.qt + p.d * kBQ;
+    ws.ot = ws.st + BK * kBQ;
+    ws.m = ws.ot + p.dv * kBQ;
+    ws.l = ws.m + kBQ;
+    ws.iota = ws.l + kBQ;
+    for (int i = 0; i < kBQ; ++i) ws.iota[i] = static_cast<float>(i);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t qb = nqb - 1 - t / bh, r = t % bh;
-      attention_block(p, ws, r / p.hq, r % p.hq, qb * BQ);
+      // A block of at most W queries (a short tail, a decode step) runs one vector wide.
+      if (p.lq - qb * kBQ <= W)
+        attention_block<1>(p, ws, r / p.hq, r % p.hq, qb * kBQ);
+      else
+        attention_block<kNR>(p, ws, r / p.hq, r % p.hq, qb * kBQ);
     }
     std::free(buf);
   });
