@@ -143,6 +143,8 @@ class Conv2d:
         # Validate the padding spec now (auto_pad modes are resolved per input size later).
         resolve_padding(padding, (1, 1), self.kernel_size, self.stride, self.dilation)
         self.padding = padding
+        self._stride_list, self._dilation_list = list(self.stride), list(self.dilation)
+        self._geometry_cache: dict[tuple[int, int], tuple[list[int], tuple[int, int]]] = {}
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
         self.activation = activation
@@ -162,11 +164,23 @@ class Conv2d:
             else None
         )
 
+    def _geometry(self, h: int, w: int) -> tuple[list[int], tuple[int, int]]:
+        """Pads [top, left, bottom, right] and (OH, OW) for an (h, w) input, cached: layers
+        see the same few input sizes, and this keeps Python overhead off small convolutions."""
+        key = (h, w)
+        hit = self._geometry_cache.get(key)
+        if hit is None:
+            pads = resolve_padding(self.padding, key, self.kernel_size, self.stride, self.dilation)
+            out_hw = conv2d_output_shape(key, self.kernel_size, self.stride, self.dilation, pads)
+            hit = (list(pads), out_hw)
+            if len(self._geometry_cache) < 64:
+                self._geometry_cache[key] = hit
+        return hit
+
     def output_shape(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """(N, M, OH, OW) for an input of shape (N, C, H, W)."""
         n, _, h, w = x_shape
-        pads = resolve_padding(self.padding, (h, w), self.kernel_size, self.stride, self.dilation)
-        oh, ow = conv2d_output_shape((h, w), self.kernel_size, self.stride, self.dilation, pads)
+        _, (oh, ow) = self._geometry(h, w)
         return (n, self.out_channels, oh, ow)
 
     def __call__(self, x: Any, *, out: Any = None) -> Any:
@@ -177,8 +191,7 @@ class Conv2d:
                 f"x: has {c} channels but weight expects {self.in_channels} "
                 f"(C/groups = {self.in_channels // self.groups}, groups = {self.groups})"
             )
-        pads = resolve_padding(self.padding, (h, w), self.kernel_size, self.stride, self.dilation)
-        oh, ow = conv2d_output_shape((h, w), self.kernel_size, self.stride, self.dilation, pads)
+        pads, (oh, ow) = self._geometry(h, w)
         if oh <= 0 or ow <= 0:
             raise ValueError(
                 f"x: the kernel {self.kernel_size} (dilation {self.dilation}) is larger than "
@@ -196,7 +209,8 @@ class Conv2d:
                 raise ValueError(f"out: expected shape {shape}, got {oa.shape}")
             if not oa.flags.writeable:
                 raise ValueError("out: array is read-only")
-            if np.shares_memory(oa, xa):
+            # may_share_memory is a cheap bounds test; the exact test only when it says maybe
+            if np.may_share_memory(oa, xa) and np.shares_memory(oa, xa):
                 raise ValueError("out: overlaps x (convolution cannot run in place)")
         if oa.size:
             _C.conv2d(
@@ -208,9 +222,9 @@ class Conv2d:
                 self.out_channels,
                 self.kernel_size[0],
                 self.kernel_size[1],
-                list(self.stride),
-                list(self.dilation),
-                list(pads),
+                self._stride_list,
+                self._dilation_list,
+                pads,
                 self.groups,
                 self.activation == "relu",
             )
