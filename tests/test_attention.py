@@ -156,16 +156,22 @@ MASK_SHAPES = [
 ] + [(LQ_, LK_), (LK_,), (H_, 1, LK_), (1, LK_), ()]
 
 
+def dead_rows(shape: tuple[int, ...], first: int) -> list[int]:
+    """Rows to mask completely: one in the first query block and one in the tail."""
+    rows = shape[-2]
+    return [first, rows - 2] if rows > 6 else ([rows - 1] if rows > 1 else [])
+
+
 def make_mask(shape: tuple[int, ...], kind: str) -> np.ndarray:
     if kind == "bool":
         m = RNG.random(shape) < 0.7
-        if m.ndim >= 2 and m.shape[-2] > 1:
-            m[..., [3, -2], :] = False  # fully masked rows (in the first block and the tail)
+        if m.ndim >= 2:
+            m[..., dead_rows(shape, 3), :] = False
         return np.asarray(m)
     m = np.asarray(randn(*shape, scale=2.0))
     m[RNG.random(shape) < 0.3] = -np.inf
-    if m.ndim >= 2 and m.shape[-2] > 1:
-        m[..., [5, -3], :] = -np.inf
+    if m.ndim >= 2:
+        m[..., dead_rows(shape, 5), :] = -np.inf
     return np.asarray(m, dtype=np.float32)
 
 
@@ -195,6 +201,18 @@ def test_fully_masked_rows_are_zero(variant: str):
     out2 = ops.attention(q, k, v, attn_mask=fmask)
     np.testing.assert_array_equal(out, out2)
     assert not np.isnan(out).any()
+
+
+@pytest.mark.parametrize("Lq", [1, 2, 3, 4, 5, 66, 67])
+@pytest.mark.parametrize("kind", [None, "bool", "float"])
+def test_few_queries_row_path(variant: str, Lq: int, kind: str | None):
+    # Blocks of <= 4 queries (decode steps, short tails) take a row-by-row path
+    q, k, v = randn(2, 4, Lq, 40), randn(2, 2, 200, 40), randn(2, 2, 200, 24)
+    mask = None if kind is None else make_mask((2, 1, Lq, 200), kind)
+    run_and_check(q, k, v, attn_mask=mask)
+    run_and_check(q, k, v, attn_mask=mask, is_causal=True, causal_align="bottom_right")
+    run_and_check(q, k, v, attn_mask=mask, softcap=3.0, scale=-0.4)
+    run_and_check(q, k[:, :, :3], v[:, :, :3], is_causal=True, causal_align="bottom_right")
 
 
 # ---- causal -----------------------------------------------------------------------------------

@@ -303,6 +303,106 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
   }
 }
 
+// Query rows one at a time, vectorised along D and Dv instead of across queries: for blocks of
+// at most kRowMax queries (a KV-cache decode step), where a tile would mostly compute padding.
+// Same algorithm (base-2 online softmax over key blocks of BK), same results up to rounding.
+constexpr int64_t kRowMax = 4;
+
+// Σ_x a[x]·b[x] over n floats.
+inline float dot(const float* a, const float* b, int64_t n) {
+  VecF acc = VecF::set1(0.0f);
+  int64_t x = 0;
+  for (; x + W <= n; x += W) acc = fmadd(VecF::load(a + x), VecF::load(b + x), acc);
+  if (x < n) {
+    const int t = static_cast<int>(n - x);
+    acc = fmadd(VecF::load_partial(a + x, t, 0.0f), VecF::load_partial(b + x, t, 0.0f), acc);
+  }
+  return acc.reduce_add();
+}
+
+void attention_rows(const AttentionParams& p, const Workspace& ws, int64_t b, int64_t h, int64_t i0,
+                    int64_t nq) {
+  const int64_t hk = h / (p.hq / p.hkv);
+  const float* k = p.k + b * p.k_sb + hk * p.k_sh;
+  const float* v = p.v + b * p.v_sb + hk * p.v_sh;
+  const int64_t d = p.d, dv = p.dv;
+  const bool capped = p.softcap > 0.0f;
+  const float qscale = capped ? p.scale : p.scale * kLog2e;
+  const VecF cap2 = VecF::set1(p.softcap * kLog2e), inv_cap = VecF::set1(1.0f / p.softcap);
+  float* qs = ws.qt;  // (D,) the scaled query row
+  float* sc = ws.st;  // (BK,) scores, then P
+  float* o = ws.ot;   // (Dv,) unnormalised output
+  for (int64_t i = 0; i < nq; ++i) {
+    const int64_t qi = i0 + i;
+    const float* q = p.q + b * p.q_sb + h * p.q_sh + qi * p.q_sl;
+    for (int64_t x = 0; x < d; ++x) qs[x] = qscale * q[x];
+    for (int64_t c = 0; c < dv; ++c) o[c] = 0.0f;
+    int64_t kend = p.lk;  // causal: keys j <= qi + offset only
+    if (p.causal) {
+      const int64_t last = qi + p.causal_offset + 1;
+      kend = last < kend ? (last > 0 ? last : 0) : kend;
+    }
+    float m = -kInf, l = 0.0f;
+    for (int64_t j0 = 0; j0 < kend; j0 += BK) {
+      const int64_t nk = kend - j0 < BK ? kend - j0 : BK;
+      const float* kb = k + j0 * p.k_sl;
+      for (int64_t r = 0; r < nk; ++r) sc[r] = dot(qs, kb + r * p.k_sl, d);  // S = q·Kᵀ
+      if (capped)
+        for (int64_t r = 0; r < nk; r += W) {
+          const int t = nk - r < W ? static_cast<int>(nk - r) : W;
+          (cap2 * tanh(VecF::load_partial(sc + r, t, 0.0f) * inv_cap)).store_partial(sc + r, t);
+        }
+      const int64_t off = b * p.m_sb + h * p.m_sh + qi * p.m_sq + j0 * p.m_sk;
+      if (p.mask_add)
+        for (int64_t r = 0; r < nk; ++r) sc[r] += kLog2e * p.mask_add[off + r * p.m_sk];
+      if (p.mask_keep)
+        for (int64_t r = 0; r < nk; ++r)
+          if (!p.mask_keep[off + r * p.m_sk]) sc[r] = -kInf;
+      // Online softmax, as in attention_block (reference 0 while every key is masked).
+      VecF vmx = VecF::set1(m);
+      for (int64_t r = 0; r < nk; r += W) {
+        const int t = nk - r < W ? static_cast<int>(nk - r) : W;
+        vmx = max(vmx, VecF::load_partial(sc + r, t, -kInf));
+      }
+      const float mx = vmx.reduce_max();
+      const float ref = mx > -3.4e38f ? mx : 0.0f;
+      const float alpha = __builtin_exp2f(m - ref);  // m = -inf: 0
+      const VecF vref = VecF::set1(ref);
+      VecF vsum = VecF::set1(0.0f);
+      for (int64_t r = 0; r < nk; r += W) {
+        const int t = nk - r < W ? static_cast<int>(nk - r) : W;
+        const VecF e = exp2_nonpos<true>(VecF::load_partial(sc + r, t, -kInf) - vref);
+        e.store_partial(sc + r, t);
+        vsum = vsum + e;
+      }
+      l = l * alpha + vsum.reduce_add();
+      m = ref;
+      // o = alpha·o + P·V, along Dv.
+      const float* vb = v + j0 * p.v_sl;
+      const VecF va = VecF::set1(alpha);
+      int64_t c = 0;
+      for (; c + W <= dv; c += W) {
+        VecF acc = VecF::load(o + c) * va;
+        for (int64_t r = 0; r < nk; ++r)
+          acc = fmadd(VecF::set1(sc[r]), VecF::load(vb + r * p.v_sl + c), acc);
+        acc.store(o + c);
+      }
+      if (c < dv) {
+        const int t = static_cast<int>(dv - c);
+        VecF acc = VecF::load_partial(o + c, t, 0.0f) * va;
+        for (int64_t r = 0; r < nk; ++r)
+          acc = fmadd(VecF::set1(sc[r]), VecF::load_partial(vb + r * p.v_sl + c, t, 0.0f), acc);
+        acc.store_partial(o + c, t);
+      }
+    }
+    float* orow = p.out + b * p.o_sb + h * p.o_sh + qi * p.o_sl;
+    const float linv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int64_t c = 0; c < dv; ++c) orow[c] = o[c] * linv;
+    if (p.lse)
+      p.lse[b * p.lse_sb + h * p.lse_sh + qi] = l > 0.0f ? kLn2 * m + __builtin_logf(l) : -kInf;
+  }
+}
+
 // The outputs of task t, set to NaN (only when the workspace cannot be allocated).
 void fill_nan(const AttentionParams& p, int64_t nqb, int64_t bh, int64_t t) {
   const int64_t i0 = (nqb - 1 - t / bh) * kBQ, r = t % bh, b = r / p.hq, h = r % p.hq;
@@ -348,8 +448,12 @@ void attention(const AttentionParams& p) {
     for (int i = 0; i < kBQ; ++i) ws.iota[i] = static_cast<float>(i);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t qb = nqb - 1 - t / bh, r = t % bh;
-      // A block of at most W queries (a short tail, a decode step) runs one vector wide.
-      if (p.lq - qb * kBQ <= W)
+      // A block of a few queries (a decode step, a short tail) runs row by row; one of at most
+      // W queries one vector wide; a full one kNR vectors wide.
+      const int64_t nq = p.lq - qb * kBQ < kBQ ? p.lq - qb * kBQ : kBQ;
+      if (nq <= kRowMax)
+        attention_rows(p, ws, r / p.hq, r % p.hq, qb * kBQ, nq);
+      else if (nq <= W)
         attention_block<1>(p, ws, r / p.hq, r % p.hq, qb * kBQ);
       else
         attention_block<kNR>(p, ws, r / p.hq, r % p.hq, qb * kBQ);
