@@ -40,16 +40,19 @@ def flops(L: int, D: int, causal: bool) -> float:
     return 4.0 * B * H * L * L * D / (2 if causal else 1)
 
 
-def mha_session(L: int, D: int, causal: bool, threads: int) -> ort.InferenceSession:
-    """com.microsoft.MultiHeadAttention: query/key/value (B, L, H·D), attribute num_heads;
-    unidirectional=1 is its causal (top-left) mask."""
+def mha_session(
+    L: int, D: int, causal: bool, threads: int, lq: int | None = None
+) -> ort.InferenceSession:
+    """com.microsoft.MultiHeadAttention: query (B, Lq, H·D), key/value (B, L, H·D), attribute
+    num_heads; unidirectional=1 is its causal (top-left) mask."""
     attrs: dict[str, Any] = {"num_heads": H}
     if causal:
         attrs["unidirectional"] = 1
     node = helper.make_node(
         "MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft", **attrs
     )
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [B, L, H * D]) for n in "qkvy"]
+    lens = {"q": lq or L, "k": L, "v": L, "y": lq or L}
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [B, lens[n], H * D]) for n in "qkvy"]
     graph = helper.make_graph([node], "mha", vi[:3], vi[3:])
     model = helper.make_model(
         graph,
@@ -67,21 +70,29 @@ def to_bld(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(1, 2).reshape(B, x.shape[2], -1).numpy())
 
 
-def make_inputs(L: int, D: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_inputs(
+    L: int, D: int, lq: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(L * 1000 + D)
-    q, k, v = (torch.randn(B, H, L, D, generator=g) for _ in range(3))  # (B, H, L, D)
+    q = torch.randn(B, H, lq or L, D, generator=g)  # (B, H, Lq, D)
+    k, v = (torch.randn(B, H, L, D, generator=g) for _ in range(2))  # (B, H, L, D)
     return q, k, v
 
 
-def make_runner(impl: str, L: int, D: int, causal: bool, threads: int) -> Callable[[], Any]:
-    q, k, v = make_inputs(L, D)
+def make_runner(
+    impl: str, L: int, D: int, causal: bool, threads: int, lq: int | None = None
+) -> Callable[[], Any]:
+    """lq=1 (with causal=False) is a KV-cache decode step: one query against L keys."""
+    q, k, v = make_inputs(L, D, lq)
     F = torch.nn.functional
+    if impl == "mmfast" and lq == 1:  # the decode call: bottom-right causal = all keys
+        return lambda: ops.attention(q, k, v, is_causal=True, causal_align="bottom_right")
     if impl == "mmfast":
         return lambda: ops.attention(q, k, v, is_causal=causal)
     if impl == "sdpa":
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     if impl == "ort_mha":
-        sess = mha_session(L, D, causal, threads)
+        sess = mha_session(L, D, causal, threads, lq)
         feeds = {"q": to_bld(q), "k": to_bld(k), "v": to_bld(v)}
         return lambda: sess.run(None, feeds)[0]
     if impl == "naive":
@@ -141,11 +152,13 @@ def rss_growth(impl: str, L: int, D: int, causal: bool, threads: int) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
-def bench(L: int, D: int, causal: bool, threads: int, budget_s: float) -> dict[str, float]:
+def bench(
+    L: int, D: int, causal: bool, threads: int, budget_s: float, lq: int | None = None
+) -> dict[str, float]:
     """Median time of each implementation. Each one runs its repeats in a block (after a pause
     and a warm-up call) and the blocks rotate over 3 rounds: interleaving single calls would
     let one library's spinning pool threads (OpenMP, ORT) steal the cores from the next."""
-    runners = {impl: make_runner(impl, L, D, causal, threads) for impl in IMPLS}
+    runners = {impl: make_runner(impl, L, D, causal, threads, lq) for impl in IMPLS}
     first = {}
     for impl, run in runners.items():  # warm-up (ORT arena, torch allocator, thread pools)
         run()
@@ -198,6 +211,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", type=float, default=6.0, help="seconds of repeats per row")
     ap.add_argument("--no-rss", action="store_true", help="skip the fresh-process memory runs")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode-step table")
     ap.add_argument("--rss-child", nargs=4, metavar=("IMPL", "L", "D", "CAUSAL"))
     a = ap.parse_args()
     if a.rss_child:
@@ -224,6 +238,12 @@ def main() -> None:
                     rss = {impl: rss_growth(impl, L, D, causal, a.threads) for impl in IMPLS}
                 rows.append((D, L, causal, med, rss))
                 print(f"  done D={D} L={L} causal={causal} ({int(med['reps'])} reps)", flush=True)
+    decode = []
+    if not a.no_decode:
+        for D in a.dims:
+            for L in (x for x in a.lengths if x >= 256):
+                decode.append((D, L, bench(L, D, False, a.threads, a.budget / 2, lq=1)))
+                print(f"  done decode D={D} Lk={L}", flush=True)
     peak = statistics.median(peaks)
     print(
         f"\nfp32 matmul peak in this run (torch 2048³ sgemm, {a.threads} threads, median of "
@@ -247,6 +267,20 @@ def main() -> None:
             f"{gf['ort_mha']:.0f} | {med['sdpa'] / med['mmfast']:.2f}× | "
             f"{med['ort_mha'] / med['mmfast']:.2f}× | {mem} |"
         )
+    if decode:
+        print(
+            "\nDecode step (Lq = 1 query against Lk cached keys, B=1, H=8; mmfast with "
+            "is_causal=True, causal_align='bottom_right'):\n"
+        )
+        print("| D | Lk | mmfast µs | SDPA µs | ORT MHA µs | naive µs | vs SDPA | vs ORT |")
+        print("|---|---|---|---|---|---|---|---|")
+        for D, L, med in decode:
+            us = {impl: med[impl] * 1e6 for impl in IMPLS}
+            print(
+                f"| {D} | {L} | {us['mmfast']:.1f} | {us['sdpa']:.1f} | {us['ort_mha']:.1f} | "
+                f"{us['naive']:.1f} | {us['sdpa'] / us['mmfast']:.2f}× | "
+                f"{us['ort_mha'] / us['mmfast']:.2f}× |"
+            )
     print()
     for line in correctness(a.threads):
         print(line)
