@@ -485,11 +485,15 @@ class VQATask(Task):
         return F.cross_entropy(logits, target)
 
     @torch.no_grad()
-    def _accuracy(self, split: str) -> dict[str, float]:
+    def _accuracy(self, split: str, max_images: int | None = None) -> dict[str, float]:
         qa = self.qa[split]
-        by_image: list[list[int]] = [[] for _ in self.data[split].image_ids]
+        n = len(self.data[split].image_ids)
+        by_image: list[list[int]] = [
+            [] for _ in range(n if max_images is None else min(n, max_images))
+        ]
         for qi, k in enumerate(qa.image_index):
-            by_image[k].append(qi)
+            if k < len(by_image):
+                by_image[k].append(qi)
         preds: dict[int, str] = {}
         for idx in _chunks(torch.arange(len(by_image)), 250):
             q_idx = [q for i in idx.tolist() for q in by_image[i]]
@@ -504,7 +508,7 @@ class VQATask(Task):
         )
 
     def validate(self) -> dict[str, float]:
-        return {"val_accuracy": self._accuracy("val")["accuracy"]}
+        return {"val_accuracy": self._accuracy("val", max_images=500)["accuracy"]}
 
     def test(self, out: Path) -> dict[str, float]:
         res = self._accuracy("test")

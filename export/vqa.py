@@ -1,5 +1,8 @@
 """VQA: question encoder, question-guided (stacked, multi-glimpse) attention over the image
-regions, classifier over the answers."""
+regions, classifier over the answers.
+
+Each glimpse also reports where it looked (the attention-weighted region centre), which
+relative-position questions need."""
 
 from __future__ import annotations
 
@@ -40,13 +43,21 @@ class VQAModel(nn.Module):
             TextEncoderConfig(cfg.vocab_size, d, cfg.heads, cfg.text_layers, cfg.max_len)
         )
         self.region_proj = nn.Linear(c, d)
-        # glimpse g: logits_i = w_g^T (relu(W_v v_i) * relu(W_u u_g)); u_{g+1} = u_g + W_c ctx_g
+        g = self.encoder.grid
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, g), torch.linspace(-1, 1, g), indexing="ij")
+        # (N, 2) region centres (x, y), row-major like the regions
+        self.register_buffer("coords", torch.stack([xs.flatten(), ys.flatten()], -1), False)
+        # glimpse g: a query from the question's words (w_g picks them: "red circle" for the
+        # first object, "blue square" for the second), then over the regions
+        # logits_i = v_g^T (relu(W_v r_i) * relu(W_u q_g)); u_{g+1} = u_g + W_c ctx_g
+        self.word_att = nn.ModuleList(nn.Linear(d, 1) for _ in range(cfg.glimpses))
         self.att_v = nn.ModuleList(nn.Linear(d, cfg.att) for _ in range(cfg.glimpses))
         self.att_u = nn.ModuleList(nn.Linear(d, cfg.att) for _ in range(cfg.glimpses))
         self.att_w = nn.ModuleList(nn.Linear(cfg.att, 1) for _ in range(cfg.glimpses))
         self.ctx_proj = nn.ModuleList(nn.Linear(d, d) for _ in range(cfg.glimpses))
+        # classifier input: u, and per glimpse: context, word query, attended centre (x, y)
         self.classifier = nn.Sequential(
-            nn.Linear(d * (cfg.glimpses + 1), 2 * d),
+            nn.Linear(d + cfg.glimpses * (2 * d + 2), 2 * d),
             nn.GELU(),
             nn.Dropout(cfg.dropout),
             nn.Linear(2 * d, cfg.num_answers),
@@ -62,16 +73,20 @@ class VQAModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """regions (Q, N, D) (one row per question), questions (Q, T) ->
         answer logits (Q, A), attention (Q, G, N)."""
-        _, u, _ = self.question(questions)  # (Q, D)
-        ctxs, atts = [], []
+        words, u, mask = self.question(questions)  # (Q, T, D), (Q, D), (Q, T)
+        feats, atts = [], []
         for g in range(self.cfg.glimpses):
-            h = torch.relu(self.att_v[g](regions)) * torch.relu(self.att_u[g](u)).unsqueeze(1)
+            wl = self.word_att[g](words).squeeze(-1).masked_fill(~mask, float("-inf"))
+            wq = torch.bmm(torch.softmax(wl, -1).unsqueeze(1), words).squeeze(1)  # (Q, D)
+            q = wq + u
+            h = torch.relu(self.att_v[g](regions)) * torch.relu(self.att_u[g](q)).unsqueeze(1)
             a = torch.softmax(self.att_w[g](h).squeeze(-1), dim=-1)  # (Q, N)
             ctx = torch.bmm(a.unsqueeze(1), regions).squeeze(1)  # (Q, D)
+            where = a @ self.coords  # (Q, 2): attended centre, for left/right/above/below
             u = u + self.ctx_proj[g](ctx)
-            ctxs.append(ctx)
+            feats += [ctx, wq, where]
             atts.append(a)
-        logits = self.classifier(torch.cat([u, *ctxs], dim=-1))
+        logits = self.classifier(torch.cat([u, *feats], dim=-1))
         return logits, torch.stack(atts, 1)
 
     def forward(
