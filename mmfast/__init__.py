@@ -14,6 +14,7 @@ from ._info import info
 from ._version import __version__
 
 __all__ = [
+    "Captioner",
     "__version__",
     "cuda_status",
     "get_num_threads",
@@ -21,3 +22,12 @@ __all__ = [
     "ops",
     "set_num_threads",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The pipelines import onnxruntime and Pillow: loaded on first use, not with `import mmfast`.
+    if name == "Captioner":
+        from .captioner import Captioner
+
+        return Captioner
+    raise AttributeError(f"module 'mmfast' has no attribute {name!r}")

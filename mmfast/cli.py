@@ -23,7 +23,6 @@ _TORCH_COMMANDS = {
 }
 # Runtime commands not in this version yet: they say so instead of pretending.
 _PLANNED = {
-    "caption": "caption images with an exported bundle",
     "index": "build a text-to-image search index",
     "search": "search an index with text",
     "ask": "answer a question about an image",
@@ -72,6 +71,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_kernel_check(repeats=args.repeats)
 
 
+def _cmd_caption(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+    from .captioner import Captioner
+
+    try:
+        cap = Captioner.load(args.model, device=args.device, threads=args.threads)
+        results = cap.caption(
+            args.images,
+            beam_size=args.beam,
+            max_len=args.max_len,
+            length_penalty=args.length_penalty,
+        )
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        print(f"mmfast caption: {e}", file=sys.stderr)
+        return 2
+    for path, c in zip(args.images, results, strict=True):
+        print(f"{path}\t{c.text}\t{c.score:.3f}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mmfast", description="Fast inference for multimodal (image + text) models."
@@ -88,6 +107,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--repeats", type=int, default=20, help="timed repeats (median is reported)")
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("caption", help="caption images with an exported bundle")
+    s.add_argument("--model", required=True, help="bundle directory (from `mmfast export`)")
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    s.add_argument("--max-len", type=int, default=20)
+    s.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha (0: off)")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    s.set_defaults(func=_cmd_caption)
 
     for name, (_, help_text) in _TORCH_COMMANDS.items():
         # The PyTorch side parses its own arguments (and prints its own --help).

@@ -1,0 +1,268 @@
+"""ONNX export of a trained run into a bundle, with validation against PyTorch.
+
+Each model kind declares its graphs as small specs (wrapper module, inputs, outputs, dynamic
+axes, tolerance); :func:`export_run` exports them, checks ONNX Runtime against PyTorch on dummy
+and real inputs (a named error per kind of mismatch), and writes the bundle's manifest.
+
+This first slice covers the LSTM captioner (``encoder.onnx`` computes everything per image —
+initial h, c, the regions and the attention projection W_a·regions — once; ``decoder_step.onnx``
+is one step with explicit state). The other kinds are declared as they land.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmfast.bundle import write_manifest
+
+from .train import load_run
+
+__all__ = ["ExportValidationError", "GraphSpec", "export_run"]
+
+OPSET = 18
+
+
+class ExportValidationError(RuntimeError):
+    """ONNX Runtime disagrees with PyTorch on an exported graph."""
+
+
+class OutputNameError(ExportValidationError):
+    pass
+
+
+class OutputShapeError(ExportValidationError):
+    pass
+
+
+class OutputValueError(ExportValidationError):
+    pass
+
+
+@dataclass
+class GraphSpec:
+    """One exported graph: a module whose forward takes and returns plain tensors."""
+
+    file: str
+    module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    dynamic: dict[str, dict[int, str]]  # input name -> {axis: symbolic name}
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    notes: str = ""
+    example: Callable[[int], tuple[torch.Tensor, ...]] = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+# ----------------------------------------------------------------------- caption_lstm
+
+
+class _LSTMEncoder(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = self.m.encode(images)
+        return s["h"], s["c"], s["regions"], s["att_proj"]
+
+
+class _LSTMStep(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        regions: torch.Tensor,
+        att_proj: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        state = {"h": h, "c": c, "regions": regions, "att_proj": att_proj}
+        logits, new, alpha = self.m.step(tokens, state)
+        return logits, new["h"], new["c"], alpha
+
+
+def _lstm_specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
+    state_names = ["h", "c", "regions", "att_proj"]
+
+    def enc_example(b: int) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(b, 3, image_size, image_size),)
+
+    def step_example(b: int) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            s = model.encode(torch.randn(b, 3, image_size, image_size))
+        return (
+            torch.randint(3, model.cfg.vocab_size, (b,)),
+            s["h"],
+            s["c"],
+            s["regions"],
+            s["att_proj"],
+        )
+
+    batch = {0: "batch"}
+    return [
+        GraphSpec(
+            "encoder.onnx",
+            _LSTMEncoder(model),
+            ["images"],
+            state_names,
+            {"images": batch},
+            example=enc_example,
+        ),
+        GraphSpec(
+            "decoder_step.onnx",
+            _LSTMStep(model),
+            ["tokens", *state_names],
+            ["logits", "h_out", "c_out", "attention"],
+            {n: batch for n in ["tokens", *state_names]},
+            example=step_example,
+        ),
+    ]
+
+
+SPECS: dict[str, Callable[[nn.Module, int], list[GraphSpec]]] = {"caption_lstm": _lstm_specs}
+
+
+# ----------------------------------------------------------------------- export + checks
+
+
+def _export_graph(spec: GraphSpec, path: Path) -> None:
+    example = spec.example(2)
+    dims = {}
+    dynamic_shapes = []
+    for name in spec.input_names:
+        axes = spec.dynamic.get(name, {})
+        shape = {}
+        for ax, sym in axes.items():
+            dims.setdefault(sym, torch.export.Dim(sym, min=1, max=4096))
+            shape[ax] = dims[sym]
+        dynamic_shapes.append(shape or None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            spec.module,
+            example,
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=tuple(dynamic_shapes),
+            external_data=False,
+            verbose=False,
+        )
+
+
+def validate_graph(spec: GraphSpec, path: Path, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """Run ORT and PyTorch on `inputs`; raise a named ExportValidationError on any mismatch."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    got_names = [o.name for o in sess.get_outputs()]
+    if got_names != spec.output_names:
+        raise OutputNameError(f"{spec.file}: outputs {got_names} != {spec.output_names}")
+    feeds = {n: t.numpy() for n, t in zip(spec.input_names, inputs, strict=True)}
+    got = sess.run(None, feeds)
+    with torch.no_grad():
+        want = [t.numpy() for t in spec.module(*inputs)]
+    report = {}
+    for name, g, w in zip(spec.output_names, got, want, strict=True):
+        if g.shape != w.shape:
+            raise OutputShapeError(f"{spec.file}:{name}: shape {g.shape} != PyTorch {w.shape}")
+        err = np.abs(g.astype(np.float64) - w.astype(np.float64))
+        bad = err > spec.atol + spec.rtol * np.abs(w)
+        if bad.any():
+            raise OutputValueError(
+                f"{spec.file}:{name}: {int(bad.sum())} values beyond atol={spec.atol}, "
+                f"rtol={spec.rtol} (max abs err {err.max():.3g})"
+            )
+        report[name] = {
+            "max_abs_err": float(err.max()) if err.size else 0.0,
+            "max_rel_err": float((err / (np.abs(w) + 1e-12)).max()) if err.size else 0.0,
+        }
+    return report
+
+
+def _git_commit() -> str | None:
+    try:
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return r.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Export a trained run to a bundle directory; returns the manifest."""
+    run, out = Path(run_dir), Path(out_dir)
+    model, cfg, _ = load_run(run)
+    kind = cfg["model"]["kind"]
+    if kind not in SPECS:
+        raise NotImplementedError(f"export of {kind!r} models is not available yet")
+    image_size = int(cfg["preprocess"]["size"])
+    specs = SPECS[kind](model, image_size)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    report: dict[str, Any] = {}
+    graphs: dict[str, Any] = {}
+    for spec in specs:
+        path = out / spec.file
+        _export_graph(spec, path)
+        checks = {}
+        for b in (1, 3):  # dynamic batch: another size than the export's example
+            checks[f"batch{b}"] = validate_graph(spec, path, spec.example(b))
+        report[spec.file] = checks
+        graphs[spec.file] = {
+            "inputs": spec.input_names,
+            "outputs": spec.output_names,
+            "dynamic": {k: {str(a): s for a, s in v.items()} for k, v in spec.dynamic.items()},
+            "atol": spec.atol,
+            "rtol": spec.rtol,
+        }
+    shutil.copy(run / "vocab.txt", out / "vocab.txt")
+    metrics = (
+        json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    )
+    manifest = {
+        "task": cfg["task"],
+        "kind": kind,
+        "config": cfg["model"],
+        "opset": OPSET,
+        "graphs": graphs,
+        "preprocess": cfg["preprocess"],
+        "vocab": "vocab.txt",
+        "special_tokens": {"pad": 0, "bos": 1, "eos": 2, "unk": 3},
+        "validation": report,
+        "provenance": {
+            "run": str(run.resolve()),
+            "git_commit": _git_commit(),
+            "train_args": cfg.get("train_args"),
+            "metrics": metrics,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
+    }
+    write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,147 @@
+"""Image captioning over an exported bundle (ONNX Runtime, no torch).
+
+    cap = mmfast.Captioner.load("bundle/")
+    for c in cap.caption(["a.png", "b.png"], beam_size=3):
+        print(c.text, c.score)
+
+Per image, the encoder graph runs once and returns the decoder's whole initial state (for the
+LSTM: h, c, the regions and their attention projection W_a·regions); each decoding step then
+runs only the small step graph. Decoding (greedy / beam) mirrors the PyTorch reference token
+for token (mmfast.decoding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+from PIL import Image
+
+from .bundle import Bundle, BundleFormatError, load_bundle
+from .decoding import DecodeResult, State, beam_search, greedy
+from .preprocess import PreprocessConfig, load_rgb, preprocess_batch
+from .session import Session
+from .tokenizer import Tokenizer
+
+__all__ = ["Caption", "Captioner"]
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+# Step-graph state: (input name, output name) pairs; inputs not listed stay constant.
+_STEP_STATE = {"caption_lstm": [("h", "h_out"), ("c", "c_out")]}
+
+
+@dataclass
+class Caption:
+    text: str
+    tokens: list[int]
+    score: float  # log-probability (beam: length-penalised)
+    attention: np.ndarray | None = None  # (len + 1, regions) per generated token, if asked
+
+
+def load_images(images: Sequence[ImageLike]) -> list[Image.Image | np.ndarray]:
+    """Paths, PIL images or (H, W, 3) uint8 arrays -> images the preprocessing takes."""
+    out: list[Image.Image | np.ndarray] = []
+    for i, im in enumerate(images):
+        if isinstance(im, (str, Path)):
+            try:
+                out.append(load_rgb(im))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"images[{i}]: no such file: {im}") from None
+            except (OSError, ValueError) as e:
+                raise ValueError(f"images[{i}]: cannot read {im} as an image ({e})") from e
+        elif isinstance(im, (Image.Image, np.ndarray)):
+            out.append(im)
+        else:
+            raise TypeError(
+                f"images[{i}]: expected a path, a PIL image or an array, got {type(im).__name__}"
+            )
+    return out
+
+
+class Captioner:
+    """A captioning bundle loaded for inference. Thread-safe (sessions are)."""
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None) -> None:
+        if bundle.task != "caption":
+            raise BundleFormatError(f"{bundle.path}: a {bundle.task!r} bundle, not a captioner")
+        self.bundle = bundle
+        self.kind = str(bundle.manifest.get("kind"))
+        if self.kind not in _STEP_STATE:
+            raise BundleFormatError(f"{bundle.path}: unsupported captioner kind {self.kind!r}")
+        opt = bundle.path / ".ort-cache"
+        self.encoder = Session(
+            bundle.file("encoder.onnx"), device=device, threads=threads, optimized_dir=opt
+        )
+        self.step_graph = Session(
+            bundle.file("decoder_step.onnx"), device=device, threads=threads, optimized_dir=opt
+        )
+        self.preprocess_config = PreprocessConfig.from_dict(bundle.manifest["preprocess"])
+        self.tokenizer = Tokenizer.load(bundle.file(bundle.manifest["vocab"]))
+        self._state_io = _STEP_STATE[self.kind]
+
+    @classmethod
+    def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None) -> Captioner:
+        """Load and verify a bundle directory (see mmfast.bundle for the checks)."""
+        return cls(load_bundle(bundle), device=device, threads=threads)
+
+    def encode(self, pixels: np.ndarray) -> State:
+        """(B, 3, S, S) float32 -> the decoder's initial state."""
+        outs = self.encoder.run({"images": pixels})
+        return dict(zip(self.encoder.output_names, outs, strict=True))
+
+    def _step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State, np.ndarray]:
+        feeds = {"tokens": tokens.astype(np.int64, copy=False), **state}
+        outs = dict(zip(self.step_graph.output_names, self.step_graph.run(feeds), strict=True))
+        new = dict(state)
+        for name_in, name_out in self._state_io:
+            new[name_in] = outs[name_out]
+        return outs["logits"], new, outs["attention"]
+
+    def caption(
+        self,
+        images: Sequence[ImageLike] | ImageLike,
+        *,
+        beam_size: int = 1,
+        max_len: int = 20,
+        length_penalty: float = 0.0,
+        return_attention: bool = False,
+        batch_size: int = 32,
+    ) -> list[Caption]:
+        """Caption images (paths, PIL images or (H, W, 3) uint8 arrays), in batches."""
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("images: nothing to caption")
+        if not isinstance(beam_size, int) or beam_size < 1:
+            raise ValueError(f"beam_size: expected a positive int, got {beam_size!r}")
+        if not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len: expected a positive int, got {max_len!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        results: list[Caption] = []
+        for start in range(0, len(images), batch_size):
+            chunk = load_images(images[start : start + batch_size])
+            pixels = preprocess_batch(cast(list[Any], chunk), self.preprocess_config)
+            state = self.encode(pixels)
+            r: DecodeResult
+            if beam_size == 1 and length_penalty == 0.0:
+                r = greedy(self._step, state, max_len)
+            else:
+                r = beam_search(self._step, state, max_len, beam_size, length_penalty)
+            for i, toks in enumerate(r.tokens):
+                results.append(
+                    Caption(
+                        text=self.tokenizer.decode(toks),
+                        tokens=toks,
+                        score=float(r.scores[i]),
+                        attention=r.attention[i] if return_attention else None,
+                    )
+                )
+        return results
+
+    def __repr__(self) -> str:
+        return f"Captioner({self.bundle.path}, kind={self.kind}, device={self.encoder.device})"
