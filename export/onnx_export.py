@@ -134,7 +134,88 @@ def _lstm_specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
     ]
 
 
-SPECS: dict[str, Callable[[nn.Module, int], list[GraphSpec]]] = {"caption_lstm": _lstm_specs}
+# ----------------------------------------------------------------- caption_transformer
+
+_TF_STATE = ["cross_k", "cross_v", "self_k", "self_v", "pos"]
+
+
+class _TFEncoder(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = self.m.encode(images)
+        return tuple(s[n] for n in _TF_STATE)
+
+
+class _TFStep(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        self_k: torch.Tensor,
+        self_v: torch.Tensor,
+        pos: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        state = {
+            "cross_k": cross_k,
+            "cross_v": cross_v,
+            "self_k": self_k,
+            "self_v": self_v,
+            "pos": pos,
+        }
+        logits, new, attn = self.m.step(tokens, state)
+        return logits, new["self_k"], new["self_v"], new["pos"], attn
+
+
+def _tf_specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
+    def enc_example(b: int) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(b, 3, image_size, image_size),)
+
+    def step_example(b: int) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            s = model.encode(torch.randn(b, 3, image_size, image_size))
+            tok = torch.randint(3, model.cfg.vocab_size, (b,))
+            _, s, _ = model.step(tok, s)  # a non-empty cache: position 1
+        return (torch.randint(3, model.cfg.vocab_size, (b,)), *(s[n] for n in _TF_STATE))
+
+    batch = {0: "batch"}
+    return [
+        GraphSpec(
+            "encoder.onnx",
+            _TFEncoder(model),
+            ["images"],
+            _TF_STATE,
+            {"images": batch},
+            example=enc_example,
+        ),
+        GraphSpec(
+            "decoder_step.onnx",
+            _TFStep(model),
+            ["tokens", *_TF_STATE],
+            ["logits", "self_k_out", "self_v_out", "pos_out", "attention"],
+            {n: batch for n in ["tokens", *_TF_STATE]},
+            example=step_example,
+            notes="KV cache of max_len slots written at pos; pos advances by one",
+        ),
+    ]
+
+
+SPECS: dict[str, Callable[[nn.Module, int], list[GraphSpec]]] = {
+    "caption_lstm": _lstm_specs,
+    "caption_transformer": _tf_specs,
+}
+# Step graph: state input -> the output that replaces it after a step (others are constant).
+STATE_UPDATES = {
+    "caption_lstm": {"h": "h_out", "c": "c_out"},
+    "caption_transformer": {"self_k": "self_k_out", "self_v": "self_v_out", "pos": "pos_out"},
+}
 
 
 # ----------------------------------------------------------------------- export + checks
@@ -254,6 +335,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "preprocess": cfg["preprocess"],
         "vocab": "vocab.txt",
         "special_tokens": {"pad": 0, "bos": 1, "eos": 2, "unk": 3},
+        "decoder": {
+            "state_updates": STATE_UPDATES.get(kind, {}),
+            "max_len": int(cfg["model"].get("max_len", 0)) or None,
+        },
         "validation": report,
         "provenance": {
             "run": str(run.resolve()),

@@ -30,9 +30,6 @@ __all__ = ["Caption", "Captioner"]
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
-# Step-graph state: (input name, output name) pairs; inputs not listed stay constant.
-_STEP_STATE = {"caption_lstm": [("h", "h_out"), ("c", "c_out")]}
-
 
 @dataclass
 class Caption:
@@ -70,8 +67,13 @@ class Captioner:
             raise BundleFormatError(f"{bundle.path}: a {bundle.task!r} bundle, not a captioner")
         self.bundle = bundle
         self.kind = str(bundle.manifest.get("kind"))
-        if self.kind not in _STEP_STATE:
-            raise BundleFormatError(f"{bundle.path}: unsupported captioner kind {self.kind!r}")
+        decoder = bundle.manifest.get("decoder")
+        if not isinstance(decoder, dict) or not isinstance(decoder.get("state_updates"), dict):
+            raise BundleFormatError(f"{bundle.path}: the manifest has no decoder state map")
+        # step-graph state input -> the output replacing it after each step (the rest, e.g.
+        # the regions or the cross-attention K/V, stays as the encoder made it)
+        self._state_io = list(decoder["state_updates"].items())
+        self.max_len: int | None = decoder.get("max_len")
         opt = bundle.path / ".ort-cache"
         self.encoder = Session(
             bundle.file("encoder.onnx"), device=device, threads=threads, optimized_dir=opt
@@ -81,7 +83,6 @@ class Captioner:
         )
         self.preprocess_config = PreprocessConfig.from_dict(bundle.manifest["preprocess"])
         self.tokenizer = Tokenizer.load(bundle.file(bundle.manifest["vocab"]))
-        self._state_io = _STEP_STATE[self.kind]
 
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None) -> Captioner:
@@ -106,20 +107,28 @@ class Captioner:
         images: Sequence[ImageLike] | ImageLike,
         *,
         beam_size: int = 1,
-        max_len: int = 20,
+        max_len: int | None = None,
         length_penalty: float = 0.0,
         return_attention: bool = False,
         batch_size: int = 32,
     ) -> list[Caption]:
-        """Caption images (paths, PIL images or (H, W, 3) uint8 arrays), in batches."""
+        """Caption images (paths, PIL images or (H, W, 3) uint8 arrays), in batches.
+
+        max_len: tokens to generate at most (default 20, or the model's limit if lower).
+        """
         if isinstance(images, (str, Path, Image.Image, np.ndarray)):
             images = [images]
         if len(images) == 0:
             raise ValueError("images: nothing to caption")
         if not isinstance(beam_size, int) or beam_size < 1:
             raise ValueError(f"beam_size: expected a positive int, got {beam_size!r}")
+        if max_len is None:  # 20 tokens, or fewer if the model's KV cache is shorter
+            max_len = min(20, self.max_len) if self.max_len else 20
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len: expected a positive int, got {max_len!r}")
+        if self.kind == "caption_transformer" and self.max_len and max_len > self.max_len:
+            # the KV cache has max_len slots (fixed at training): no room for longer captions
+            raise ValueError(f"max_len: this model decodes at most {self.max_len} tokens")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         results: list[Caption] = []

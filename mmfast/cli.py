@@ -112,7 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="bundle directory (from `mmfast export`)")
     s.add_argument("images", nargs="+", help="image files")
     s.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
-    s.add_argument("--max-len", type=int, default=20)
+    s.add_argument("--max-len", type=int, default=None, help="default: 20 or the model's limit")
     s.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha (0: off)")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")

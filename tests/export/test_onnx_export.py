@@ -25,25 +25,30 @@ from mmfast.tokenizer import Tokenizer  # noqa: E402
 WORDS = "a small large red blue green circle square triangle left right of above below".split()
 
 
-@pytest.fixture(scope="module")
-def run_and_bundle(tmp_path_factory):
+TINY = {
+    "caption_lstm": {"embed": 16, "hidden": 32, "att": 16},
+    "caption_transformer": {"dim": 32, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def run_and_bundle(tmp_path_factory, request):
     run = tmp_path_factory.mktemp("run")
     tok = Tokenizer.build([" ".join(WORDS)])
     prep = PreprocessConfig(size=32)
     model_cfg = {
-        "kind": "caption_lstm",
+        "kind": request.param,
         "vocab_size": len(tok),
         "encoder": {"image_size": 32, "widths": [8, 16], "blocks": 1},
-        "embed": 16,
-        "hidden": 32,
-        "att": 16,
         "dropout": 0.0,
         "max_len": 12,
+        **TINY[request.param],
     }
     torch.manual_seed(0)
     model = build_model("caption", model_cfg)
+    head = model.out if request.param == "caption_lstm" else model.head
     with torch.no_grad():  # sharper logits than at init, so near-ties are rare
-        model.out.weight.mul_(8.0)
+        head.weight.mul_(8.0)
     save_weights(model, run / "model.safetensors")
     tok.save(run / "vocab.txt")
     cfg = {
