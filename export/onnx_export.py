@@ -207,9 +207,159 @@ def _tf_specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
     ]
 
 
+# ------------------------------------------------------------------------- retrieval
+
+
+class _ImageTower(nn.Module):
+    """images -> unit embedding (B, E) and, if the model re-ranks, the regions already projected
+    for the re-ranker (B, N, D) — per-image work done once, at indexing time."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        emb, regions = self.m.encode_image(images)
+        if self.m.reranker is None:
+            return (emb,)
+        return emb, self.m.region_proj(regions)
+
+
+class _TextTower(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        emb, feats, mask = self.m.encode_text(tokens)
+        return emb, feats, mask.to(torch.float32)
+
+
+class _Reranker(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(
+        self, text_feats: torch.Tensor, text_mask: torch.Tensor, regions: torch.Tensor
+    ) -> torch.Tensor:
+        assert self.m.reranker is not None
+        return self.m.reranker(text_feats, text_mask > 0.5, regions)
+
+
+def _tokens_example(model: nn.Module, b: int, t: int = 9) -> torch.Tensor:
+    tok = torch.randint(4, model.cfg.vocab_size, (b, t))
+    tok[:, 0] = 1
+    for i in range(b):  # ragged lengths, padded with 0
+        tok[i, t - 1 - (i % 3) :] = 0
+    return tok
+
+
+def _retrieval_specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
+    rerank = model.reranker is not None
+
+    def img_example(b: int) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(b, 3, image_size, image_size),)
+
+    def txt_example(b: int) -> tuple[torch.Tensor, ...]:
+        return (_tokens_example(model, b, 9 + b),)
+
+    def rr_example(b: int) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            _, feats, mask = model.encode_text(_tokens_example(model, b, 8 + b))
+            _, regions = model.encode_image(torch.randn(b, 3, image_size, image_size))
+            return feats, mask.to(torch.float32), model.region_proj(regions)
+
+    batch, text = {0: "batch"}, {0: "batch", 1: "tokens"}
+    specs = [
+        GraphSpec(
+            "image_tower.onnx",
+            _ImageTower(model),
+            ["images"],
+            ["image_embedding", "regions"] if rerank else ["image_embedding"],
+            {"images": batch},
+            example=img_example,
+        ),
+        GraphSpec(
+            "text_tower.onnx",
+            _TextTower(model),
+            ["tokens"],
+            ["text_embedding", "token_features", "token_mask"],
+            {"tokens": text},
+            example=txt_example,
+        ),
+    ]
+    if rerank:
+        specs.append(
+            GraphSpec(
+                "reranker.onnx",
+                _Reranker(model),
+                ["text_features", "text_mask", "regions"],
+                ["score"],
+                {"text_features": text, "text_mask": text, "regions": batch},
+                example=rr_example,
+            )
+        )
+    return specs
+
+
+# ------------------------------------------------------------------------------- vqa
+
+
+class _VQAImage(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.m.encode_image(images)
+
+
+class _VQAAnswer(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, regions: torch.Tensor, questions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, att = self.m.answer(regions, questions)
+        return logits, att
+
+
+def _vqa_specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
+    def img_example(b: int) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(b, 3, image_size, image_size),)
+
+    def ans_example(b: int) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            regions = model.encode_image(torch.randn(b, 3, image_size, image_size))
+        return regions, _tokens_example(model, b, 7 + b)
+
+    batch = {0: "batch"}
+    return [
+        GraphSpec(
+            "image_encoder.onnx",
+            _VQAImage(model),
+            ["images"],
+            ["regions"],
+            {"images": batch},
+            example=img_example,
+        ),
+        GraphSpec(
+            "answer_head.onnx",
+            _VQAAnswer(model),
+            ["regions", "questions"],
+            ["logits", "attention"],
+            {"regions": batch, "questions": {0: "batch", 1: "tokens"}},
+            example=ans_example,
+        ),
+    ]
+
+
 SPECS: dict[str, Callable[[nn.Module, int], list[GraphSpec]]] = {
     "caption_lstm": _lstm_specs,
     "caption_transformer": _tf_specs,
+    "retrieval": _retrieval_specs,
+    "vqa": _vqa_specs,
 }
 # Step graph: state input -> the output that replaces it after a step (others are constant).
 STATE_UPDATES = {
@@ -261,7 +411,8 @@ def validate_graph(spec: GraphSpec, path: Path, inputs: tuple[torch.Tensor, ...]
     feeds = {n: t.numpy() for n, t in zip(spec.input_names, inputs, strict=True)}
     got = sess.run(None, feeds)
     with torch.no_grad():
-        want = [t.numpy() for t in spec.module(*inputs)]
+        res = spec.module(*inputs)
+    want = [t.numpy() for t in (res if isinstance(res, tuple) else (res,))]
     report = {}
     for name, g, w in zip(spec.output_names, got, want, strict=True):
         if g.shape != w.shape:
@@ -323,6 +474,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
             "rtol": spec.rtol,
         }
     shutil.copy(run / "vocab.txt", out / "vocab.txt")
+    extra: dict[str, Any] = {}
+    if kind == "vqa":
+        shutil.copy(run / "answers.txt", out / "answers.txt")
+        extra["answers"] = "answers.txt"
+    if kind == "retrieval":
+        # fused re-ranking score = temperature scale * cosine + re-ranker score (as in training)
+        extra["retrieval"] = {
+            "logit_scale": float(model.temperature_scale().detach()),
+            "rerank": model.reranker is not None,
+            "max_len": int(model.cfg.max_len),
+        }
+    if kind == "vqa":
+        extra["vqa"] = {"max_len": int(model.cfg.max_len)}
     metrics = (
         json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     )
@@ -339,6 +503,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
             "state_updates": STATE_UPDATES.get(kind, {}),
             "max_len": int(cfg["model"].get("max_len", 0)) or None,
         },
+        **extra,
         "validation": report,
         "provenance": {
             "run": str(run.resolve()),

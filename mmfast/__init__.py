@@ -14,7 +14,9 @@ from ._info import info
 from ._version import __version__
 
 __all__ = [
+    "VQA",
     "Captioner",
+    "Retriever",
     "__version__",
     "cuda_status",
     "get_num_threads",
@@ -30,4 +32,12 @@ def __getattr__(name: str) -> object:
         from .captioner import Captioner
 
         return Captioner
+    if name == "Retriever":
+        from .retriever import Retriever
+
+        return Retriever
+    if name == "VQA":
+        from .vqa import VQA
+
+        return VQA
     raise AttributeError(f"module 'mmfast' has no attribute {name!r}")

@@ -15,20 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
+from ._pipeline import ImageLike, Pipeline
 from .bundle import Bundle, BundleFormatError, load_bundle
 from .decoding import DecodeResult, State, beam_search, greedy
-from .preprocess import PreprocessConfig, load_rgb, preprocess_batch
-from .session import Session
-from .tokenizer import Tokenizer
 
 __all__ = ["Caption", "Captioner"]
-
-ImageLike = str | Path | Image.Image | np.ndarray
 
 
 @dataclass
@@ -39,33 +34,13 @@ class Caption:
     attention: np.ndarray | None = None  # (len + 1, regions) per generated token, if asked
 
 
-def load_images(images: Sequence[ImageLike]) -> list[Image.Image | np.ndarray]:
-    """Paths, PIL images or (H, W, 3) uint8 arrays -> images the preprocessing takes."""
-    out: list[Image.Image | np.ndarray] = []
-    for i, im in enumerate(images):
-        if isinstance(im, (str, Path)):
-            try:
-                out.append(load_rgb(im))
-            except FileNotFoundError:
-                raise FileNotFoundError(f"images[{i}]: no such file: {im}") from None
-            except (OSError, ValueError) as e:
-                raise ValueError(f"images[{i}]: cannot read {im} as an image ({e})") from e
-        elif isinstance(im, (Image.Image, np.ndarray)):
-            out.append(im)
-        else:
-            raise TypeError(
-                f"images[{i}]: expected a path, a PIL image or an array, got {type(im).__name__}"
-            )
-    return out
-
-
-class Captioner:
+class Captioner(Pipeline):
     """A captioning bundle loaded for inference. Thread-safe (sessions are)."""
 
+    task = "caption"
+
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None) -> None:
-        if bundle.task != "caption":
-            raise BundleFormatError(f"{bundle.path}: a {bundle.task!r} bundle, not a captioner")
-        self.bundle = bundle
+        super().__init__(bundle, ["encoder.onnx", "decoder_step.onnx"], device, threads)
         self.kind = str(bundle.manifest.get("kind"))
         decoder = bundle.manifest.get("decoder")
         if not isinstance(decoder, dict) or not isinstance(decoder.get("state_updates"), dict):
@@ -74,15 +49,6 @@ class Captioner:
         # the regions or the cross-attention K/V, stays as the encoder made it)
         self._state_io = list(decoder["state_updates"].items())
         self.max_len: int | None = decoder.get("max_len")
-        opt = bundle.path / ".ort-cache"
-        self.encoder = Session(
-            bundle.file("encoder.onnx"), device=device, threads=threads, optimized_dir=opt
-        )
-        self.step_graph = Session(
-            bundle.file("decoder_step.onnx"), device=device, threads=threads, optimized_dir=opt
-        )
-        self.preprocess_config = PreprocessConfig.from_dict(bundle.manifest["preprocess"])
-        self.tokenizer = Tokenizer.load(bundle.file(bundle.manifest["vocab"]))
 
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None) -> Captioner:
@@ -91,12 +57,11 @@ class Captioner:
 
     def encode(self, pixels: np.ndarray) -> State:
         """(B, 3, S, S) float32 -> the decoder's initial state."""
-        outs = self.encoder.run({"images": pixels})
-        return dict(zip(self.encoder.output_names, outs, strict=True))
+        return self.run("encoder.onnx", {"images": pixels})
 
     def _step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State, np.ndarray]:
         feeds = {"tokens": tokens.astype(np.int64, copy=False), **state}
-        outs = dict(zip(self.step_graph.output_names, self.step_graph.run(feeds), strict=True))
+        outs = self.run("decoder_step.onnx", feeds)
         new = dict(state)
         for name_in, name_out in self._state_io:
             new[name_in] = outs[name_out]
@@ -133,9 +98,7 @@ class Captioner:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         results: list[Caption] = []
         for start in range(0, len(images), batch_size):
-            chunk = load_images(images[start : start + batch_size])
-            pixels = preprocess_batch(cast(list[Any], chunk), self.preprocess_config)
-            state = self.encode(pixels)
+            state = self.encode(self.pixels(images[start : start + batch_size]))
             r: DecodeResult
             if beam_size == 1 and length_penalty == 0.0:
                 r = greedy(self._step, state, max_len)
@@ -153,4 +116,5 @@ class Captioner:
         return results
 
     def __repr__(self) -> str:
-        return f"Captioner({self.bundle.path}, kind={self.kind}, device={self.encoder.device})"
+        device = self.sessions["encoder.onnx"].device
+        return f"Captioner({self.bundle.path}, kind={self.kind}, device={device})"

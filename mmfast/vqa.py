@@ -1,0 +1,74 @@
+"""Visual question answering over an exported bundle (ONNX Runtime, no torch).
+
+    vqa = mmfast.VQA.load("bundle/")
+    a = vqa.answer("image.png", "what colour is the circle?")
+    print(a.text, a.confidence)
+
+The image encoder runs once per image; the answer head takes the image's regions and the
+question and classifies over the answers seen in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import ops
+from ._pipeline import ImageLike, Pipeline, pad_tokens
+from .bundle import Bundle, load_bundle
+
+__all__ = ["VQA", "Answer"]
+
+
+@dataclass
+class Answer:
+    text: str
+    confidence: float  # softmax probability of the answer
+    attention: np.ndarray  # (glimpses, regions) where the model looked
+
+
+class VQA(Pipeline):
+    task = "vqa"
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__(bundle, ["image_encoder.onnx", "answer_head.onnx"], device, threads)
+        self.answers = bundle.file(bundle.manifest["answers"]).read_text().splitlines()
+        self.max_len = int(bundle.manifest.get("vqa", {}).get("max_len", 64))
+
+    @classmethod
+    def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None) -> VQA:
+        return cls(load_bundle(bundle), device=device, threads=threads)
+
+    def answer(self, image: ImageLike, question: str) -> Answer:
+        """Answer one question about one image."""
+        return self.answer_many([image], [[question]])[0][0]
+
+    def answer_many(
+        self, images: Sequence[ImageLike], questions: Sequence[Sequence[str]]
+    ) -> list[list[Answer]]:
+        """questions[i] are the questions about images[i]; each image is encoded once."""
+        if len(images) != len(questions):
+            raise ValueError(f"questions: {len(questions)} lists for {len(images)} images")
+        flat = [(i, q) for i, qs in enumerate(questions) for q in qs]
+        for i, q in flat:
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(f"question (image {i}): expected a non-empty string, got {q!r}")
+        if not flat:
+            return [[] for _ in images]
+        regions = self.run("image_encoder.onnx", {"images": self.pixels(images)})["regions"]
+        tokens = pad_tokens([self.tokenizer.encode(q) for _, q in flat], self.max_len)
+        out = self.run(
+            "answer_head.onnx",
+            {"regions": regions[[i for i, _ in flat]], "questions": tokens},
+        )
+        probs = ops.softmax(np.ascontiguousarray(out["logits"], dtype=np.float32))
+        best = probs.argmax(-1)
+        result: list[list[Answer]] = [[] for _ in images]
+        for n, (i, _) in enumerate(flat):
+            result[i].append(
+                Answer(self.answers[best[n]], float(probs[n, best[n]]), out["attention"][n])
+            )
+        return result
