@@ -1,7 +1,12 @@
 // Fused attention, FlashAttention-style (Dao et al. 2022, algorithm 1) on the CPU: for each
 // block of BQ queries, stream the keys/values in blocks of BK, keep a running row max m, row
-// sum l and unnormalised output O, and never form the Lq×Lk score matrix. Memory: a per-task
-// workspace of (D + BK + Dv + 2)·BQ floats (≤ 155 KiB), nothing proportional to Lq·Lk.
+// sum l and unnormalised output O, and never form the Lq×Lk score matrix. Memory: one
+// workspace of (D + BK + Dv + 3)·BQ floats (≤ 157 KiB) per chunk of tasks, so at most one per
+// thread at a time; nothing proportional to Lq·Lk.
+//
+// Threads take tasks (batch, head, block of BQ queries), the last query blocks first. Causal
+// key blocks above the diagonal are skipped, the diagonal one masked in registers. A block of
+// ≤ W queries runs one vector wide; one of ≤ 4 (a decode step) row by row (attention_rows).
 //
 // Layout trick: everything is kept *transposed*, with the vector lanes running over queries.
 //   Qᵀ tile   qt[x][i]  (D × BQ)   packed once per query block, pre-multiplied by the scale
