@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ._version import __version__
 
@@ -23,11 +24,9 @@ _TORCH_COMMANDS = {
 }
 # Runtime commands not in this version yet: they say so instead of pretending.
 _PLANNED = {
-    "index": "build a text-to-image search index",
-    "search": "search an index with text",
-    "ask": "answer a question about an image",
     "serve": "serve the models over HTTP",
 }
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 _EXPORT_INSTALL_HINT = (
     "the PyTorch side is not installed: install the `export` extra, e.g.\n"
@@ -91,6 +90,76 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+    from .retriever import Retriever
+
+    root = Path(args.images)
+    if not root.is_dir():
+        print(f"mmfast index build: --images {root} is not a directory", file=sys.stderr)
+        return 2
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not paths:
+        print(f"mmfast index build: no images under {root}", file=sys.stderr)
+        return 2
+    try:
+        r = Retriever.load(args.model, device=args.device, threads=args.threads)
+        ids = [str(p.relative_to(root)) for p in paths]
+        r.add_images(
+            [str(p) for p in paths], ids=ids, batch_size=args.batch_size, progress=not args.quiet
+        )
+        r.index.metadata.update(
+            {"bundle": str(Path(args.model).resolve()), "images": str(root.resolve())}
+        )
+        r.save(args.out)
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        print(f"mmfast index build: {e}", file=sys.stderr)
+        return 2
+    print(f"indexed {len(paths)} images from {root} into {args.out}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+    from .index import EmbeddingIndex
+    from .retriever import Retriever
+
+    try:
+        meta = EmbeddingIndex.load(args.index).metadata
+        bundle = args.model or meta.get("bundle")
+        if not bundle:
+            print("mmfast search: the index names no bundle; pass --model", file=sys.stderr)
+            return 2
+        r = Retriever.load(bundle, device=args.device, threads=args.threads, index=args.index)
+        ids, scores = r.search(args.text, k=args.k, rerank=args.rerank)
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        print(f"mmfast search: {e}", file=sys.stderr)
+        return 2
+    for rank, (i, sc) in enumerate(zip(ids, scores, strict=True), 1):
+        print(f"{rank}\t{sc:.4f}\t{i}")
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+    from .vqa import VQA
+
+    try:
+        vqa = VQA.load(args.model, device=args.device, threads=args.threads)
+        ans = vqa.answer_many([args.image], [args.questions])[0]
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        print(f"mmfast ask: {e}", file=sys.stderr)
+        return 2
+    for q, a in zip(args.questions, ans, strict=True):
+        print(f"{q}\t{a.text}\t{a.confidence:.3f}")
+    return 0
+
+
+def _runtime_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mmfast", description="Fast inference for multimodal (image + text) models."
@@ -114,9 +183,35 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     s.add_argument("--max-len", type=int, default=None, help="default: 20 or the model's limit")
     s.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha (0: off)")
-    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    _runtime_args(s)
     s.set_defaults(func=_cmd_caption)
+
+    s = sub.add_parser("index", help="build a text-to-image search index")
+    isub = s.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    b = isub.add_parser("build", help="embed every image under a folder")
+    b.add_argument("--model", required=True, help="retrieval bundle directory")
+    b.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    b.add_argument("--out", required=True, help="index directory to write")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--quiet", action="store_true", help="no progress output")
+    _runtime_args(b)
+    b.set_defaults(func=_cmd_index)
+
+    s = sub.add_parser("search", help="search an index with text")
+    s.add_argument("--index", required=True, help="index directory (mmfast index build)")
+    s.add_argument("text", help="what to look for")
+    s.add_argument("-k", type=int, default=10, help="results to print")
+    s.add_argument("--rerank", action="store_true", help="re-rank the top with cross-attention")
+    s.add_argument("--model", default=None, help="retrieval bundle (default: the index's)")
+    _runtime_args(s)
+    s.set_defaults(func=_cmd_search)
+
+    s = sub.add_parser("ask", help="answer questions about an image")
+    s.add_argument("--model", required=True, help="VQA bundle directory")
+    s.add_argument("image", help="image file")
+    s.add_argument("questions", nargs="+", help="one or more questions")
+    _runtime_args(s)
+    s.set_defaults(func=_cmd_ask)
 
     for name, (_, help_text) in _TORCH_COMMANDS.items():
         # The PyTorch side parses its own arguments (and prints its own --help).

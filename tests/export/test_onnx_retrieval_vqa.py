@@ -156,3 +156,56 @@ def test_vqa_answers_identical_to_pytorch(vqa):
     assert one.text == got[0][0].text
     with pytest.raises(ValueError, match=r"question .*non-empty string"):
         v.answer(imgs[0], "")
+
+
+def test_cli_index_search_ask(retrieval, vqa, tmp_path, capsys):
+    from PIL import Image
+
+    from mmfast.cli import main
+
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i, im in enumerate(images(6, seed=5)):
+        Image.fromarray(im).save(folder / ("sub" if i % 2 else "") / f"{i}.png")
+    _, _, _, rbundle = retrieval
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--model",
+                str(rbundle),
+                "--images",
+                str(folder),
+                "--out",
+                str(tmp_path / "ix"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "ix"), TEXTS[0], "-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    want, _ = Retriever.load(rbundle, index=tmp_path / "ix").search(TEXTS[0], k=3)
+    assert [ln.split("\t")[2] for ln in lines] == want
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--model",
+                str(rbundle),
+                "--images",
+                str(tmp_path / "no"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    *_, vbundle, _ = vqa
+    assert main(["ask", "--model", str(vbundle), str(folder / "0.png"), TEXTS[0], TEXTS[1]]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and out[0].startswith(TEXTS[0] + "\t")
+    assert main(["ask", "--model", str(vbundle), str(folder / "missing.png"), "what"]) == 2
