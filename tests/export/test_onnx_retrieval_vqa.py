@@ -11,14 +11,13 @@ import pytest
 pytestmark = pytest.mark.export
 torch = pytest.importorskip("torch")
 
-from mmfast_export.checkpoint import save_weights  # noqa: E402
-from mmfast_export.onnx_export import export_run  # noqa: E402
-from mmfast_export.train import build_model  # noqa: E402
-
 from mmfast.preprocess import PreprocessConfig, preprocess_batch  # noqa: E402
 from mmfast.retriever import Retriever  # noqa: E402
 from mmfast.tokenizer import Tokenizer  # noqa: E402
 from mmfast.vqa import VQA  # noqa: E402
+from mmfast_export.checkpoint import save_weights  # noqa: E402
+from mmfast_export.onnx_export import export_run  # noqa: E402
+from mmfast_export.train import build_model  # noqa: E402
 
 WORDS = "a small large red blue green circle square left right of above below what colour".split()
 ENC = {"image_size": 32, "widths": [8, 16], "blocks": 1}
