@@ -149,10 +149,37 @@ def main_train(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mmfast_export {data,train} ...``"""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("data", "train"):
-        print("usage: python -m mmfast_export {data,train} ...", file=sys.stderr)
+def main_export(argv: list[str]) -> int:
+    """``mmfast export RUN_DIR --out BUNDLE_DIR``: ONNX graphs + manifest, validated."""
+    p = argparse.ArgumentParser(
+        prog="mmfast export",
+        description="Export a trained run to an ONNX bundle, validated against PyTorch.",
+    )
+    p.add_argument("run", help="a run directory written by `mmfast train`")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    a = p.parse_args(argv)
+    from .onnx_export import ExportValidationError, export_run
+
+    try:
+        manifest = export_run(a.run, a.out)
+    except (FileNotFoundError, NotImplementedError, ExportValidationError) as e:
+        print(f"mmfast export: {e}", file=sys.stderr)
         return 2
-    return main_data(argv[1:]) if argv[0] == "data" else main_train(argv[1:])
+    worst = {
+        g: max(o["max_abs_err"] for chk in checks.values() for o in chk.values())
+        for g, checks in manifest["validation"].items()
+    }
+    print(f"exported {manifest['kind']} to {a.out}")
+    for g, err in worst.items():
+        print(f"  {g:22} ORT vs PyTorch max abs err {err:.2e}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmfast_export {data,train,export} ...``"""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"data": main_data, "train": main_train, "export": main_export}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m mmfast_export {data,train,export} ...", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
