@@ -175,11 +175,18 @@ def main_export(argv: list[str]) -> int:
     return 0
 
 
+def main_demo(argv: list[str]) -> int:
+    """``mmfast demo``: data -> training -> export -> runtime, with a latency table."""
+    from .demo import main as demo
+
+    return demo(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mmfast_export {data,train,export} ...``"""
+    """``python -m mmfast_export {data,train,export,demo} ...``"""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"data": main_data, "train": main_train, "export": main_export}
+    commands = {"data": main_data, "train": main_train, "export": main_export, "demo": main_demo}
     if not argv or argv[0] not in commands:
-        print("usage: python -m mmfast_export {data,train,export} ...", file=sys.stderr)
+        print("usage: python -m mmfast_export {data,train,export,demo} ...", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])

@@ -21,6 +21,7 @@ _TORCH_COMMANDS = {
     "data": ("main_data", "generate a dataset (e.g. `mmfast data shapes --out DIR`)"),
     "train": ("main_train", "train a model (caption, retrieval, vqa)"),
     "export": ("main_export", "export a trained checkpoint to an ONNX bundle"),
+    "demo": ("main_demo", "data -> training -> export -> captions, search, answers, latency"),
 }
 # Runtime commands not in this version yet: they say so instead of pretending.
 _PLANNED = {
