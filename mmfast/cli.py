@@ -36,21 +36,29 @@ _EXPORT_INSTALL_HINT = (
 )
 
 
+_EXPORT_DEPS = {"torch", "mmfast_export", "onnx", "onnxscript", "safetensors", "sacrebleu"}
+
+
+def _missing_export_dep(e: ImportError) -> bool:
+    return (getattr(e, "name", None) or "").split(".")[0] in _EXPORT_DEPS
+
+
 def _run_torch_command(name: str, argv: list[str]) -> int:
     func_name = _TORCH_COMMANDS[name][0]
+    # The PyTorch side imports torch lazily, so a missing dependency can surface at import or
+    # inside the command: either way, say how to install it.
     try:
         module = importlib.import_module("mmfast_export.cli")
+        func: Callable[[list[str]], int] | None = getattr(module, func_name, None)
+        if func is None:
+            print(f"mmfast {name}: not available in this version of mmfast_export", file=sys.stderr)
+            return 2
+        return int(func(argv) or 0)
     except ImportError as e:
-        missing = getattr(e, "name", None) or ""
-        if missing.split(".")[0] in {"torch", "mmfast_export", "onnx", "safetensors"}:
+        if _missing_export_dep(e):
             print(f"mmfast {name}: {_EXPORT_INSTALL_HINT}", file=sys.stderr)
             return 2
         raise
-    func: Callable[[list[str]], int] | None = getattr(module, func_name, None)
-    if func is None:
-        print(f"mmfast {name}: not available in this version of mmfast_export", file=sys.stderr)
-        return 2
-    return int(func(argv) or 0)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
