@@ -139,3 +139,25 @@ def test_cli_caption(run_and_bundle, tmp_path, capsys):
     want = Captioner.load(bundle).caption(paths, beam_size=2)
     assert [ln.split("\t")[1] for ln in lines] == [c.text for c in want]
     assert main(["caption", "--model", str(tmp_path / "nope"), *paths]) == 2
+
+
+def test_odd_images_are_captioned(run_and_bundle, tmp_path):
+    from PIL import Image
+
+    _, _, bundle, _ = run_and_bundle
+    cap = Captioner.load(bundle)
+    odd = [
+        Image.new("L", (1, 1), 128),  # 1x1 grayscale
+        Image.new("RGBA", (9, 5), (255, 0, 0, 0)),  # transparent
+        Image.fromarray((np.arange(400, dtype=np.uint16) * 150).reshape(20, 20)),  # 16-bit
+        Image.new("P", (30, 12)),  # palette
+        Image.new("RGB", (4000, 3000), (20, 200, 30)),  # large photo
+    ]
+    paths = []
+    for i, im in enumerate(odd):
+        paths.append(tmp_path / f"odd{i}.png")
+        im.save(paths[-1])
+    from_files = cap.caption(paths)
+    from_memory = cap.caption(odd)
+    assert [c.tokens for c in from_files] == [c.tokens for c in from_memory]
+    assert all(isinstance(c.text, str) for c in from_files)
