@@ -56,6 +56,10 @@ class EmbeddingIndex:
     def ids(self) -> list[str]:
         return list(self._ids)
 
+    def id_at(self, row: int) -> str:
+        """The id of the row-th added embedding."""
+        return self._ids[int(row)]
+
     def add(self, embeddings: Any, ids: Sequence[str] | None = None) -> None:
         """Add (n, dim) embeddings (normalised here) under `ids` (default: running numbers)."""
         e = _unit_rows(embeddings, self.dim, "embeddings")
@@ -73,6 +77,11 @@ class EmbeddingIndex:
 
     def search(self, queries: Any, k: int = 10) -> tuple[list[list[str]], FloatArray]:
         """Top-k ids and cosine scores (descending) for each of (m, dim) queries."""
+        rows, scores = self.search_rows(queries, k)
+        return [[self._ids[j] for j in row] for row in rows], scores
+
+    def search_rows(self, queries: Any, k: int = 10) -> tuple[np.ndarray, FloatArray]:
+        """Like :meth:`search`, with row numbers (insertion order) instead of ids."""
         if not len(self):
             raise ValueError("search: the index is empty")
         if not isinstance(k, int) or k < 1:
@@ -87,7 +96,7 @@ class EmbeddingIndex:
         order = np.lexsort((part, -top), axis=1)  # score desc, then insertion order
         idx = np.take_along_axis(part, order, 1)
         result: FloatArray = np.take_along_axis(scores, idx, 1).astype(np.float32)
-        return [[self._ids[j] for j in row] for row in idx], result
+        return idx, result
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)

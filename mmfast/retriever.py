@@ -108,12 +108,12 @@ class Retriever(Pipeline):
             raise ValueError("rerank: the index was saved without regions; rebuild it")
         t = self.embed_texts([text])
         pool = max(k, rerank_k or 10) if rerank else k
-        ids, scores = self.index.search(t["text_embedding"], pool)
-        ids0, cos = ids[0], scores[0]
+        rows, scores = self.index.search_rows(t["text_embedding"], pool)
+        rows0, cos = rows[0], scores[0]
+        ids0 = [self.index.id_at(j) for j in rows0]
         if not rerank:
             return ids0[:k], cos[:k]
-        pos = {i: n for n, i in enumerate(self.index.ids)}
-        regions = np.stack([self._regions[pos[i]] for i in ids0]).astype(np.float32)
+        regions = np.stack([self._regions[j] for j in rows0]).astype(np.float32)
         p = len(ids0)
         s = self.run(
             "reranker.onnx",
