@@ -40,6 +40,14 @@ def resolve_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _writable_dir(path: Path) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
 class Session:
     """One ONNX graph, ready to run. Thread-safe: ORT sessions may be run concurrently.
 
@@ -69,18 +77,16 @@ class Session:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.log_severity_level = 3
         load_path = self.path
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if optimized_dir is not None:
             tag = "cuda" if self.providers[0].startswith("CUDA") else "cpu"
             opt = Path(optimized_dir) / f"{self.path.stem}.{tag}.opt.onnx"
             if opt.is_file() and opt.stat().st_mtime >= self.path.stat().st_mtime:
                 load_path = opt
                 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            else:
-                os.makedirs(opt.parent, exist_ok=True)
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            elif _writable_dir(opt.parent):
                 so.optimized_model_filepath = str(opt)
-        else:
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # else: a read-only bundle (a container image, say): optimise at every start
         self._sess = ort.InferenceSession(str(load_path), so, providers=self.providers)
         self.device = "cuda" if self._sess.get_providers()[0].startswith("CUDA") else "cpu"
         self.input_names = [i.name for i in self._sess.get_inputs()]
