@@ -11,6 +11,7 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
+from mmfast.preprocess import PreprocessConfig
 from mmfast_export.cli import main_data
 from mmfast_export.coco import load_captions, load_vqa, resolve_splits
 from mmfast_export.shapes import (
@@ -22,8 +23,6 @@ from mmfast_export.shapes import (
     sample_scene,
     write_dataset,
 )
-
-from mmfast.preprocess import PreprocessConfig
 
 pytestmark = pytest.mark.export
 
