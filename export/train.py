@@ -50,7 +50,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # sized to train in well under 10 minutes on 2 CPU cores with the default dataset
     "caption": {"epochs": 3, "batch_size": 48, "lr": 2e-3},
     "retrieval": {"epochs": 5, "batch_size": 128, "lr": 1.5e-3},
-    "vqa": {"epochs": 5, "batch_size": 64, "lr": 1.5e-3},
+    "vqa": {"epochs": 5, "batch_size": 32, "lr": 2e-3},
 }
 
 
