@@ -32,9 +32,12 @@ $(VENV)/.native-built: $(VENV)/.deps-installed $(NATIVE_SOURCES)
 	$(LOCK) $(PIP) install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
+# The demo: what this build is, a kernel check, then data -> training -> export -> runtime
+# (models are cached in .demo/, so a second run skips the training).
 demo: setup
 	$(BIN)/mmfast info
-	$(BIN)/mmfast bench
+	$(BIN)/mmfast bench --repeats 5
+	$(BIN)/mmfast demo --workdir .demo
 
 test: setup
 	$(BIN)/python -m pytest -q
