@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import mmfast
 from mmfast import _C
+
+# The console script installed next to this interpreter (the venv's bin/), whether or not
+# that directory is on PATH (CI runs .venv/bin/python without activating the venv).
+_SCRIPT = Path(sys.executable).parent / "mmfast"
+MMFAST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "mmfast"]
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
@@ -72,7 +78,7 @@ def test_env_override_of_variant():
     assert r.stdout.strip() == "portable"
 
 
-@pytest.mark.parametrize("entry", [["mmfast"], [sys.executable, "-m", "mmfast"]])
+@pytest.mark.parametrize("entry", [MMFAST, [sys.executable, "-m", "mmfast"]])
 def test_cli_info(entry: list[str]):
     r = subprocess.run(
         [*entry, "info", "--json"], capture_output=True, text=True, timeout=120, check=False
@@ -85,14 +91,14 @@ def test_cli_info(entry: list[str]):
 
 def test_cli_bench_kernel_check():
     r = subprocess.run(
-        ["mmfast", "bench", "--repeats", "2"], capture_output=True, text=True, timeout=300
+        [*MMFAST, "bench", "--repeats", "2"], capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kernel check: OK" in r.stdout
 
 
 def test_cli_planned_command_says_so():
-    r = subprocess.run(["mmfast", "serve"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([*MMFAST, "serve"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "not available in this version" in r.stderr
 
@@ -108,5 +114,5 @@ def test_cli_torch_command_without_torch_explains_install():
 
 
 def test_cli_no_command_prints_help():
-    r = subprocess.run(["mmfast"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(MMFAST, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "info" in r.stdout
