@@ -10,10 +10,14 @@ inputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -30,8 +34,30 @@ def _ensure_data(work: Path, num_images: int) -> Path:
     if (data / "captions_test.json").is_file():
         print(f"reusing dataset {data}")
     else:
-        main_data(["shapes", "--out", str(data), "--num-images", str(num_images)])
+        t0 = time.time()
+        _quiet(main_data, ["shapes", "--out", str(data), "--num-images", str(num_images)])
+        print(
+            f"generated {num_images} images with captions and questions in {data} "
+            f"({time.time() - t0:.0f} s)"
+        )
     return data
+
+
+def _quiet(fn, *args, keep=None):  # type: ignore[no-untyped-def]
+    """Run fn with its stdout captured; echo only the lines starting with `keep` (progress),
+    or everything if it fails."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            result = fn(*args)
+    except BaseException:
+        print(buf.getvalue())
+        raise
+    if keep:
+        for line in buf.getvalue().splitlines():
+            if line.startswith(keep):
+                print(line, flush=True)
+    return result
 
 
 def _ensure_run(work: Path, data: Path, task: str, epochs: int) -> Path:
@@ -42,9 +68,17 @@ def _ensure_run(work: Path, data: Path, task: str, epochs: int) -> Path:
         print(f"reusing trained {task} model {run}")
     else:
         t0 = time.time()
-        code = main_train(
-            [task, "--data", str(data), "--out", str(run), "--epochs", str(epochs), "--no-progress"]
-        )
+        argv = [
+            task,
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--epochs",
+            str(epochs),
+            "--no-progress",
+        ]
+        code = _quiet(main_train, argv, keep="[mmfast train] epoch")
         if code:
             raise SystemExit(code)
         print(f"trained {task} in {time.time() - t0:.0f} s")
@@ -62,8 +96,24 @@ def _ensure_bundle(work: Path, run: Path, task: str) -> Path:
     ):
         print(f"reusing bundle {bundle}")
     else:
-        export_run(run, bundle)
-        print(f"exported {task} -> {bundle}")
+        # the exporter narrates every graph and warns about torchvision ops we never use
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith(("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")):
+                logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            manifest = _quiet(export_run, run, bundle)
+        worst = max(
+            o["max_abs_err"]
+            for checks in manifest["validation"].values()
+            for chk in checks.values()
+            for o in chk.values()
+        )
+        print(
+            f"exported {task} -> {bundle} ({len(manifest['graphs'])} graphs, "
+            f"ONNX Runtime vs PyTorch max abs error {worst:.1e})"
+        )
     return bundle
 
 
