@@ -1,0 +1,30 @@
+"""The README's demo path end to end, on a tiny dataset: data -> training -> export -> runtime."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.export, pytest.mark.slow]
+pytest.importorskip("torch")
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    from mmfast_export.demo import main
+
+    assert main(["--workdir", str(tmp_path), "--num-images", "60", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    for step in (
+        "1. data",
+        "2. training",
+        "3. export",
+        "4a. captions",
+        "4b. text search",
+        "4c. questions",
+        "5. latency",
+    ):
+        assert f"== {step}" in out
+    assert "DIFFERENT" not in out and out.count("identical") == 3
+    # a second run reuses everything it made
+    assert main(["--workdir", str(tmp_path), "--num-images", "60", "--epochs", "1"]) == 0
+    again = capsys.readouterr().out
+    assert "reusing dataset" in again and "reusing bundle" in again
