@@ -161,3 +161,46 @@ def test_odd_images_are_captioned(run_and_bundle, tmp_path):
     from_memory = cap.caption(odd)
     assert [c.tokens for c in from_files] == [c.tokens for c in from_memory]
     assert all(isinstance(c.text, str) for c in from_files)
+
+
+def test_pipeline_runs_with_torch_blocked(run_and_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _, _, bundle, _ = run_and_bundle
+    img = tmp_path / "x.png"
+    Image.fromarray(images(1, seed=9)[0]).save(img)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import mmfast\n"
+        f"c = mmfast.Captioner.load({str(bundle)!r}).caption([{str(img)!r}], beam_size=2)\n"
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+        "print(c[0].tokens)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    want = Captioner.load(bundle).caption([img], beam_size=2)[0].tokens
+    assert r.stdout.strip() == str(want)
+
+
+def test_concurrent_callers(run_and_bundle):
+    import threading
+
+    _, _, bundle, _ = run_and_bundle
+    cap = Captioner.load(bundle, threads=1)
+    imgs = images(8, seed=11)
+    want = [c.tokens for c in cap.caption(imgs)]
+    got: dict[int, list[list[int]]] = {}
+
+    def work(i: int) -> None:
+        got[i] = [c.tokens for c in cap.caption(imgs[i:] + imgs[:i])]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i in range(6):
+        assert got[i] == want[i:] + want[:i]
