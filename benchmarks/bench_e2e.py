@@ -97,7 +97,8 @@ def mm_caption(cap: Captioner, images, beam, stages=None):
     if beam == 1:
         r = decoding_np.greedy(cap._step, state, 20)
     else:
-        r = decoding_np.beam_search(cap._step, state, 20, beam)
+        constant = frozenset(state) - {name for name, _ in cap._state_io}
+        r = decoding_np.beam_search(cap._step, state, 20, beam, constant=constant)
     t = s.add("decode", t)
     toks = [cap.tokenizer.decode(x) for x in r.tokens]
     s.add("post", t)

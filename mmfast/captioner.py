@@ -103,7 +103,10 @@ class Captioner(Pipeline):
             if beam_size == 1 and length_penalty == 0.0:
                 r = greedy(self._step, state, max_len)
             else:
-                r = beam_search(self._step, state, max_len, beam_size, length_penalty)
+                constant = frozenset(state) - {name for name, _ in self._state_io}
+                r = beam_search(
+                    self._step, state, max_len, beam_size, length_penalty, constant=constant
+                )
             for i, toks in enumerate(r.tokens):
                 results.append(
                     Caption(
