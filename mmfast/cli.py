@@ -80,27 +80,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
-    from .bundle import BundleError
     from .captioner import Captioner
 
-    try:
-        cap = Captioner.load(args.model, device=args.device, threads=args.threads)
-        results = cap.caption(
-            args.images,
-            beam_size=args.beam,
-            max_len=args.max_len,
-            length_penalty=args.length_penalty,
-        )
-    except (BundleError, FileNotFoundError, ValueError) as e:
-        print(f"mmfast caption: {e}", file=sys.stderr)
-        return 2
+    cap = Captioner.load(args.model, device=args.device, threads=args.threads)
+    results = cap.caption(
+        args.images, beam_size=args.beam, max_len=args.max_len, length_penalty=args.length_penalty
+    )
     for path, c in zip(args.images, results, strict=True):
         print(f"{path}\t{c.text}\t{c.score:.3f}")
     return 0
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from .bundle import BundleError
     from .retriever import Retriever
 
     root = Path(args.images)
@@ -111,54 +102,40 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if not paths:
         print(f"mmfast index build: no images under {root}", file=sys.stderr)
         return 2
-    try:
-        r = Retriever.load(args.model, device=args.device, threads=args.threads)
-        ids = [str(p.relative_to(root)) for p in paths]
-        r.add_images(
-            [str(p) for p in paths], ids=ids, batch_size=args.batch_size, progress=not args.quiet
-        )
-        r.index.metadata.update(
-            {"bundle": str(Path(args.model).resolve()), "images": str(root.resolve())}
-        )
-        r.save(args.out)
-    except (BundleError, FileNotFoundError, ValueError) as e:
-        print(f"mmfast index build: {e}", file=sys.stderr)
-        return 2
+    r = Retriever.load(args.model, device=args.device, threads=args.threads)
+    ids = [str(p.relative_to(root)) for p in paths]
+    r.add_images(
+        [str(p) for p in paths], ids=ids, batch_size=args.batch_size, progress=not args.quiet
+    )
+    r.index.metadata.update(
+        {"bundle": str(Path(args.model).resolve()), "images": str(root.resolve())}
+    )
+    r.save(args.out)
     print(f"indexed {len(paths)} images from {root} into {args.out}")
     return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .bundle import BundleError
     from .index import EmbeddingIndex
     from .retriever import Retriever
 
-    try:
-        meta = EmbeddingIndex.load(args.index).metadata
-        bundle = args.model or meta.get("bundle")
-        if not bundle:
-            print("mmfast search: the index names no bundle; pass --model", file=sys.stderr)
-            return 2
-        r = Retriever.load(bundle, device=args.device, threads=args.threads, index=args.index)
-        ids, scores = r.search(args.text, k=args.k, rerank=args.rerank)
-    except (BundleError, FileNotFoundError, ValueError) as e:
-        print(f"mmfast search: {e}", file=sys.stderr)
+    meta = EmbeddingIndex.load(args.index).metadata
+    bundle = args.model or meta.get("bundle")
+    if not bundle:
+        print("mmfast search: the index names no bundle; pass --model", file=sys.stderr)
         return 2
+    r = Retriever.load(bundle, device=args.device, threads=args.threads, index=args.index)
+    ids, scores = r.search(args.text, k=args.k, rerank=args.rerank)
     for rank, (i, sc) in enumerate(zip(ids, scores, strict=True), 1):
         print(f"{rank}\t{sc:.4f}\t{i}")
     return 0
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from .bundle import BundleError
     from .vqa import VQA
 
-    try:
-        vqa = VQA.load(args.model, device=args.device, threads=args.threads)
-        ans = vqa.answer_many([args.image], [args.questions])[0]
-    except (BundleError, FileNotFoundError, ValueError) as e:
-        print(f"mmfast ask: {e}", file=sys.stderr)
-        return 2
+    vqa = VQA.load(args.model, device=args.device, threads=args.threads)
+    ans = vqa.answer_many([args.image], [args.questions])[0]
     for q, a in zip(args.questions, ans, strict=True):
         print(f"{q}\t{a.text}\t{a.confidence:.3f}")
     return 0
@@ -242,5 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in _PLANNED:
         print(f"mmfast {args.command}: not available in this version yet", file=sys.stderr)
         return 2
-    result: int = args.func(args)
+    # Bad input to a pipeline command (a missing or corrupt bundle, image or index; a bad
+    # argument value) is reported in one line, not as a traceback. BundleError is a ValueError.
+    try:
+        result: int = args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        name = args.command + (f" {args.index_command}" if args.command == "index" else "")
+        print(f"mmfast {name}: {e}", file=sys.stderr)
+        return 2
     return result
