@@ -12,10 +12,12 @@ from typing import Protocol
 
 import torch
 
+# Shared with the runtime's numpy decoding, so both ends agree on ids and stripping.
+from mmfast.decoding import BOS, EOS, strip_special
+
 __all__ = ["DecodeResult", "beam_search", "greedy", "strip_special"]
 
 State = dict[str, torch.Tensor]
-BOS, EOS, PAD = 1, 2, 0
 
 
 class StepModel(Protocol):
@@ -31,16 +33,6 @@ class DecodeResult:
     tokens: list[list[int]]  # per input: generated ids, without <bos>, up to (excluding) <eos>
     scores: torch.Tensor  # (B,) total log-probability (beam: the length-penalised score)
     attention: list[torch.Tensor]  # per input: (len + 1, N) attention at each step (incl. <eos>)
-
-
-def strip_special(ids: list[int]) -> list[int]:
-    out = []
-    for i in ids:
-        if i == EOS:
-            break
-        if i not in (PAD, BOS):
-            out.append(i)
-    return out
 
 
 @torch.no_grad()
