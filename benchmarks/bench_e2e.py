@@ -35,6 +35,7 @@ ALLOCATOR = tune_allocator()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mmfast import decoding as decoding_np  # noqa: E402
 from mmfast.captioner import Captioner  # noqa: E402
 from mmfast.preprocess import PreprocessConfig, load_rgb, preprocess_batch  # noqa: E402
 from mmfast.retriever import Retriever  # noqa: E402
@@ -201,9 +202,6 @@ def bench_vqa(run: Path, bundle: Path, images: list, questions: list, threads: i
     print("| PyTorch eager ms p50 p90 p99 | mmfast ms p50 p90 p99 | speedup |")
     print("|---|---|---|")
     print(f"| {pct(t_t)} | {pct(t_m)} | {np.median(t_t) / np.median(t_m):.2f}x |")
-
-
-decoding_np = __import__("mmfast.decoding", fromlist=["greedy"])
 
 
 def main() -> None:

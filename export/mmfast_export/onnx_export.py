@@ -68,21 +68,21 @@ class GraphSpec:
 # ----------------------------------------------------------------------- caption_lstm
 
 
-class _LSTMEncoder(nn.Module):
+class _Wrapper(nn.Module):
+    """A graph to export: wraps the trained model `m` so forward takes and returns tensors."""
+
     def __init__(self, m: nn.Module) -> None:
         super().__init__()
         self.m = m
 
+
+class _LSTMEncoder(_Wrapper):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         s = self.m.encode(images)
         return s["h"], s["c"], s["regions"], s["att_proj"]
 
 
-class _LSTMStep(nn.Module):
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
+class _LSTMStep(_Wrapper):
     def forward(
         self,
         tokens: torch.Tensor,
@@ -139,21 +139,13 @@ def _lstm_specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
 _TF_STATE = ["cross_k", "cross_v", "self_k", "self_v", "pos"]
 
 
-class _TFEncoder(nn.Module):
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
+class _TFEncoder(_Wrapper):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         s = self.m.encode(images)
         return tuple(s[n] for n in _TF_STATE)
 
 
-class _TFStep(nn.Module):
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
+class _TFStep(_Wrapper):
     def forward(
         self,
         tokens: torch.Tensor,
@@ -210,13 +202,9 @@ def _tf_specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
 # ------------------------------------------------------------------------- retrieval
 
 
-class _ImageTower(nn.Module):
+class _ImageTower(_Wrapper):
     """images -> unit embedding (B, E) and, if the model re-ranks, the regions already projected
     for the re-ranker (B, N, D) — per-image work done once, at indexing time."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         emb, regions = self.m.encode_image(images)
@@ -225,21 +213,13 @@ class _ImageTower(nn.Module):
         return emb, self.m.region_proj(regions)
 
 
-class _TextTower(nn.Module):
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
+class _TextTower(_Wrapper):
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
         emb, feats, mask = self.m.encode_text(tokens)
         return emb, feats, mask.to(torch.float32)
 
 
-class _Reranker(nn.Module):
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
+class _Reranker(_Wrapper):
     def forward(
         self, text_feats: torch.Tensor, text_mask: torch.Tensor, regions: torch.Tensor
     ) -> torch.Tensor:
@@ -306,20 +286,12 @@ def _retrieval_specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
 # ------------------------------------------------------------------------------- vqa
 
 
-class _VQAImage(nn.Module):
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
+class _VQAImage(_Wrapper):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.m.encode_image(images)
 
 
-class _VQAAnswer(nn.Module):
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
+class _VQAAnswer(_Wrapper):
     def forward(self, regions: torch.Tensor, questions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, att = self.m.answer(regions, questions)
         return logits, att
@@ -398,8 +370,11 @@ def _export_graph(spec: GraphSpec, path: Path) -> None:
         )
 
 
-def validate_graph(spec: GraphSpec, path: Path, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-    """Run ORT and PyTorch on `inputs`; raise a named ExportValidationError on any mismatch."""
+def validate_graph(
+    spec: GraphSpec, path: Path, cases: dict[str, tuple[torch.Tensor, ...]]
+) -> dict[str, Any]:
+    """Run ORT and PyTorch on each named input case; raise a named ExportValidationError on
+    any mismatch, else return max abs/rel error per case and output."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -408,26 +383,30 @@ def validate_graph(spec: GraphSpec, path: Path, inputs: tuple[torch.Tensor, ...]
     got_names = [o.name for o in sess.get_outputs()]
     if got_names != spec.output_names:
         raise OutputNameError(f"{spec.file}: outputs {got_names} != {spec.output_names}")
-    feeds = {n: t.numpy() for n, t in zip(spec.input_names, inputs, strict=True)}
-    got = sess.run(None, feeds)
-    with torch.no_grad():
-        res = spec.module(*inputs)
-    want = [t.numpy() for t in (res if isinstance(res, tuple) else (res,))]
-    report = {}
-    for name, g, w in zip(spec.output_names, got, want, strict=True):
-        if g.shape != w.shape:
-            raise OutputShapeError(f"{spec.file}:{name}: shape {g.shape} != PyTorch {w.shape}")
-        err = np.abs(g.astype(np.float64) - w.astype(np.float64))
-        bad = err > spec.atol + spec.rtol * np.abs(w)
-        if bad.any():
-            raise OutputValueError(
-                f"{spec.file}:{name}: {int(bad.sum())} values beyond atol={spec.atol}, "
-                f"rtol={spec.rtol} (max abs err {err.max():.3g})"
-            )
-        report[name] = {
-            "max_abs_err": float(err.max()) if err.size else 0.0,
-            "max_rel_err": float((err / (np.abs(w) + 1e-12)).max()) if err.size else 0.0,
-        }
+    report: dict[str, Any] = {}
+    for case, inputs in cases.items():
+        feeds = {n: t.numpy() for n, t in zip(spec.input_names, inputs, strict=True)}
+        got = sess.run(None, feeds)
+        with torch.no_grad():
+            res = spec.module(*inputs)
+        want = [t.numpy() for t in (res if isinstance(res, tuple) else (res,))]
+        report[case] = {}
+        for name, g, w in zip(spec.output_names, got, want, strict=True):
+            if g.shape != w.shape:
+                raise OutputShapeError(
+                    f"{spec.file}:{name}: shape {g.shape} != PyTorch {w.shape} ({case})"
+                )
+            err = np.abs(g.astype(np.float64) - w.astype(np.float64))
+            bad = err > spec.atol + spec.rtol * np.abs(w)
+            if bad.any():
+                raise OutputValueError(
+                    f"{spec.file}:{name}: {int(bad.sum())} values beyond atol={spec.atol}, "
+                    f"rtol={spec.rtol} (max abs err {err.max():.3g}, {case})"
+                )
+            report[case][name] = {
+                "max_abs_err": float(err.max()) if err.size else 0.0,
+                "max_rel_err": float((err / (np.abs(w) + 1e-12)).max()) if err.size else 0.0,
+            }
     return report
 
 
@@ -462,16 +441,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     for spec in specs:
         path = out / spec.file
         _export_graph(spec, path)
-        checks = {}
-        for b in (1, 3):  # dynamic batch: another size than the export's example
-            checks[f"batch{b}"] = validate_graph(spec, path, spec.example(b))
-        report[spec.file] = checks
+        # dynamic batch: validated at another size than the export's example (2)
+        report[spec.file] = validate_graph(
+            spec, path, {f"batch{b}": spec.example(b) for b in (1, 3)}
+        )
         graphs[spec.file] = {
             "inputs": spec.input_names,
             "outputs": spec.output_names,
             "dynamic": {k: {str(a): s for a, s in v.items()} for k, v in spec.dynamic.items()},
             "atol": spec.atol,
             "rtol": spec.rtol,
+            "notes": spec.notes,
         }
     shutil.copy(run / "vocab.txt", out / "vocab.txt")
     extra: dict[str, Any] = {}
