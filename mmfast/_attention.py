@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _C
 from ._arrays import ArrayKind, from_numpy, to_numpy
+from ._cuda_ops import cuda_attention, is_cuda_array
 
 __all__ = ["attention"]
 
@@ -42,6 +43,24 @@ def _real(x: Any, name: str) -> float:
     return float(x)
 
 
+def _check_scalars(
+    is_causal: Any, causal_align: Any, scale: Any, softcap: Any, return_lse: Any
+) -> None:
+    if not isinstance(is_causal, (bool, np.bool_)):
+        raise TypeError(f"is_causal: expected a bool, got {type(is_causal).__name__}")
+    if not isinstance(causal_align, str) or causal_align not in _ALIGNS:
+        raise ValueError(f"causal_align: expected one of {_ALIGNS}, got {causal_align!r}")
+    if scale is not None:
+        scale_f = _real(scale, "scale")
+        if not math.isfinite(scale_f) or abs(scale_f) > _FLOAT32_MAX:
+            raise ValueError(f"scale: must be finite, got {scale_f}")
+    softcap_f = _real(softcap, "softcap")
+    if not math.isfinite(softcap_f) or softcap_f < 0:
+        raise ValueError(f"softcap: must be finite and >= 0, got {softcap_f}")
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise TypeError(f"return_lse: expected a bool, got {type(return_lse).__name__}")
+
+
 def attention(
     q: Any,
     k: Any,
@@ -62,7 +81,10 @@ def attention(
     (if ``softcap > 0``), then the mask (added, or ``-inf`` where excluded).
 
     Args:
-        q: ``(B, Hq, Lq, D)`` float32 queries (numpy array or torch CPU tensor).
+        q: ``(B, Hq, Lq, D)`` float32 queries (numpy array or torch CPU tensor); or, on the
+            GPU, a torch CUDA tensor or CuPy array of float32, float16 or bfloat16 (k, v, out,
+            attn_mask on the same device; the result is enqueued on the caller's current
+            stream; float16/bfloat16 run on tensor cores with float32 accumulation).
         k: ``(B, Hkv, Lk, D)`` float32 keys; ``Hq % Hkv == 0`` (GQA; ``Hkv = 1`` is MQA):
             query head ``h`` reads kv head ``h // (Hq // Hkv)``.
         v: ``(B, Hkv, Lk, Dv)`` float32 values; ``Dv`` may differ from ``D``; ``1 <= D, Dv <=
@@ -97,6 +119,21 @@ def attention(
             sequence length, a mask that doesn't broadcast, a non-finite ``scale``, a negative
             or non-finite ``softcap``, an unknown ``causal_align``, a bad ``out``.
     """
+    _check_scalars(is_causal, causal_align, scale, softcap, return_lse)
+    if is_cuda_array(q):
+        return cuda_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=bool(is_causal),
+            causal_offset_of=lambda lq, lk: 0 if causal_align == "top_left" else lk - lq,
+            scale=None if scale is None else float(scale),
+            softcap=float(softcap),
+            out=out,
+            return_lse=bool(return_lse),
+        )
+    softcap_f = float(softcap)
     qa, kind = _float32_4d(q, "q")
     ka, k_kind = _float32_4d(k, "k")
     va, v_kind = _float32_4d(v, "v")
@@ -123,18 +160,7 @@ def attention(
     if not 1 <= Dv <= _MAX_HEAD_DIM:
         raise ValueError(f"v: head dim {Dv} is outside [1, {_MAX_HEAD_DIM}]")
 
-    if not isinstance(is_causal, (bool, np.bool_)):
-        raise TypeError(f"is_causal: expected a bool, got {type(is_causal).__name__}")
-    if not isinstance(causal_align, str) or causal_align not in _ALIGNS:
-        raise ValueError(f"causal_align: expected one of {_ALIGNS}, got {causal_align!r}")
-    scale_f = 1.0 / math.sqrt(D) if scale is None else _real(scale, "scale")
-    if not math.isfinite(scale_f) or abs(scale_f) > _FLOAT32_MAX:
-        raise ValueError(f"scale: must be finite, got {scale_f}")
-    softcap_f = _real(softcap, "softcap")
-    if not math.isfinite(softcap_f) or softcap_f < 0:
-        raise ValueError(f"softcap: must be finite and >= 0, got {softcap_f}")
-    if not isinstance(return_lse, (bool, np.bool_)):
-        raise TypeError(f"return_lse: expected a bool, got {type(return_lse).__name__}")
+    scale_f = 1.0 / math.sqrt(D) if scale is None else float(scale)
 
     full = (B, Hq, Lq, Lk)
     mask4: np.ndarray | None = None

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _C
 from ._arrays import ArrayKind, from_numpy, to_numpy
+from ._cuda_ops import cuda_conv2d, is_cuda_array
 
 __all__ = ["Conv2d", "conv2d", "conv2d_output_shape", "resolve_padding"]
 
@@ -125,13 +126,24 @@ class Conv2d:
         groups: int = 1,
         activation: str | None = None,
     ) -> None:
-        w, _ = _float32(weight, "weight", 4)
-        if 0 in w.shape:
-            raise ValueError(f"weight: has an empty dimension {w.shape}")
+        self._cuda_weight: Any = None
+        self._cuda_bias: Any = None
+        if is_cuda_array(weight):
+            # GPU weights: kept as given (the CUDA kernels reorder them per call, on the GPU).
+            shape = tuple(int(d) for d in weight.shape)
+            if len(shape) != 4:
+                raise ValueError(f"weight: expected 4 dimensions, got {len(shape)} {shape}")
+            w = None
+            self._cuda_weight, self._cuda_bias = weight, bias
+        else:
+            w, _ = _float32(weight, "weight", 4)
+            shape = tuple(int(d) for d in w.shape)
+        if 0 in shape:
+            raise ValueError(f"weight: has an empty dimension {shape}")
         self.groups = _int(groups, "groups")
         if self.groups < 1:
             raise ValueError(f"groups: must be positive, got {groups}")
-        m, cg, kh, kw = (int(d) for d in w.shape)
+        m, cg, kh, kw = shape
         if m % self.groups:
             raise ValueError(f"groups: {self.groups} does not divide the {m} output channels")
         if kh * kw > 256:
@@ -149,6 +161,8 @@ class Conv2d:
             raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
         self.activation = activation
         self.bias: np.ndarray | None = None
+        if w is None:
+            return  # bias is checked against x by the CUDA path (dtype and device)
         if bias is not None:
             b, _ = _float32(bias, "bias", 1)
             if b.shape[0] != m:
@@ -183,21 +197,56 @@ class Conv2d:
         _, (oh, ow) = self._geometry(h, w)
         return (n, self.out_channels, oh, ow)
 
-    def __call__(self, x: Any, *, out: Any = None) -> Any:
-        xa, kind = _float32(x, "x", 4)
-        n, c, h, w = (int(d) for d in xa.shape)
+    def _cuda_geometry(
+        self, n: int, c: int, h: int, w: int, m: int, cg: int, kh: int, kw: int
+    ) -> tuple[tuple[int, int], tuple[int, int], list[int], tuple[int, int]]:
+        """The checks of __call__ for the CUDA path (shapes only; dtype/device are its own)."""
+        if (m, cg * self.groups, kh, kw) != (
+            self.out_channels,
+            self.in_channels,
+            *self.kernel_size,
+        ):
+            raise ValueError("weight: shape changed since this Conv2d was made")
+        self._check_channels(c)
+        pads, out_hw = self._geometry(h, w)
+        self._check_output(h, w, pads, out_hw)
+        return self.stride, self.dilation, pads, out_hw
+
+    def _check_channels(self, c: int) -> None:
         if c != self.in_channels:
             raise ValueError(
                 f"x: has {c} channels but weight expects {self.in_channels} "
                 f"(C/groups = {self.in_channels // self.groups}, groups = {self.groups})"
             )
-        pads, (oh, ow) = self._geometry(h, w)
-        if oh <= 0 or ow <= 0:
+
+    def _check_output(self, h: int, w: int, pads: list[int], out_hw: tuple[int, int]) -> None:
+        if out_hw[0] <= 0 or out_hw[1] <= 0:
             raise ValueError(
                 f"x: the kernel {self.kernel_size} (dilation {self.dilation}) is larger than "
                 f"the padded input ({h + pads[0] + pads[2]}, {w + pads[1] + pads[3]}): "
                 "empty output"
             )
+
+    def __call__(self, x: Any, *, out: Any = None) -> Any:
+        if is_cuda_array(x) or self._cuda_weight is not None:
+            if not is_cuda_array(x):
+                raise TypeError("x: this Conv2d's weights are on the GPU; pass a CUDA array")
+            if self._cuda_weight is None:
+                raise TypeError("x: a CUDA array, but this Conv2d's weights are on the CPU")
+            return cuda_conv2d(
+                x,
+                self._cuda_weight,
+                self._cuda_bias,
+                geometry=self._cuda_geometry,
+                groups=self.groups,
+                relu=self.activation == "relu",
+                out=out,
+            )
+        xa, kind = _float32(x, "x", 4)
+        n, c, h, w = (int(d) for d in xa.shape)
+        self._check_channels(c)
+        pads, (oh, ow) = self._geometry(h, w)
+        self._check_output(h, w, pads, (oh, ow))
         shape = (n, self.out_channels, oh, ow)
         if out is None:
             oa = np.empty(shape, dtype=np.float32)
@@ -258,10 +307,17 @@ def conv2d(
     padding: int, (pad_h, pad_w), (top, left, bottom, right) — the ONNX ``pads`` order
     [H_begin, W_begin, H_end, W_end] — or "valid" / "same_upper" / "same_lower" (ONNX auto_pad).
     activation: None or "relu" (fused). Takes numpy arrays or torch CPU tensors (any strides)
-    and returns the kind x was. For repeated calls with the same weights use :class:`Conv2d`,
-    which packs them once.
+    and returns the kind x was. On the GPU: torch CUDA tensors or CuPy arrays of float32,
+    float16 or bfloat16 (x, weight, bias of one dtype and device; float32 accumulation), the
+    output on that device, enqueued on the caller's current stream. For repeated calls with
+    the same weights use :class:`Conv2d`, which packs them once.
     """
-    xa, _ = _float32(x, "x", 4)
+    if is_cuda_array(x):
+        shape = tuple(int(d) for d in x.shape)
+        if len(shape) != 4:
+            raise ValueError(f"x: expected 4 dimensions, got {len(shape)} {shape}")
+    else:
+        shape = _float32(x, "x", 4)[0].shape
     conv = Conv2d(
         weight,
         bias,
@@ -271,6 +327,6 @@ def conv2d(
         groups=groups,
         activation=activation,
     )
-    if xa.shape[1] % conv.groups:
-        raise ValueError(f"groups: {conv.groups} does not divide the {xa.shape[1]} input channels")
+    if shape[1] % conv.groups:
+        raise ValueError(f"groups: {conv.groups} does not divide the {shape[1]} input channels")
     return conv(x, out=out)

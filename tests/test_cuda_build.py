@@ -3,6 +3,7 @@ imported module, linked with the static CUDA runtime."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,13 @@ def test_cuda_build_imports_and_runs_cpu_ops_with_no_driver():
         ],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "", "LD_LIBRARY_PATH": ""},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CUDA_VISIBLE_DEVICES": "",
+            "LD_LIBRARY_PATH": "",
+            # where mmfast was installed out of tree (benchmarks/gpu/check.sh)
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        },
         timeout=120,
         check=False,
     )

@@ -1,0 +1,553 @@
+// CUDA fused attention forward (FlashAttention-2 scheme): one block owns BM query rows of one
+// (batch, head), streams the keys/values through shared memory in BN-row tiles and keeps an
+// online softmax, so the (Lq, Lk) score matrix never exists in memory.
+//
+// fp16/bf16: tensor cores (mma.sync m16n8k16, fp32 accumulators), each warp 16 query rows, the
+// probabilities stay in registers between the two products (the S accumulator layout is the A
+// operand layout of the next mma). fp32: a SIMT kernel (exact fp32 products, one thread a query
+// row), for accuracy rather than speed. Semantics: csrc/cuda/attention_cuda.h.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/attention_cuda.h"
+#include "cuda/cuda_check.h"
+
+namespace mmfast::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Everything a block needs, passed by value (kernel parameter space).
+struct Params {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  float* lse;
+  const void* mask;
+  int mask_kind;  // MaskKind
+  int64_t qs[3], ks[3], vs[3], os[3], ms[4];
+  int Hq, group, Lq, Lk, D, Dv;
+  int causal;
+  int64_t causal_offset;
+  float scale;
+  float softcap;
+  int vec_ok;  // rows may be fetched with 16-byte copies
+};
+
+// ---- score transform shared by both kernels: raw q.k -> log2-domain score (or -inf) ----------
+__device__ __forceinline__ float score_log2(const Params& p, float acc, int64_t b, int h,
+                                            int row, int col) {
+  float s = acc * p.scale;
+  if (p.softcap > 0.f) s = p.softcap * tanhf(s / p.softcap);
+  if (p.mask_kind != 0) {
+    const int64_t off = b * p.ms[0] + h * p.ms[1] + row * p.ms[2] + col * p.ms[3];
+    if (p.mask_kind == 1) {
+      if (!static_cast<const uint8_t*>(p.mask)[off]) return -INFINITY;
+    } else {
+      s += static_cast<const float*>(p.mask)[off];
+    }
+  }
+  return s * kLog2e;
+}
+
+__device__ __forceinline__ bool visible(const Params& p, int row, int col) {
+  return col < p.Lk && (!p.causal || col <= row + p.causal_offset);
+}
+
+// ---- PTX wrappers ------------------------------------------------------------------------------
+__device__ __forceinline__ unsigned smem_addr(const void* ptr) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(ptr));
+}
+
+// 16-byte async copy; src_bytes = 0 zero-fills the destination (rows past the end, padding).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
+               "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Four 8x8 b16 matrices; lane l gives the row address of matrix l/8, row l%8. Without .trans
+// lane i receives row i/4, columns 2*(i%4), 2*(i%4)+1 of each matrix; with .trans it receives
+// rows 2*(i%4), 2*(i%4)+1 of column i/4.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* ptr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(ptr)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* ptr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(ptr)));
+}
+
+template <typename T>
+struct Mma;
+
+// D = A(16x16, row) * B(16x8, col) + D. With g = lane/4, t = lane%4:
+//   A regs: {row g, k 2t..2t+1}, {row g+8, k 2t..}, {row g, k 2t+8..}, {row g+8, k 2t+8..}
+//   B regs: {k 2t..2t+1, col g}, {k 2t+8..2t+9, col g}
+//   C/D:    d0,d1 = row g, cols 2t, 2t+1; d2,d3 = row g+8, cols 2t, 2t+1
+template <>
+struct Mma<__half> {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);  // lo in the low 16 bits = lower column
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+};
+
+template <>
+struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+
+// Copies rows [0, ROWS) x columns [0, DP) of a (rows_valid, cols_valid) global tile into shared
+// memory with row pitch DP + 8 elements (the 16-byte pad makes the 8 row addresses of every
+// ldmatrix land in distinct banks). Everything outside the valid region is zero: garbage there
+// could be NaN, and NaN * 0 is NaN.
+template <typename T, int ROWS, int DP, int THREADS>
+__device__ __forceinline__ void load_tile(T* smem, const T* g, int64_t row_stride, int rows_valid,
+                                          int cols_valid, bool vec_ok) {
+  constexpr int kPitch = DP + 8;
+  if (vec_ok) {  // cols_valid % 8 == 0 and every row start 16-byte aligned
+    constexpr int kChunks = DP / 8;
+    for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
+      const int r = i / kChunks, c = (i % kChunks) * 8;
+      const bool ok = r < rows_valid && c < cols_valid;
+      cp_async16(smem + r * kPitch + c, ok ? g + r * row_stride + c : g, ok);
+    }
+  } else {
+    for (int i = threadIdx.x; i < ROWS * DP; i += THREADS) {
+      const int r = i / DP, c = i % DP;
+      smem[r * kPitch + c] = (r < rows_valid && c < cols_valid) ? g[r * row_stride + c]
+                                                                : from_float<T>(0.f);
+    }
+  }
+}
+
+// ---- tensor-core kernel ------------------------------------------------------------------------
+// DP: head dim padded to a multiple of 16 (>= D, Dv). BM = 16 * WARPS query rows, BN keys a tile.
+template <typename T, int DP, int BN, int WARPS, bool Q_IN_REGS>
+__global__ void __launch_bounds__(WARPS * 32)
+    attention_mma_kernel(const Params p) {
+  constexpr int kThreads = WARPS * 32, BM = 16 * WARPS, kPitch = DP + 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BM * kPitch;
+  T* sV = sK + BN * kPitch;
+
+  const int m_block = p.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x)  // longest first
+                               : static_cast<int>(blockIdx.x);
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int hk = h / p.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int row0 = m_block * BM;
+  const bool vec_ok = p.vec_ok != 0;
+
+  const T* qg = static_cast<const T*>(p.q) + b * p.qs[0] + h * p.qs[1] + row0 * p.qs[2];
+  const T* kg = static_cast<const T*>(p.k) + b * p.ks[0] + hk * p.ks[1];
+  const T* vg = static_cast<const T*>(p.v) + b * p.vs[0] + hk * p.vs[1];
+
+  // Keys this block can see: the last row's causal limit bounds them.
+  int n_max = p.Lk;
+  if (p.causal) {
+    const int64_t last_row = (p.Lq < row0 + BM ? p.Lq : row0 + BM) - 1;
+    const int64_t lim = last_row + p.causal_offset + 1;
+    n_max = static_cast<int>(lim < 0 ? 0 : (lim < p.Lk ? lim : p.Lk));
+  }
+  const int n_blocks = (n_max + BN - 1) / BN;
+
+  // Per thread: rows r_lo = row0 + 16*warp + g and r_hi = r_lo + 8.
+  const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
+  float o_acc[DP / 8][4];
+#pragma unroll
+  for (int i = 0; i < DP / 8; ++i) o_acc[i][0] = o_acc[i][1] = o_acc[i][2] = o_acc[i][3] = 0.f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+  uint32_t q_frag[Q_IN_REGS ? DP / 16 : 1][4];
+
+  if (n_blocks > 0) {
+    load_tile<T, BM, DP, kThreads>(sQ, qg, p.qs[2], p.Lq - row0, p.D, vec_ok);
+    load_tile<T, BN, DP, kThreads>(sK, kg, p.ks[2], p.Lk, p.D, vec_ok);
+    cp_async_commit();
+  }
+  // ldmatrix lane addressing (see ldmatrix_x4): A operand rows (lane&7) + 8*((lane>>3)&1),
+  // columns 8*(lane>>4); K as B operand: rows (lane&7) + 8*(lane>>4), columns 8*((lane>>3)&1);
+  // V through .trans: rows (lane&7) + 8*((lane>>3)&1), columns 8*(lane>>4).
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_col = (lane >> 4) * 8;
+  const int kb_row = (lane & 7) + (lane >> 4) * 8, kb_col = ((lane >> 3) & 1) * 8;
+  const T* sQw = sQ + (warp * 16 + a_row) * kPitch + a_col;
+
+  for (int nb = 0; nb < n_blocks; ++nb) {
+    const int n0 = nb * BN;
+    load_tile<T, BN, DP, kThreads>(sV, vg + n0 * p.vs[2], p.vs[2], p.Lk - n0, p.Dv, vec_ok);
+    cp_async_commit();
+    cp_async_wait<1>();  // Q and K_nb have landed (V_nb may still be in flight)
+    __syncthreads();
+    if (Q_IN_REGS && nb == 0) {
+#pragma unroll
+      for (int kk = 0; kk < (Q_IN_REGS ? DP / 16 : 0); ++kk) ldmatrix_x4(q_frag[kk], sQw + kk * 16);
+    }
+
+    // S = Q K^T for this warp's 16 rows x BN keys.
+    float s[BN / 8][4];
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk) {
+      uint32_t qa[4];
+      if constexpr (Q_IN_REGS) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) qa[i] = q_frag[Q_IN_REGS ? kk : 0][i];
+      } else {
+        ldmatrix_x4(qa, sQw + kk * 16);
+      }
+#pragma unroll
+      for (int nt2 = 0; nt2 < BN / 16; ++nt2) {
+        uint32_t kb[4];  // {b0,b1} for keys nt2*16 + 0..7, {b0,b1} for keys +8..15
+        ldmatrix_x4(kb, sK + (nt2 * 16 + kb_row) * kPitch + kk * 16 + kb_col);
+        Mma<T>::run(s[2 * nt2], qa, kb[0], kb[1]);
+        Mma<T>::run(s[2 * nt2 + 1], qa, kb[2], kb[3]);
+      }
+    }
+
+    // Scores -> log2 domain with every exclusion applied. The per-element checks are needed
+    // only where the tile crosses the causal diagonal, the end of the keys, or with a mask.
+    const bool edge = p.mask_kind != 0 || n0 + BN > p.Lk ||
+                      (p.causal && n0 + BN - 1 > row0 + p.causal_offset);
+    const float fast_scale = p.scale * kLog2e;
+    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = e < 2 ? r_lo : r_hi;
+        const int col = n0 + nt * 8 + 2 * t + (e & 1);
+        float x;
+        if (!edge && p.softcap == 0.f) {
+          x = s[nt][e] * fast_scale;
+        } else if (row < p.Lq && visible(p, row, col)) {
+          x = score_log2(p, s[nt][e], b, h, row, col);
+        } else {
+          x = -INFINITY;
+        }
+        s[nt][e] = x;
+      }
+      mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
+      mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
+    }
+    // A row's 8-column pieces are spread over the 4 lanes of a quad.
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+    const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+    // A row with nothing visible yet keeps max -inf: subtract 0 instead (exp2(-inf) = 0).
+    const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo;
+    const float base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
+    const float alpha_lo = exp2f(m_lo - base_lo), alpha_hi = exp2f(m_hi - base_hi);
+    m_lo = mn_lo;
+    m_hi = mn_hi;
+    float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      s[nt][0] = exp2f(s[nt][0] - base_lo);
+      s[nt][1] = exp2f(s[nt][1] - base_lo);
+      s[nt][2] = exp2f(s[nt][2] - base_hi);
+      s[nt][3] = exp2f(s[nt][3] - base_hi);
+      sum_lo += s[nt][0] + s[nt][1];
+      sum_hi += s[nt][2] + s[nt][3];
+    }
+    l_lo = l_lo * alpha_lo + sum_lo;  // per-lane partial sums; the quad is summed at the end
+    l_hi = l_hi * alpha_hi + sum_hi;
+#pragma unroll
+    for (int i = 0; i < DP / 8; ++i) {
+      o_acc[i][0] *= alpha_lo;
+      o_acc[i][1] *= alpha_lo;
+      o_acc[i][2] *= alpha_hi;
+      o_acc[i][3] *= alpha_hi;
+    }
+
+    __syncthreads();  // every warp is done with K_nb
+    if (nb + 1 < n_blocks) {
+      load_tile<T, BN, DP, kThreads>(sK, kg + (n0 + BN) * p.ks[2], p.ks[2], p.Lk - n0 - BN, p.D,
+                                     vec_ok);
+      cp_async_commit();
+      cp_async_wait<1>();  // V_nb has landed; K_nb+1 may still be in flight
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    // O += P V: P's accumulator layout is the A operand layout (16 keys = two 8-key tiles).
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const uint32_t pa[4] = {
+          Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
+          Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+          Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dt2 = 0; dt2 < DP / 16; ++dt2) {
+        uint32_t vb[4];  // {b0,b1} for columns dt2*16 + 0..7, then + 8..15
+        ldmatrix_x4_trans(vb, sV + (kk * 16 + a_row) * kPitch + dt2 * 16 + a_col);
+        Mma<T>::run(o_acc[2 * dt2], pa, vb[0], vb[1]);
+        Mma<T>::run(o_acc[2 * dt2 + 1], pa, vb[2], vb[3]);
+      }
+    }
+    __syncthreads();  // every warp is done with V_nb before the next tile overwrites it
+  }
+
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+  const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f;  // no visible key: a row of zeros
+  const float inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+  T* og = static_cast<T*>(p.o) + b * p.os[0] + h * p.os[1];
+#pragma unroll
+  for (int dt = 0; dt < DP / 8; ++dt) {
+    const int c = dt * 8 + 2 * t;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int row = e < 2 ? r_lo : r_hi, col = c + (e & 1);
+      if (row < p.Lq && col < p.Dv)
+        og[row * p.os[2] + col] = from_float<T>(o_acc[dt][e] * (e < 2 ? inv_lo : inv_hi));
+    }
+  }
+  if (p.lse != nullptr && t == 0) {
+    float* lg = p.lse + (b * p.Hq + h) * p.Lq;
+    if (r_lo < p.Lq) lg[r_lo] = l_lo > 0.f ? m_lo * kLn2 + logf(l_lo) : -INFINITY;
+    if (r_hi < p.Lq) lg[r_hi] = l_hi > 0.f ? m_hi * kLn2 + logf(l_hi) : -INFINITY;
+  }
+}
+
+// ---- fp32 SIMT kernel ----------------------------------------------------------------------------
+// One thread a query row (32 a block); K/V tiles of 32 rows in shared memory, read as
+// broadcasts; the thread's q row and output accumulator live in shared memory (pitch +1 float
+// so the 32 threads' rows fall in distinct banks).
+constexpr int kF32Rows = 32, kF32Keys = 32;
+
+__global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p) {
+  extern __shared__ float smem_f[];
+  const int D = p.D, Dv = p.Dv;
+  float* sQ = smem_f;                          // [32][D + 1]
+  float* sO = sQ + kF32Rows * (D + 1);         // [32][Dv + 1]
+  float* sK = sO + kF32Rows * (Dv + 1);        // [32][D]
+  float* sV = sK + kF32Keys * D;               // [32][Dv]
+  const int m_block = p.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x)
+                               : static_cast<int>(blockIdx.x);
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int hk = h / p.group;
+  const int tid = threadIdx.x;
+  const int row0 = m_block * kF32Rows, row = row0 + tid;
+  const float* qg = static_cast<const float*>(p.q) + b * p.qs[0] + h * p.qs[1];
+  const float* kg = static_cast<const float*>(p.k) + b * p.ks[0] + hk * p.ks[1];
+  const float* vg = static_cast<const float*>(p.v) + b * p.vs[0] + hk * p.vs[1];
+
+  for (int i = tid; i < kF32Rows * D; i += kF32Rows) {
+    const int r = i / D, c = i % D;
+    sQ[r * (D + 1) + c] = row0 + r < p.Lq ? qg[(row0 + r) * p.qs[2] + c] : 0.f;
+  }
+  for (int c = 0; c < Dv; ++c) sO[tid * (Dv + 1) + c] = 0.f;
+
+  int n_max = p.Lk;
+  if (p.causal) {
+    const int64_t last_row = (p.Lq < row0 + kF32Rows ? p.Lq : row0 + kF32Rows) - 1;
+    const int64_t lim = last_row + p.causal_offset + 1;
+    n_max = static_cast<int>(lim < 0 ? 0 : (lim < p.Lk ? lim : p.Lk));
+  }
+  float m = -INFINITY, l = 0.f;
+  for (int n0 = 0; n0 < n_max; n0 += kF32Keys) {
+    __syncthreads();  // previous tile fully consumed (and sQ written, the first time)
+    for (int i = tid; i < kF32Keys * D; i += kF32Rows) {
+      const int r = i / D, c = i % D;
+      sK[i] = n0 + r < p.Lk ? kg[(n0 + r) * p.ks[2] + c] : 0.f;
+    }
+    for (int i = tid; i < kF32Keys * Dv; i += kF32Rows) {
+      const int r = i / Dv, c = i % Dv;
+      sV[i] = n0 + r < p.Lk ? vg[(n0 + r) * p.vs[2] + c] : 0.f;
+    }
+    __syncthreads();
+    float s[kF32Keys];
+#pragma unroll
+    for (int j = 0; j < kF32Keys; ++j) s[j] = 0.f;
+    const float* qrow = sQ + tid * (D + 1);
+    for (int d = 0; d < D; ++d) {
+      const float qd = qrow[d];
+#pragma unroll
+      for (int j = 0; j < kF32Keys; ++j) s[j] = fmaf(qd, sK[j * D + d], s[j]);
+    }
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kF32Keys; ++j) {
+      const int col = n0 + j;
+      s[j] = (row < p.Lq && visible(p, row, col)) ? score_log2(p, s[j], b, h, row, col)
+                                                  : -INFINITY;
+      mx = fmaxf(mx, s[j]);
+    }
+    const float mn = fmaxf(m, mx);
+    const float base = mn == -INFINITY ? 0.f : mn;
+    const float alpha = exp2f(m - base);
+    m = mn;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < kF32Keys; ++j) {
+      s[j] = exp2f(s[j] - base);
+      sum += s[j];
+    }
+    l = l * alpha + sum;
+    float* orow = sO + tid * (Dv + 1);
+    for (int c = 0; c < Dv; ++c) {
+      float acc = orow[c] * alpha;
+#pragma unroll
+      for (int j = 0; j < kF32Keys; ++j) acc = fmaf(s[j], sV[j * Dv + c], acc);
+      orow[c] = acc;
+    }
+  }
+  __syncthreads();
+  // Write out cooperatively (row-major, consecutive threads on consecutive columns).
+  float* og = static_cast<float*>(p.o) + b * p.os[0] + h * p.os[1];
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  sQ[tid] = inv;  // sQ is free now: publish each row's 1/l
+  __syncthreads();
+  for (int i = tid; i < kF32Rows * Dv; i += kF32Rows) {
+    const int r = i / Dv, c = i % Dv;
+    if (row0 + r < p.Lq) og[(row0 + r) * p.os[2] + c] = sO[r * (Dv + 1) + c] * sQ[r];
+  }
+  if (p.lse != nullptr && row < p.Lq)
+    p.lse[(b * p.Hq + h) * p.Lq + row] = l > 0.f ? m * kLn2 + logf(l) : -INFINITY;
+}
+
+// ---- dispatch ------------------------------------------------------------------------------------
+template <typename T, int DP>
+void launch_mma(const Params& p, int B, cudaStream_t stream) {
+  constexpr bool kBig = DP > 128;
+  constexpr int kBN = kBig ? 32 : 64, kWarps = kBig ? 4 : 8, kBM = 16 * kWarps;
+  constexpr int kPitch = DP + 8;
+  auto kernel = attention_mma_kernel<T, DP, kBN, kWarps, !kBig>;
+  const size_t smem = static_cast<size_t>(kBM + 2 * kBN) * kPitch * sizeof(T);
+  MMFAST_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem)));
+  const dim3 grid((p.Lq + kBM - 1) / kBM, p.Hq, B);
+  kernel<<<grid, kWarps * 32, smem, stream>>>(p);
+  MMFAST_CUDA_CHECK_LAUNCH("attention_mma_kernel");
+}
+
+template <typename T>
+void dispatch_mma(const Params& p, int B, cudaStream_t stream) {
+  const int d = p.D > p.Dv ? p.D : p.Dv;
+  if (d <= 32) return launch_mma<T, 32>(p, B, stream);
+  if (d <= 64) return launch_mma<T, 64>(p, B, stream);
+  if (d <= 80) return launch_mma<T, 80>(p, B, stream);
+  if (d <= 96) return launch_mma<T, 96>(p, B, stream);
+  if (d <= 128) return launch_mma<T, 128>(p, B, stream);
+  return launch_mma<T, 256>(p, B, stream);
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+}  // namespace
+
+void attention(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.B <= 0 || a.Hq <= 0 || a.Lq <= 0) return;  // nothing to write
+  if (a.Hkv <= 0 || a.Hq % a.Hkv != 0) throw std::invalid_argument("attention: Hq % Hkv != 0");
+  if (a.D < 1 || a.D > 256 || a.Dv < 1 || a.Dv > 256)
+    throw std::invalid_argument("attention: head dims must be in [1, 256]");
+  if (a.B > 65535 || a.Hq > 65535)
+    throw std::invalid_argument("attention: B and Hq must be at most 65535 on CUDA");
+  Params p{};
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.o = a.o;
+  p.lse = a.lse;
+  p.mask = a.mask;
+  p.mask_kind = a.mask == nullptr ? 0 : static_cast<int>(a.mask_kind);
+  for (int i = 0; i < 3; ++i) {
+    p.qs[i] = a.q_stride[i];
+    p.ks[i] = a.k_stride[i];
+    p.vs[i] = a.v_stride[i];
+    p.os[i] = a.o_stride[i];
+  }
+  for (int i = 0; i < 4; ++i) p.ms[i] = a.mask_stride[i];
+  p.Hq = a.Hq;
+  p.group = a.Hq / a.Hkv;
+  p.Lq = a.Lq;
+  p.Lk = a.Lk;
+  p.D = a.D;
+  p.Dv = a.Dv;
+  p.causal = a.causal ? 1 : 0;
+  p.causal_offset = a.causal_offset;
+  p.scale = a.scale;
+  p.softcap = a.softcap;
+
+  if (a.dtype == DType::f32) {
+    const size_t smem =
+        sizeof(float) * (kF32Rows * (a.D + 1 + a.Dv + 1) + kF32Keys * (a.D + a.Dv));
+    MMFAST_CUDA_CHECK(cudaFuncSetAttribute(attention_f32_kernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+    const dim3 grid((a.Lq + kF32Rows - 1) / kF32Rows, a.Hq, a.B);
+    attention_f32_kernel<<<grid, kF32Rows, smem, stream>>>(p);
+    MMFAST_CUDA_CHECK_LAUNCH("attention_f32_kernel");
+    return;
+  }
+  // 16-byte copies need 8-element rows and 16-byte aligned row starts.
+  bool vec = a.D % 8 == 0 && a.Dv % 8 == 0 && aligned16(a.q) && aligned16(a.k) && aligned16(a.v);
+  for (int i = 0; i < 3; ++i)
+    vec = vec && a.q_stride[i] % 8 == 0 && a.k_stride[i] % 8 == 0 && a.v_stride[i] % 8 == 0;
+  p.vec_ok = vec ? 1 : 0;
+  if (a.dtype == DType::f16) return dispatch_mma<__half>(p, a.B, stream);
+  if (a.dtype == DType::bf16) return dispatch_mma<__nv_bfloat16>(p, a.B, stream);
+  throw std::invalid_argument("attention: unknown dtype code " +
+                              std::to_string(static_cast<int>(a.dtype)));
+}
+
+}  // namespace mmfast::cuda
