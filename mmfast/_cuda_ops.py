@@ -95,12 +95,20 @@ def _describe(x: Any, name: str) -> _Arr:
     )
 
 
+_available_module: Any = None
+
+
 def _module() -> Any:
-    """The CUDA extension, or RuntimeError saying why CUDA kernels cannot run here."""
-    s = cuda_status()
-    if not s["available"]:
-        raise RuntimeError(f"mmfast CUDA kernels are unavailable: {s['error']}")
-    return cuda_module()
+    """The CUDA extension, or RuntimeError saying why CUDA kernels cannot run here. A success
+    is remembered: the status query asks the driver for device properties, which costs more
+    than a small kernel."""
+    global _available_module
+    if _available_module is None:
+        s = cuda_status()
+        if not s["available"]:
+            raise RuntimeError(f"mmfast CUDA kernels are unavailable: {s['error']}")
+        _available_module = cuda_module()
+    return _available_module
 
 
 def _empty(like: _Arr, shape: tuple[int, ...], dtype: str) -> Any:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mmfast.ops import attention, conv2d
+from mmfast.ops import Conv2d, attention, conv2d
 
 
 def bench_ms(fn, reps: int = 20, warmup: int = 3, rounds: int = 3) -> float:
@@ -96,8 +96,10 @@ def bench_conv(quick: bool, peak: float) -> list[dict]:
             bias = torch.randn(C, device="cuda", dtype=dtype)
             flops = 2 * N * C * C * 9 * HW * HW
 
+            conv = Conv2d(w, bias, padding=1, activation="relu")  # the inference form
+
             def ours():
-                conv2d(x, w, bias, padding=1, activation="relu")
+                conv(x)
 
             def ref():
                 F.relu(F.conv2d(x, w, bias, padding=1))

@@ -140,10 +140,6 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
 
 // Copies rows [0, ROWS) x columns [0, DP) of a (rows_valid, cols_valid) global tile into shared
 // memory with row pitch DP + 8 elements (the 16-byte pad makes the 8 row addresses of every
@@ -170,11 +166,21 @@ __device__ __forceinline__ void load_tile(T* smem, const T* g, int64_t row_strid
 }
 
 // ---- tensor-core kernel ------------------------------------------------------------------------
-// DP: head dim padded to a multiple of 16 (>= D, Dv). BM = 16 * WARPS query rows, BN keys a tile.
-template <typename T, int DP, int BN, int WARPS, bool Q_IN_REGS>
+// 2^x on the MUFU unit (ex2.approx: ~2 ulp, 2^-inf = +0). The probabilities it makes are rounded
+// to 16 bits right after, so the approximation is invisible in the result.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// DP: head dim padded to a multiple of 16 (>= D, Dv). Each warp owns MT m16 tiles (16*MT query
+// rows): every K/V fragment it reads from shared memory then feeds MT mma, so shared-memory
+// traffic per flop falls by MT. BM = 16 * MT * WARPS query rows a block, BN keys a tile.
+template <typename T, int DP, int BN, int WARPS, int MT, bool Q_IN_REGS>
 __global__ void __launch_bounds__(WARPS * 32)
     attention_mma_kernel(const Params p) {
-  constexpr int kThreads = WARPS * 32, BM = 16 * WARPS, kPitch = DP + 8;
+  constexpr int kThreads = WARPS * 32, BM = 16 * MT * WARPS, kPitch = DP + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + BM * kPitch;
@@ -203,13 +209,25 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
   const int n_blocks = (n_max + BN - 1) / BN;
 
-  // Per thread: rows r_lo = row0 + 16*warp + g and r_hi = r_lo + 8.
-  const int r_lo = row0 + warp * 16 + g, r_hi = r_lo + 8;
-  float o_acc[DP / 8][4];
+  // Per thread and m16 tile mt: rows r[mt][0] = row0 + 16*(MT*warp + mt) + g and r[mt][1] =
+  // that + 8; the accumulator elements e = 0, 1 belong to the first, e = 2, 3 to the second.
+  int rows[MT][2];
 #pragma unroll
-  for (int i = 0; i < DP / 8; ++i) o_acc[i][0] = o_acc[i][1] = o_acc[i][2] = o_acc[i][3] = 0.f;
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
-  uint32_t q_frag[Q_IN_REGS ? DP / 16 : 1][4];
+  for (int mt = 0; mt < MT; ++mt) {
+    rows[mt][0] = row0 + 16 * (MT * warp + mt) + g;
+    rows[mt][1] = rows[mt][0] + 8;
+  }
+  float o_acc[MT][DP / 8][4];
+  float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < DP / 8; ++i)
+      o_acc[mt][i][0] = o_acc[mt][i][1] = o_acc[mt][i][2] = o_acc[mt][i][3] = 0.f;
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.f;
+  }
+  uint32_t q_frag[Q_IN_REGS ? MT : 1][Q_IN_REGS ? DP / 16 : 1][4];
 
   if (n_blocks > 0) {
     load_tile<T, BM, DP, kThreads>(sQ, qg, p.qs[2], p.Lq - row0, p.D, vec_ok);
@@ -221,7 +239,7 @@ __global__ void __launch_bounds__(WARPS * 32)
   // V through .trans: rows (lane&7) + 8*((lane>>3)&1), columns 8*(lane>>4).
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_col = (lane >> 4) * 8;
   const int kb_row = (lane & 7) + (lane >> 4) * 8, kb_col = ((lane >> 3) & 1) * 8;
-  const T* sQw = sQ + (warp * 16 + a_row) * kPitch + a_col;
+  const T* sQw = sQ + (warp * MT * 16 + a_row) * kPitch + a_col;  // + mt*16 rows, + kk*16 cols
 
   for (int nb = 0; nb < n_blocks; ++nb) {
     const int n0 = nb * BN;
@@ -229,30 +247,43 @@ __global__ void __launch_bounds__(WARPS * 32)
     cp_async_commit();
     cp_async_wait<1>();  // Q and K_nb have landed (V_nb may still be in flight)
     __syncthreads();
-    if (Q_IN_REGS && nb == 0) {
+    if constexpr (Q_IN_REGS) {
+      if (nb == 0) {
 #pragma unroll
-      for (int kk = 0; kk < (Q_IN_REGS ? DP / 16 : 0); ++kk) ldmatrix_x4(q_frag[kk], sQw + kk * 16);
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int kk = 0; kk < DP / 16; ++kk)
+            ldmatrix_x4(q_frag[mt][kk], sQw + mt * 16 * kPitch + kk * 16);
+      }
     }
 
-    // S = Q K^T for this warp's 16 rows x BN keys.
-    float s[BN / 8][4];
+    // S = Q K^T for this warp's 16*MT rows x BN keys.
+    float s[MT][BN / 8][4];
 #pragma unroll
-    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < BN / 8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < DP / 16; ++kk) {
-      uint32_t qa[4];
-      if constexpr (Q_IN_REGS) {
+      uint32_t qa[MT][4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) qa[i] = q_frag[Q_IN_REGS ? kk : 0][i];
-      } else {
-        ldmatrix_x4(qa, sQw + kk * 16);
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (Q_IN_REGS) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) qa[mt][i] = q_frag[Q_IN_REGS ? mt : 0][Q_IN_REGS ? kk : 0][i];
+        } else {
+          ldmatrix_x4(qa[mt], sQw + mt * 16 * kPitch + kk * 16);
+        }
       }
 #pragma unroll
       for (int nt2 = 0; nt2 < BN / 16; ++nt2) {
         uint32_t kb[4];  // {b0,b1} for keys nt2*16 + 0..7, {b0,b1} for keys +8..15
         ldmatrix_x4(kb, sK + (nt2 * 16 + kb_row) * kPitch + kk * 16 + kb_col);
-        Mma<T>::run(s[2 * nt2], qa, kb[0], kb[1]);
-        Mma<T>::run(s[2 * nt2 + 1], qa, kb[2], kb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma<T>::run(s[mt][2 * nt2], qa[mt], kb[0], kb[1]);
+          Mma<T>::run(s[mt][2 * nt2 + 1], qa[mt], kb[2], kb[3]);
+        }
       }
     }
 
@@ -261,56 +292,51 @@ __global__ void __launch_bounds__(WARPS * 32)
     const bool edge = p.mask_kind != 0 || n0 + BN > p.Lk ||
                       (p.causal && n0 + BN - 1 > row0 + p.causal_offset);
     const float fast_scale = p.scale * kLog2e;
-    float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
+    for (int mt = 0; mt < MT; ++mt) {
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = e < 2 ? r_lo : r_hi;
-        const int col = n0 + nt * 8 + 2 * t + (e & 1);
-        float x;
-        if (!edge && p.softcap == 0.f) {
-          x = s[nt][e] * fast_scale;
-        } else if (row < p.Lq && visible(p, row, col)) {
-          x = score_log2(p, s[nt][e], b, h, row, col);
-        } else {
-          x = -INFINITY;
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = rows[mt][e >> 1];
+          const int col = n0 + nt * 8 + 2 * t + (e & 1);
+          float x;
+          if (!edge && p.softcap == 0.f) {
+            x = s[mt][nt][e] * fast_scale;
+          } else if (row < p.Lq && visible(p, row, col)) {
+            x = score_log2(p, s[mt][nt][e], b, h, row, col);
+          } else {
+            x = -INFINITY;
+          }
+          s[mt][nt][e] = x;
+          mx[e >> 1] = fmaxf(mx[e >> 1], x);
         }
-        s[nt][e] = x;
       }
-      mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
-      mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
-    }
-    // A row's 8-column pieces are spread over the 4 lanes of a quad.
-    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-    const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-    // A row with nothing visible yet keeps max -inf: subtract 0 instead (exp2(-inf) = 0).
-    const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo;
-    const float base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
-    const float alpha_lo = exp2f(m_lo - base_lo), alpha_hi = exp2f(m_hi - base_hi);
-    m_lo = mn_lo;
-    m_hi = mn_hi;
-    float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      s[nt][0] = exp2f(s[nt][0] - base_lo);
-      s[nt][1] = exp2f(s[nt][1] - base_lo);
-      s[nt][2] = exp2f(s[nt][2] - base_hi);
-      s[nt][3] = exp2f(s[nt][3] - base_hi);
-      sum_lo += s[nt][0] + s[nt][1];
-      sum_hi += s[nt][2] + s[nt][3];
-    }
-    l_lo = l_lo * alpha_lo + sum_lo;  // per-lane partial sums; the quad is summed at the end
-    l_hi = l_hi * alpha_hi + sum_hi;
+      for (int r = 0; r < 2; ++r) {
+        // A row's 8-column pieces are spread over the 4 lanes of a quad.
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float mn = fmaxf(m_run[mt][r], mx[r]);
+        // A row with nothing visible yet keeps max -inf: subtract 0 instead (2^-inf = 0).
+        const float base = mn == -INFINITY ? 0.f : mn;
+        const float alpha = fast_exp2(m_run[mt][r] - base);
+        m_run[mt][r] = mn;
+        float sum = 0.f;
 #pragma unroll
-    for (int i = 0; i < DP / 8; ++i) {
-      o_acc[i][0] *= alpha_lo;
-      o_acc[i][1] *= alpha_lo;
-      o_acc[i][2] *= alpha_hi;
-      o_acc[i][3] *= alpha_hi;
+        for (int nt = 0; nt < BN / 8; ++nt) {
+          s[mt][nt][2 * r] = fast_exp2(s[mt][nt][2 * r] - base);
+          s[mt][nt][2 * r + 1] = fast_exp2(s[mt][nt][2 * r + 1] - base);
+          sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
+        }
+        l_run[mt][r] = l_run[mt][r] * alpha + sum;  // per-lane partial; quad summed at the end
+#pragma unroll
+        for (int i = 0; i < DP / 8; ++i) {
+          o_acc[mt][i][2 * r] *= alpha;
+          o_acc[mt][i][2 * r + 1] *= alpha;
+        }
+      }
     }
 
     __syncthreads();  // every warp is done with K_nb
@@ -327,42 +353,59 @@ __global__ void __launch_bounds__(WARPS * 32)
     // O += P V: P's accumulator layout is the A operand layout (16 keys = two 8-key tiles).
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t pa[4] = {
-          Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-          Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-          Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dt2 = 0; dt2 < DP / 16; ++dt2) {
         uint32_t vb[4];  // {b0,b1} for columns dt2*16 + 0..7, then + 8..15
         ldmatrix_x4_trans(vb, sV + (kk * 16 + a_row) * kPitch + dt2 * 16 + a_col);
-        Mma<T>::run(o_acc[2 * dt2], pa, vb[0], vb[1]);
-        Mma<T>::run(o_acc[2 * dt2 + 1], pa, vb[2], vb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma<T>::run(o_acc[mt][2 * dt2], pa[mt], vb[0], vb[1]);
+          Mma<T>::run(o_acc[mt][2 * dt2 + 1], pa[mt], vb[2], vb[3]);
+        }
       }
     }
     __syncthreads();  // every warp is done with V_nb before the next tile overwrites it
   }
 
-  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-  const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f;  // no visible key: a row of zeros
-  const float inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
   T* og = static_cast<T*>(p.o) + b * p.os[0] + h * p.os[1];
 #pragma unroll
-  for (int dt = 0; dt < DP / 8; ++dt) {
-    const int c = dt * 8 + 2 * t;
+  for (int mt = 0; mt < MT; ++mt) {
+    float inv[2];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int row = e < 2 ? r_lo : r_hi, col = c + (e & 1);
-      if (row < p.Lq && col < p.Dv)
-        og[row * p.os[2] + col] = from_float<T>(o_acc[dt][e] * (e < 2 ? inv_lo : inv_hi));
+    for (int r = 0; r < 2; ++r) {
+      float l = l_run[mt][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      l_run[mt][r] = l;
+      inv[r] = l > 0.f ? 1.f / l : 0.f;  // no visible key: a row of zeros
     }
-  }
-  if (p.lse != nullptr && t == 0) {
-    float* lg = p.lse + (b * p.Hq + h) * p.Lq;
-    if (r_lo < p.Lq) lg[r_lo] = l_lo > 0.f ? m_lo * kLn2 + logf(l_lo) : -INFINITY;
-    if (r_hi < p.Lq) lg[r_hi] = l_hi > 0.f ? m_hi * kLn2 + logf(l_hi) : -INFINITY;
+#pragma unroll
+    for (int dt = 0; dt < DP / 8; ++dt) {
+      const int c = dt * 8 + 2 * t;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = rows[mt][e >> 1], col = c + (e & 1);
+        if (row < p.Lq && col < p.Dv)
+          og[row * p.os[2] + col] = from_float<T>(o_acc[mt][dt][e] * inv[e >> 1]);
+      }
+    }
+    if (p.lse != nullptr && t == 0) {
+      float* lg = p.lse + (b * p.Hq + h) * p.Lq;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = rows[mt][r];
+        const float l = l_run[mt][r];
+        if (row < p.Lq) lg[row] = l > 0.f ? m_run[mt][r] * kLn2 + logf(l) : -INFINITY;
+      }
+    }
   }
 }
 
@@ -467,10 +510,14 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p)
 // ---- dispatch ------------------------------------------------------------------------------------
 template <typename T, int DP>
 void launch_mma(const Params& p, int B, cudaStream_t stream) {
+  // Up to D = 128 a warp takes 32 rows (MT = 2), 4 warps a block; key tiles of 32 from D = 96
+  // keep the score registers small enough to avoid spills. At D = 256 the output accumulators
+  // alone take 128 registers, so 16 rows a warp (MT = 1).
   constexpr bool kBig = DP > 128;
-  constexpr int kBN = kBig ? 32 : 64, kWarps = kBig ? 4 : 8, kBM = 16 * kWarps;
+  constexpr int kBN = DP >= 96 ? 32 : 64, kWarps = 4, kMT = kBig ? 1 : 2;
+  constexpr int kBM = 16 * kMT * kWarps;
   constexpr int kPitch = DP + 8;
-  auto kernel = attention_mma_kernel<T, DP, kBN, kWarps, !kBig>;
+  auto kernel = attention_mma_kernel<T, DP, kBN, kWarps, kMT, false>;
   const size_t smem = static_cast<size_t>(kBM + 2 * kBN) * kPitch * sizeof(T);
   MMFAST_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
