@@ -85,6 +85,9 @@ RESNET50_3x3 = [(64, 56), (128, 28), (256, 14), (512, 7)]
 
 def bench_conv(quick: bool, peak: float) -> list[dict]:
     torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm per shape
+    # Exact float32 against exact float32: torch lets cuDNN use TF32 (10-bit mantissas) for
+    # float32 convolutions by default, which mmfast's float32 path never does.
+    torch.backends.cudnn.allow_tf32 = False
     rows = []
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         if quick and dtype is torch.float16:
@@ -104,7 +107,7 @@ def bench_conv(quick: bool, peak: float) -> list[dict]:
             def ref():
                 F.relu(F.conv2d(x, w, bias, padding=1))
 
-            t_ours, t_ref = bench_ms(ours), bench_ms(ref)
+            t_ours, t_ref = bench_ms(ours, 50, rounds=5), bench_ms(ref, 50, rounds=5)
             rows.append(
                 {
                     "op": f"conv3x3 {str(dtype).removeprefix('torch.')}",

@@ -34,9 +34,9 @@ else
   export PYTHONPATH=/tmp/mmfast-site
 fi
 echo "build: $(($(date +%s) - start)) s"
-"$PY" -c "import mmfast, sys; print(mmfast.__file__); print(mmfast.cuda_status())"
+(cd /tmp && "$PY" -c "import mmfast; print(mmfast.__file__); print(mmfast.cuda_status())")
 
-timeout 60 "$PY" benchmarks/gpu/diag_attention.py 2>&1 | tee "$OUT/diag.log"
+(cd /tmp && timeout 60 "$PY" "$OLDPWD/benchmarks/gpu/diag_attention.py") 2>&1 | tee "$OUT/diag.log"
 
 # Tests from a copy of tests/ outside the source tree, so `mmfast` is the built package.
 rm -rf /tmp/mmfast-tests && cp -r tests /tmp/mmfast-tests && cp pyproject.toml /tmp/

@@ -145,11 +145,11 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
 // memory with row pitch DP + 8 elements (the 16-byte pad makes the 8 row addresses of every
 // ldmatrix land in distinct banks). Everything outside the valid region is zero: garbage there
 // could be NaN, and NaN * 0 is NaN.
-template <typename T, int ROWS, int DP, int THREADS>
+template <typename T, int ROWS, int DP, int THREADS, bool VEC>
 __device__ __forceinline__ void load_tile(T* smem, const T* g, int64_t row_stride, int rows_valid,
-                                          int cols_valid, bool vec_ok) {
+                                          int cols_valid) {
   constexpr int kPitch = DP + 8;
-  if (vec_ok) {  // cols_valid % 8 == 0 and every row start 16-byte aligned
+  if constexpr (VEC) {  // cols_valid % 8 == 0 and every row start 16-byte aligned
     constexpr int kChunks = DP / 8;
     for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
       const int r = i / kChunks, c = (i % kChunks) * 8;
@@ -177,14 +177,13 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // DP: head dim padded to a multiple of 16 (>= D, Dv). Each warp owns MT m16 tiles (16*MT query
 // rows): every K/V fragment it reads from shared memory then feeds MT mma, so shared-memory
 // traffic per flop falls by MT. BM = 16 * MT * WARPS query rows a block, BN keys a tile.
-template <typename T, int DP, int BN, int WARPS, int MT, bool Q_IN_REGS>
+template <typename T, int DP, int BN, int WARPS, int MT, bool Q_IN_REGS, bool VEC>
 __global__ void __launch_bounds__(WARPS * 32)
     attention_mma_kernel(const Params p) {
   constexpr int kThreads = WARPS * 32, BM = 16 * MT * WARPS, kPitch = DP + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + BM * kPitch;
-  T* sV = sK + BN * kPitch;
+  T* sKV = sQ + BM * kPitch;  // stage s: K at sKV + 2*s*BN*kPitch, V right after it
 
   const int m_block = p.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x)  // longest first
                                : static_cast<int>(blockIdx.x);
@@ -194,11 +193,19 @@ __global__ void __launch_bounds__(WARPS * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int row0 = m_block * BM;
-  const bool vec_ok = p.vec_ok != 0;
 
   const T* qg = static_cast<const T*>(p.q) + b * p.qs[0] + h * p.qs[1] + row0 * p.qs[2];
   const T* kg = static_cast<const T*>(p.k) + b * p.ks[0] + hk * p.ks[1];
   const T* vg = static_cast<const T*>(p.v) + b * p.vs[0] + hk * p.vs[1];
+  // Two stages: tile nb+1 (K and V) is in flight while tile nb is computed, so a whole
+  // iteration hides each load's latency; one commit group per tile, empty past the end.
+  auto load_kv = [&](int nb) {
+    T* dst = sKV + (nb & 1) * 2 * BN * kPitch;
+    const int n0 = nb * BN;
+    load_tile<T, BN, DP, kThreads, VEC>(dst, kg + n0 * p.ks[2], p.ks[2], p.Lk - n0, p.D);
+    load_tile<T, BN, DP, kThreads, VEC>(dst + BN * kPitch, vg + n0 * p.vs[2], p.vs[2],
+                                        p.Lk - n0, p.Dv);
+  };
 
   // Keys this block can see: the last row's causal limit bounds them.
   int n_max = p.Lk;
@@ -230,8 +237,10 @@ __global__ void __launch_bounds__(WARPS * 32)
   uint32_t q_frag[Q_IN_REGS ? MT : 1][Q_IN_REGS ? DP / 16 : 1][4];
 
   if (n_blocks > 0) {
-    load_tile<T, BM, DP, kThreads>(sQ, qg, p.qs[2], p.Lq - row0, p.D, vec_ok);
-    load_tile<T, BN, DP, kThreads>(sK, kg, p.ks[2], p.Lk, p.D, vec_ok);
+    load_tile<T, BM, DP, kThreads, VEC>(sQ, qg, p.qs[2], p.Lq - row0, p.D);
+    load_kv(0);
+    cp_async_commit();
+    if (n_blocks > 1) load_kv(1);
     cp_async_commit();
   }
   // ldmatrix lane addressing (see ldmatrix_x4): A operand rows (lane&7) + 8*((lane>>3)&1),
@@ -243,9 +252,9 @@ __global__ void __launch_bounds__(WARPS * 32)
 
   for (int nb = 0; nb < n_blocks; ++nb) {
     const int n0 = nb * BN;
-    load_tile<T, BN, DP, kThreads>(sV, vg + n0 * p.vs[2], p.vs[2], p.Lk - n0, p.Dv, vec_ok);
-    cp_async_commit();
-    cp_async_wait<1>();  // Q and K_nb have landed (V_nb may still be in flight)
+    const T* sK = sKV + (nb & 1) * 2 * BN * kPitch;
+    const T* sV = sK + BN * kPitch;
+    cp_async_wait<1>();  // tile nb (and Q) landed; tile nb+1 may still be in flight
     __syncthreads();
     if constexpr (Q_IN_REGS) {
       if (nb == 0) {
@@ -339,16 +348,6 @@ __global__ void __launch_bounds__(WARPS * 32)
       }
     }
 
-    __syncthreads();  // every warp is done with K_nb
-    if (nb + 1 < n_blocks) {
-      load_tile<T, BN, DP, kThreads>(sK, kg + (n0 + BN) * p.ks[2], p.ks[2], p.Lk - n0 - BN, p.D,
-                                     vec_ok);
-      cp_async_commit();
-      cp_async_wait<1>();  // V_nb has landed; K_nb+1 may still be in flight
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
 
     // O += P V: P's accumulator layout is the A operand layout (16 keys = two 8-key tiles).
 #pragma unroll
@@ -372,7 +371,9 @@ __global__ void __launch_bounds__(WARPS * 32)
         }
       }
     }
-    __syncthreads();  // every warp is done with V_nb before the next tile overwrites it
+    __syncthreads();  // every warp is done with stage nb&1 before tile nb+2 overwrites it
+    if (nb + 2 < n_blocks) load_kv(nb + 2);
+    cp_async_commit();
   }
 
   T* og = static_cast<T*>(p.o) + b * p.os[0] + h * p.os[1];
@@ -510,15 +511,17 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p)
 // ---- dispatch ------------------------------------------------------------------------------------
 template <typename T, int DP>
 void launch_mma(const Params& p, int B, cudaStream_t stream) {
-  // Up to D = 128 a warp takes 32 rows (MT = 2), 4 warps a block; key tiles of 32 from D = 96
+  // Up to D = 128 a warp takes 32 rows (MT = 2), 4 warps a block; key tiles of 32 from D = 80
   // keep the score registers small enough to avoid spills. At D = 256 the output accumulators
   // alone take 128 registers, so 16 rows a warp (MT = 1).
   constexpr bool kBig = DP > 128;
-  constexpr int kBN = DP >= 96 ? 32 : 64, kWarps = 4, kMT = kBig ? 1 : 2;
+  constexpr int kBN = DP >= 80 ? 32 : 64, kWarps = 4, kMT = kBig ? 1 : 2;
   constexpr int kBM = 16 * kMT * kWarps;
   constexpr int kPitch = DP + 8;
-  auto kernel = attention_mma_kernel<T, DP, kBN, kWarps, kMT, false>;
-  const size_t smem = static_cast<size_t>(kBM + 2 * kBN) * kPitch * sizeof(T);
+  // 16-byte copies need 8-element rows and 16-byte aligned row starts; else element loads.
+  auto kernel = p.vec_ok ? attention_mma_kernel<T, DP, kBN, kWarps, kMT, false, true>
+                         : attention_mma_kernel<T, DP, kBN, kWarps, kMT, false, false>;
+  const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * kPitch * sizeof(T);  // Q, 2x(K, V)
   MMFAST_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(smem)));
