@@ -50,3 +50,13 @@ start=$(date +%s)
 timeout 200 "$PY" benchmarks/gpu/bench_gpu.py ${BENCH_ARGS:-} --json "$OUT/bench.json" 2>&1 \
   | tee "$OUT/bench.log"
 echo "bench: $(($(date +%s) - start)) s"
+
+# NCU=1: why is the attention kernel as fast as it is (throughputs, stall reasons).
+if [ -n "${NCU:-}" ] && command -v ncu >/dev/null; then
+  (cd /tmp && timeout 120 ncu -k regex:attention_mma --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section WarpStateStats \
+    --section ComputeWorkloadAnalysis "$PY" "$OLDPWD/benchmarks/gpu/profile_one.py" \
+    >"$OUT/ncu.txt" 2>&1)
+  grep -E "Throughput|Stall|Occupancy|Warp Cycles|Issue|Registers|Block Limit|Pipe" \
+    "$OUT/ncu.txt" | head -60
+fi

@@ -297,30 +297,40 @@ __global__ void __launch_bounds__(WARPS * 32)
     }
 
     // Scores -> log2 domain with every exclusion applied. The per-element checks are needed
-    // only where the tile crosses the causal diagonal, the end of the keys, or with a mask.
-    const bool edge = p.mask_kind != 0 || n0 + BN > p.Lk ||
+    // only where the tile crosses the causal diagonal, the end of the keys, or with a mask /
+    // softcap; the two cases are separate loops so that the common one stays a short stretch
+    // of code (interleaved, the rarely-run checks bloat the loop past the instruction cache).
+    const bool edge = p.mask_kind != 0 || p.softcap != 0.f || n0 + BN > p.Lk ||
                       (p.causal && n0 + BN - 1 > row0 + p.causal_offset);
-    const float fast_scale = p.scale * kLog2e;
+    if (!edge) {
+      const float fast_scale = p.scale * kLog2e;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= fast_scale;
+    } else {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = rows[mt][e >> 1];
+            const int col = n0 + nt * 8 + 2 * t + (e & 1);
+            s[mt][nt][e] = (row < p.Lq && visible(p, row, col))
+                               ? score_log2(p, s[mt][nt][e], b, h, row, col)
+                               : -INFINITY;
+          }
+    }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = rows[mt][e >> 1];
-          const int col = n0 + nt * 8 + 2 * t + (e & 1);
-          float x;
-          if (!edge && p.softcap == 0.f) {
-            x = s[mt][nt][e] * fast_scale;
-          } else if (row < p.Lq && visible(p, row, col)) {
-            x = score_log2(p, s[mt][nt][e], b, h, row, col);
-          } else {
-            x = -INFINITY;
-          }
-          s[mt][nt][e] = x;
-          mx[e >> 1] = fmaxf(mx[e >> 1], x);
-        }
+        mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
       }
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
