@@ -288,6 +288,32 @@ def test_conv2d_cuda_bad_inputs():
         conv2d(x, w, torch.zeros(3, dtype=torch.float16, device="cuda"))
 
 
+# ---- CuPy arrays -------------------------------------------------------------------------------
+@cuda
+@pytest.mark.cuda
+def test_cupy_arrays_attention_and_conv2d():
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng(4)
+    q, k, v = (
+        cupy.asarray(rng.standard_normal((1, 2, 90, 64)).astype(np.float16)) for _ in range(3)
+    )
+    with cupy.cuda.Stream(non_blocking=True):  # mmfast enqueues on CuPy's current stream
+        out = attention(q, k, v, is_causal=True)
+        assert isinstance(out, cupy.ndarray) and out.dtype == cupy.float16
+        host = torch.from_numpy(cupy.asnumpy(out))
+    ref, _ = _attention_ref(*(torch.from_numpy(cupy.asnumpy(a)) for a in (q, k, v)), causal=True)
+    assert _rel_err(host, ref) <= _attn_tol(torch.float16, 64, 90)
+
+    x = cupy.asarray(rng.standard_normal((2, 6, 11, 9)).astype(np.float32))
+    w = cupy.asarray(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    y = conv2d(x, w, stride=2, padding=(1, 0, 2, 1), groups=2)
+    assert isinstance(y, cupy.ndarray)
+    xt, wt = torch.from_numpy(cupy.asnumpy(x)), torch.from_numpy(cupy.asnumpy(w))
+    ref, mag = _conv_ref(xt, wt, None, 2, (1, 0, 2, 1), 1, 2, False)
+    bound = 28 * EPS[torch.float32] * mag
+    assert ((torch.from_numpy(cupy.asnumpy(y)).double() - ref).abs() <= bound + 1e-30).all()
+
+
 # ---- without a GPU -------------------------------------------------------------------------------
 class _FakeCupyArray:
     """Looks like a CuPy array to mmfast (module name, CUDA array interface) but has no GPU
