@@ -42,8 +42,8 @@ struct Params {
 };
 
 // ---- score transform shared by both kernels: raw q.k -> log2-domain score (or -inf) ----------
-__device__ __forceinline__ float score_log2(const Params& p, float acc, int64_t b, int h,
-                                            int row, int col) {
+__device__ __forceinline__ float score_log2(const Params& p, float acc, int64_t b, int h, int row,
+                                            int col) {
   float s = acc * p.scale;
   if (p.softcap > 0.f) s = p.softcap * tanhf(s / p.softcap);
   if (p.mask_kind != 0) {
@@ -68,8 +68,8 @@ __device__ __forceinline__ unsigned smem_addr(const void* ptr) {
 
 // 16-byte async copy; src_bytes = 0 zero-fills the destination (rows past the end, padding).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
-               "l"(src), "r"(valid ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -159,8 +159,8 @@ __device__ __forceinline__ void load_tile(T* smem, const T* g, int64_t row_strid
   } else {
     for (int i = threadIdx.x; i < ROWS * DP; i += THREADS) {
       const int r = i / DP, c = i % DP;
-      smem[r * kPitch + c] = (r < rows_valid && c < cols_valid) ? g[r * row_stride + c]
-                                                                : from_float<T>(0.f);
+      smem[r * kPitch + c] =
+          (r < rows_valid && c < cols_valid) ? g[r * row_stride + c] : from_float<T>(0.f);
     }
   }
 }
@@ -178,8 +178,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // rows): every K/V fragment it reads from shared memory then feeds MT mma, so shared-memory
 // traffic per flop falls by MT. BM = 16 * MT * WARPS query rows a block, BN keys a tile.
 template <typename T, int DP, int BN, int WARPS, int MT, bool Q_IN_REGS, bool VEC>
-__global__ void __launch_bounds__(WARPS * 32)
-    attention_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params p) {
   constexpr int kThreads = WARPS * 32, BM = 16 * MT * WARPS, kPitch = DP + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -203,8 +202,8 @@ __global__ void __launch_bounds__(WARPS * 32)
     T* dst = sKV + (nb & 1) * 2 * BN * kPitch;
     const int n0 = nb * BN;
     load_tile<T, BN, DP, kThreads, VEC>(dst, kg + n0 * p.ks[2], p.ks[2], p.Lk - n0, p.D);
-    load_tile<T, BN, DP, kThreads, VEC>(dst + BN * kPitch, vg + n0 * p.vs[2], p.vs[2],
-                                        p.Lk - n0, p.Dv);
+    load_tile<T, BN, DP, kThreads, VEC>(dst + BN * kPitch, vg + n0 * p.vs[2], p.vs[2], p.Lk - n0,
+                                        p.Dv);
   };
 
   // Keys this block can see: the last row's causal limit bounds them.
@@ -358,7 +357,6 @@ __global__ void __launch_bounds__(WARPS * 32)
       }
     }
 
-
     // O += P V: P's accumulator layout is the A operand layout (16 keys = two 8-key tiles).
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
@@ -420,21 +418,22 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
 }
 
-// ---- fp32 SIMT kernel ----------------------------------------------------------------------------
-// One thread a query row (32 a block); K/V tiles of 32 rows in shared memory, read as
-// broadcasts; the thread's q row and output accumulator live in shared memory (pitch +1 float
-// so the 32 threads' rows fall in distinct banks).
+// ---- fp32 SIMT kernel
+// ---------------------------------------------------------------------------- One thread a query
+// row (32 a block); K/V tiles of 32 rows in shared memory, read as broadcasts; the thread's q row
+// and output accumulator live in shared memory (pitch +1 float so the 32 threads' rows fall in
+// distinct banks).
 constexpr int kF32Rows = 32, kF32Keys = 32;
 
 __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p) {
   extern __shared__ float smem_f[];
   const int D = p.D, Dv = p.Dv;
-  float* sQ = smem_f;                          // [32][D + 1]
-  float* sO = sQ + kF32Rows * (D + 1);         // [32][Dv + 1]
-  float* sK = sO + kF32Rows * (Dv + 1);        // [32][D]
-  float* sV = sK + kF32Keys * D;               // [32][Dv]
-  const int m_block = p.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x)
-                               : static_cast<int>(blockIdx.x);
+  float* sQ = smem_f;                    // [32][D + 1]
+  float* sO = sQ + kF32Rows * (D + 1);   // [32][Dv + 1]
+  float* sK = sO + kF32Rows * (Dv + 1);  // [32][D]
+  float* sV = sK + kF32Keys * D;         // [32][Dv]
+  const int m_block =
+      p.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
   const int h = blockIdx.y;
   const int64_t b = blockIdx.z;
   const int hk = h / p.group;
@@ -481,8 +480,7 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p)
 #pragma unroll
     for (int j = 0; j < kF32Keys; ++j) {
       const int col = n0 + j;
-      s[j] = (row < p.Lq && visible(p, row, col)) ? score_log2(p, s[j], b, h, row, col)
-                                                  : -INFINITY;
+      s[j] = (row < p.Lq && visible(p, row, col)) ? score_log2(p, s[j], b, h, row, col) : -INFINITY;
       mx = fmaxf(mx, s[j]);
     }
     const float mn = fmaxf(m, mx);
@@ -518,7 +516,8 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p)
     p.lse[(b * p.Hq + h) * p.Lq + row] = l > 0.f ? m * kLn2 + logf(l) : -INFINITY;
 }
 
-// ---- dispatch ------------------------------------------------------------------------------------
+// ---- dispatch
+// ------------------------------------------------------------------------------------
 template <typename T, int DP>
 void launch_mma(const Params& p, int B, cudaStream_t stream) {
   // Up to D = 128 a warp takes 32 rows (MT = 2), 4 warps a block; key tiles of 32 from D = 80
@@ -532,9 +531,8 @@ void launch_mma(const Params& p, int B, cudaStream_t stream) {
   auto kernel = p.vec_ok ? attention_mma_kernel<T, DP, kBN, kWarps, kMT, false, true>
                          : attention_mma_kernel<T, DP, kBN, kWarps, kMT, false, false>;
   const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * kPitch * sizeof(T);  // Q, 2x(K, V)
-  MMFAST_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)));
+  MMFAST_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
   const dim3 grid((p.Lq + kBM - 1) / kBM, p.Hq, B);
   kernel<<<grid, kWarps * 32, smem, stream>>>(p);
   MMFAST_CUDA_CHECK_LAUNCH("attention_mma_kernel");
@@ -589,11 +587,9 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   p.softcap = a.softcap;
 
   if (a.dtype == DType::f32) {
-    const size_t smem =
-        sizeof(float) * (kF32Rows * (a.D + 1 + a.Dv + 1) + kF32Keys * (a.D + a.Dv));
-    MMFAST_CUDA_CHECK(cudaFuncSetAttribute(attention_f32_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
+    const size_t smem = sizeof(float) * (kF32Rows * (a.D + 1 + a.Dv + 1) + kF32Keys * (a.D + a.Dv));
+    MMFAST_CUDA_CHECK(cudaFuncSetAttribute(
+        attention_f32_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     const dim3 grid((a.Lq + kF32Rows - 1) / kF32Rows, a.Hq, a.B);
     attention_f32_kernel<<<grid, kF32Rows, smem, stream>>>(p);
     MMFAST_CUDA_CHECK_LAUNCH("attention_f32_kernel");

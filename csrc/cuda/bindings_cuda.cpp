@@ -106,12 +106,12 @@ PYBIND11_MODULE(_C_cuda, m) {
 
   m.def(
       "attention",
-      [](std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o,
-         std::uintptr_t lse, std::uintptr_t mask, int mask_kind, std::array<int64_t, 3> q_stride,
+      [](std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o, std::uintptr_t lse,
+         std::uintptr_t mask, int mask_kind, std::array<int64_t, 3> q_stride,
          std::array<int64_t, 3> k_stride, std::array<int64_t, 3> v_stride,
          std::array<int64_t, 3> o_stride, std::array<int64_t, 4> mask_stride,
-         std::array<int, 7> dims, bool causal, int64_t causal_offset, float scale,
-         float softcap, int dtype, int device, std::uintptr_t stream) {
+         std::array<int, 7> dims, bool causal, int64_t causal_offset, float scale, float softcap,
+         int dtype, int device, std::uintptr_t stream) {
         if (mask_kind < 0 || mask_kind > 2) throw py::value_error("mask_kind: expected 0, 1 or 2");
         mmfast::cuda::AttentionArgs a;
         a.q = ptr<const void>(q);
@@ -160,8 +160,8 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def(
       "conv2d",
       [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t bias, std::uintptr_t y,
-         std::uintptr_t workspace, const std::vector<int>& geom, bool relu, int dtype,
-         int device, std::uintptr_t stream) {
+         std::uintptr_t workspace, const std::vector<int>& geom, bool relu, int dtype, int device,
+         std::uintptr_t stream) {
         mmfast::cuda::Conv2dArgs a = conv_args(x, w, bias, y, geom, relu, dtype);
         a.workspace = ptr<void>(workspace);
         py::gil_scoped_release release;

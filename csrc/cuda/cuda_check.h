@@ -19,17 +19,16 @@ namespace mmfast::cuda {
 
 }  // namespace mmfast::cuda
 
-#define MMFAST_CUDA_CHECK(expr)                                                   \
-  do {                                                                            \
-    const cudaError_t mmfast_err_ = (expr);                                       \
-    if (mmfast_err_ != cudaSuccess)                                               \
-      ::mmfast::cuda::throw_cuda_error(mmfast_err_, #expr, __FILE__, __LINE__);   \
+#define MMFAST_CUDA_CHECK(expr)                                                 \
+  do {                                                                          \
+    const cudaError_t mmfast_err_ = (expr);                                     \
+    if (mmfast_err_ != cudaSuccess)                                             \
+      ::mmfast::cuda::throw_cuda_error(mmfast_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 // After a <<<...>>> launch: configuration errors show up here (asynchronous faults surface at
 // the caller's next synchronising call, as with every CUDA library).
-#define MMFAST_CUDA_CHECK_LAUNCH(name) \
-  ::mmfast::cuda::check_launch_((name), __FILE__, __LINE__)
+#define MMFAST_CUDA_CHECK_LAUNCH(name) ::mmfast::cuda::check_launch_((name), __FILE__, __LINE__)
 
 namespace mmfast::cuda {
 inline void check_launch_(const char* name, const char* file, int line) {
