@@ -167,8 +167,10 @@ void conv2d(const py::array& x, const py::array& packed, const py::object& packe
   p.path = g_conv_path.load();
   if (s.N == 0 || M == 0) return;
   p.nthreads = mmfast::get_num_threads();
-  p.workspace =
-      mmfast::thread_workspace(static_cast<size_t>(mmfast::conv2d_workspace_floats(g, p.nthreads)));
+  // Batching images only pays on the channel-vectorised path (weights packed for it).
+  p.batch_images = p.packed_w_cols ? mmfast::conv2d_batch_images(g, s.N) : 1;
+  p.workspace = mmfast::thread_workspace(
+      static_cast<size_t>(mmfast::conv2d_workspace_floats(g, p.nthreads, p.batch_images)));
   const mmfast::KernelTable& k = mmfast::kernels();
   py::gil_scoped_release release;
   k.conv2d(p);

@@ -84,8 +84,16 @@ void conv2d_pack_weights(const Conv2dShape& s, int panel, const float* w, float*
   }
 }
 
-int64_t conv2d_workspace_floats(const Conv2dGeometry& g, int64_t nthreads) {
-  return g.depthwise ? nthreads * g.channel_floats : g.planes_floats;
+int64_t conv2d_batch_images(const Conv2dGeometry& g, int64_t n) {
+  constexpr int64_t kMaxFloats = int64_t{2} << 20;  // 8 MB of planes
+  if (g.depthwise || n <= 1) return 1;
+  const int64_t fit = kMaxFloats / g.planes_floats;
+  return fit < 1 ? 1 : (fit < n ? fit : n);
+}
+
+int64_t conv2d_workspace_floats(const Conv2dGeometry& g, int64_t nthreads,
+                                int64_t batch_images) {
+  return g.depthwise ? nthreads * g.channel_floats : batch_images * g.planes_floats;
 }
 
 }  // namespace mmfast

@@ -153,6 +153,33 @@ def test_network_shapes(variant, conv_path, c, m, hw, k, stride, pad, groups):
     check(x, w, b, (stride, stride), (pad,) * 4, (1, 1), groups, relu=True)
 
 
+@pytest.mark.parametrize(
+    "n,c,m,hw,k,stride,pad",
+    [
+        (5, 32, 40, 5, 3, 1, 1),  # small images: the channel path batches all 5 images
+        (3, 24, 48, 7, 1, 1, 0),  # 1x1 direct: images read in place, image stride xs_n
+        (10, 64, 32, 60, 3, 1, 1),  # large planes: batches of 8 then 2 (the 8 MB cap)
+        (4, 16, 20, 9, 3, 2, 1),  # strided
+    ],
+)
+def test_batched_images_match_one_image_at_a_time(variant, conv_path, n, c, m, hw, k, stride, pad):
+    # The channel path multiplies several images' positions in one GEMM: each image's result
+    # must equal its own single-image convolution (same arithmetic, so exactly), and the
+    # float64 reference within the rounding bound.
+    rng = np.random.default_rng(n * 100 + c)
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    w = (rng.standard_normal((m, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    y = check(x, w, b, (stride, stride), (pad,) * 4, relu=True)
+    conv = ops.Conv2d(w, b, stride=stride, padding=pad, activation="relu")
+    for i in range(n):
+        np.testing.assert_array_equal(conv(x[i : i + 1])[0], y[i])
+    # strided output, batch through a view
+    out = np.full((m, n, y.shape[2], y.shape[3]), np.nan, np.float32).transpose(1, 0, 2, 3)
+    conv(x, out=out)
+    np.testing.assert_array_equal(out, y)
+
+
 def test_one_by_one_images_and_single_channel(variant):
     rng = np.random.default_rng(1)
     for c, m, k, pads in [(1, 1, 1, 0), (3, 5, 3, 1), (17, 4, 7, 3)]:

@@ -291,11 +291,15 @@ bool prefer_channel_path(const Conv2dGeometry& g) {
   return c_eff > 1.04 * s_eff;
 }
 
-void conv_gemm_cols(const Conv2dParams& p, int64_t n, const float* planes, int64_t plane_stride) {
+// Images n0 .. n0 + count - 1 as one GEMM: position q is image n0 + q / (OH*OW), whose planes
+// start at planes + (q / (OH*OW)) * image_stride.
+void conv_gemm_cols(const Conv2dParams& p, int64_t n0, int64_t count, const float* planes,
+                    int64_t image_stride, int64_t plane_stride) {
   const Conv2dShape& s = p.shape;
   const Conv2dGeometry& g = p.geom;
   const int64_t k = g.Cg * g.ntaps;
-  const int64_t positions = g.OH * g.OW;
+  const int64_t hw = g.OH * g.OW;
+  const int64_t positions = count * hw;
   const int64_t pblocks = (positions + kPosRows - 1) / kPosRows;
   const int64_t panels = (g.Mg + kConvNC - 1) / kConvNC;
   // Tasks: (group, panel, run of up to 8 position blocks). Within a task the K loop is
@@ -304,7 +308,7 @@ void conv_gemm_cols(const Conv2dParams& p, int64_t n, const float* planes, int64
   const int64_t pgroups = (pblocks + kGroupBlocks - 1) / kGroupBlocks;
   const int64_t c_block = g.ntaps >= 512 ? 1 : 512 / g.ntaps;
   const int64_t tasks = s.groups * panels * pgroups;
-  float* yn = p.y + n * p.ys_n;
+  float* yn = p.y + n0 * p.ys_n;
   parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float tiles[kGroupBlocks][kPosRows * kConvNC];
     int64_t pos[kGroupBlocks][kPosRows];
@@ -322,7 +326,8 @@ void conv_gemm_cols(const Conv2dParams& p, int64_t n, const float* planes, int64
         for (int i = 0; i < kPosRows; ++i) {
           int64_t q = pb * kPosRows + i;
           if (q >= positions) q = positions - 1;
-          pos[pb - pb0][i] = (q / g.OW) * g.Wq + q % g.OW;
+          const int64_t img = q / hw, qq = q % hw;
+          pos[pb - pb0][i] = img * image_stride + (qq / g.OW) * g.Wq + qq % g.OW;
         }
       }
       const float* a_panel = p.packed_w_cols + (grp * panels + panel) * kConvNC * k;
@@ -351,8 +356,8 @@ void conv_gemm_cols(const Conv2dParams& p, int64_t n, const float* planes, int64
             positions - pb * kPosRows < kPosRows ? positions - pb * kPosRows : kPosRows;
         int64_t yoff[kPosRows];
         for (int64_t i = 0; i < rows; ++i) {
-          const int64_t q = pb * kPosRows + i;
-          yoff[i] = (q / g.OW) * p.ys_h + (q % g.OW) * p.ys_w;
+          const int64_t q = pb * kPosRows + i, qq = q % hw;
+          yoff[i] = (q / hw) * p.ys_n + (qq / g.OW) * p.ys_h + (qq % g.OW) * p.ys_w;
         }
         for (int64_t j = 0; j < width; ++j) {
           const int64_t m = grp * g.Mg + m0 + j;
@@ -464,6 +469,22 @@ void conv2d(const Conv2dParams& p) {
   const Conv2dShape& s = p.shape;
   const bool direct = s.KH == 1 && s.KW == 1 && s.SH == 1 && s.SW == 1 && s.PT == 0 && s.PL == 0 &&
                       s.PB == 0 && s.PR == 0 && p.xs_w == 1 && (p.xs_h == s.W || s.H == 1);
+#if defined(__AVX512F__)
+  if (cols) {
+    const int64_t batch = p.batch_images > 0 ? p.batch_images : 1;
+    for (int64_t n0 = 0; n0 < s.N; n0 += batch) {
+      const int64_t count = s.N - n0 < batch ? s.N - n0 : batch;
+      if (direct) {
+        conv_gemm_cols(p, n0, count, p.x + n0 * p.xs_n, p.xs_n, p.xs_c);
+        continue;
+      }
+      for (int64_t i = 0; i < count; ++i)
+        fill_planes(p, n0 + i, p.workspace + i * p.geom.planes_floats);
+      conv_gemm_cols(p, n0, count, p.workspace, p.geom.planes_floats, p.geom.plane_stride);
+    }
+    return;
+  }
+#endif
   for (int64_t n = 0; n < s.N; ++n) {
     if (p.geom.depthwise) {
       conv_depthwise(p, n);
@@ -472,12 +493,6 @@ void conv2d(const Conv2dParams& p) {
     const float* planes = direct ? p.x + n * p.xs_n : p.workspace;
     const int64_t plane_stride = direct ? p.xs_c : p.geom.plane_stride;
     if (!direct) fill_planes(p, n, p.workspace);
-#if defined(__AVX512F__)
-    if (cols) {
-      conv_gemm_cols(p, n, planes, plane_stride);
-      continue;
-    }
-#endif
     conv_gemm(p, n, planes, plane_stride, direct);
   }
 }

@@ -72,9 +72,14 @@ int64_t conv2d_packed_floats(const Conv2dShape& s, int panel);
 void conv2d_pack_weights(const Conv2dShape& s, int panel,
                          const float* w /* (M, Cg, KH, KW) contiguous */, float* packed);
 
-// Workspace floats conv2d needs with `nthreads` threads (planes of one image, or one channel's
-// planes per thread for depthwise convolution).
-int64_t conv2d_workspace_floats(const Conv2dGeometry& g, int64_t nthreads);
+// Images whose planes the channel-vectorised GEMM fills and multiplies in one go (one GEMM
+// with the positions of all of them: whole position blocks, every weight block reused across
+// images, more tasks to balance the threads); capped so the planes stay ~8 MB.
+int64_t conv2d_batch_images(const Conv2dGeometry& g, int64_t n);
+
+// Workspace floats conv2d needs with `nthreads` threads and `batch_images` images batched
+// (planes of that many images, or one channel's planes per thread for depthwise convolution).
+int64_t conv2d_workspace_floats(const Conv2dGeometry& g, int64_t nthreads, int64_t batch_images);
 
 struct Conv2dParams {
   Conv2dShape shape;
@@ -89,6 +94,7 @@ struct Conv2dParams {
   bool relu = false;
   float* workspace = nullptr;  // conv2d_workspace_floats() floats, 64-byte aligned
   int64_t nthreads = 1;        // threads the workspace was sized for
+  int64_t batch_images = 1;    // images the workspace holds planes for (channel GEMM path)
   int path = 0;                // 0: pick by lane use; 1: spatial GEMM; 2: channel GEMM (tests)
 };
 
