@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import matmul_peak_gflops, median_ms, tune_allocator
+from _common import matmul_peak_gflops, median_ms_interleaved, tune_allocator
 
 ALLOCATOR = tune_allocator()
 
@@ -88,13 +88,23 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
+    ratios: dict[int, list[float]] = {}  # batch -> (faster peer time / mmfast time) per shape
     for shape_spec in SHAPES:
         if args.shapes and not any(f in shape_spec[0] for f in args.shapes):
             continue
-        bench_shape(shape_spec, args, rng, peak)
+        bench_shape(shape_spec, args, rng, peak, ratios)
+    for n, r in ratios.items():
+        geo = float(np.exp(np.mean(np.log(r))))
+        print(f"# N={n}: geometric mean of mmfast vs the faster of torch and ORT: {geo:.2f}x")
 
 
-def bench_shape(spec: tuple, args: argparse.Namespace, rng: np.random.Generator, peak: float):
+def bench_shape(
+    spec: tuple,
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+    peak: float,
+    ratios: dict[int, list[float]],
+) -> None:
     name, c, m, hw, k, s, p, g = spec
     w = (rng.standard_normal((m, c // g, k, k)) / np.sqrt(c // g * k * k)).astype(np.float32)
     b = rng.standard_normal(m).astype(np.float32)
@@ -124,9 +134,15 @@ def bench_shape(spec: tuple, args: argparse.Namespace, rng: np.random.Generator,
         sess.run_with_iobinding(binding)
         assert np.abs(y_ort.numpy() - ref).max() <= 1e-4 * scale, f"{name}: ORT disagrees"
 
-        t_mm = median_ms(lambda x=x, out=out: conv(x, out=out), args.repeats)
-        t_torch = median_ms(run_torch, args.repeats)
-        t_ort = median_ms(lambda binding=binding: sess.run_with_iobinding(binding), args.repeats)
+        t_mm, t_torch, t_ort = median_ms_interleaved(
+            [
+                lambda x=x, out=out: conv(x, out=out),
+                run_torch,
+                lambda binding=binding: sess.run_with_iobinding(binding),
+            ],
+            args.repeats,
+        )
+        ratios.setdefault(n, []).append(min(t_torch, t_ort) / t_mm)
         gflops = flops / (t_mm * 1e-3) / 1e9
         print(
             f"| {name} | {n} | {flops / 1e9:.3f} | {t_mm:.3f} | {t_torch:.3f} | {t_ort:.3f} "
