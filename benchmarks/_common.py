@@ -39,28 +39,6 @@ def median_ms(fn: Callable[[], object], repeats: int, min_time: float = 0.2) -> 
     return statistics.median(samples) * 1e3
 
 
-def median_ms_interleaved(
-    fns: list[Callable[[], object]], repeats: int, min_time: float = 0.2
-) -> list[float]:
-    """Like median_ms for several functions, timed in turn within each repeat, so a burst of
-    load from other jobs on this shared machine hits them alike instead of one of them."""
-    inner = []
-    for fn in fns:
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        one = max(time.perf_counter() - t0, 1e-7)
-        inner.append(max(1, int(min_time / repeats / one)))
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            for _ in range(inner[i]):
-                fn()
-            samples[i].append((time.perf_counter() - t0) / inner[i])
-    return [statistics.median(x) * 1e3 for x in samples]
-
-
 def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 7) -> float:
     """fp32 GEMM GFLOP/s of torch (oneDNN/MKL sgemm) on `threads` threads: the practical peak
     of this machine for the kernels compared here."""

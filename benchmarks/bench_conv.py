@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import matmul_peak_gflops, median_ms_interleaved, tune_allocator
+from _common import matmul_peak_gflops, median_ms, tune_allocator
 
 ALLOCATOR = tune_allocator()
 
@@ -134,14 +134,12 @@ def bench_shape(
         sess.run_with_iobinding(binding)
         assert np.abs(y_ort.numpy() - ref).max() <= 1e-4 * scale, f"{name}: ORT disagrees"
 
-        t_mm, t_torch, t_ort = median_ms_interleaved(
-            [
-                lambda x=x, out=out: conv(x, out=out),
-                run_torch,
-                lambda binding=binding: sess.run_with_iobinding(binding),
-            ],
-            args.repeats,
-        )
+        # Each timed on its own, not in turn: torch's OpenMP workers spin on the second core for
+        # a while after each call, and whatever runs right after them (measured: mmfast, 1.2 ms
+        # alone vs 2.2 ms interleaved with torch) loses that core.
+        t_mm = median_ms(lambda x=x, out=out: conv(x, out=out), args.repeats)
+        t_torch = median_ms(run_torch, args.repeats)
+        t_ort = median_ms(lambda binding=binding: sess.run_with_iobinding(binding), args.repeats)
         ratios.setdefault(n, []).append(min(t_torch, t_ort) / t_mm)
         gflops = flops / (t_mm * 1e-3) / 1e9
         print(
