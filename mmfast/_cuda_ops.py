@@ -144,6 +144,25 @@ def _same_place(a: _Arr, ref: _Arr, name: str, ref_name: str) -> None:
         raise ValueError(f"{name}: on cuda:{a.device}, but {ref_name} is on cuda:{ref.device}")
 
 
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "bool": 1, "uint8": 1}
+
+
+def _extent(a: _Arr) -> tuple[int, int]:
+    """[first, last) byte addresses a's elements occupy (strides are non-negative here)."""
+    if 0 in a.shape:
+        return a.ptr, a.ptr
+    last = sum((d - 1) * st for d, st in zip(a.shape, a.strides, strict=True))
+    size = _ITEMSIZE.get(a.dtype, 8)
+    return a.ptr, a.ptr + (last + 1) * size
+
+
+def _overlaps(a: _Arr, b: _Arr) -> bool:
+    """Whether the memory ranges of a and b intersect (a conservative test: the kernels
+    write `out` while reading the inputs, so any shared range is refused)."""
+    (a0, a1), (b0, b1) = _extent(a), _extent(b)
+    return a.device == b.device and a0 < b1 and b0 < a1
+
+
 def _float_dtype(a: _Arr, name: str) -> int:
     code = _DTYPE_CODES.get(a.dtype)
     if code is None:
@@ -260,6 +279,10 @@ def cuda_attention(
     )
     if oa.strides[3] != 1 and Dv > 1:
         raise ValueError("out: the last dimension must be contiguous")
+    if out is not None:
+        for name, a in (("q", qa), ("k", ka), ("v", va)):
+            if _overlaps(oa, a):
+                raise ValueError(f"out: overlaps {name}")
     lse = _describe(_empty(qa, (B, Hq, Lq), "float32"), "lse") if return_lse else None
 
     scale_f = 1.0 / math.sqrt(D) if scale is None else float(scale)
@@ -337,6 +360,8 @@ def cuda_conv2d(
         oa = _check_out(out, xa, oshape, xa.dtype)
         if oa.strides != _dense_strides(oshape):
             raise ValueError("out: must be C-contiguous")
+        if _overlaps(oa, xa):
+            raise ValueError("out: overlaps x (convolution cannot run in place)")
     if N * M * OH * OW:
         geom = [N, C, H, W, M, KH, KW, OH, OW, *stride, *dilation, pads[0], pads[1], groups]
         nbytes = int(mod.conv2d_workspace_bytes(geom, code))

@@ -330,6 +330,36 @@ class _FakeCupyArray:
         self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (0, False)}
 
 
+def test_overlap_check_of_cuda_outputs():
+    # Runs anywhere: the range test behind "out: overlaps ..." on made-up device arrays.
+    from mmfast._cuda_ops import _Arr, _overlaps
+
+    def arr(ptr, shape, strides, dtype="float16", device=0):
+        return _Arr(None, "torch", ptr, shape, strides, dtype, device)
+
+    q = arr(1000, (1, 2, 4, 8), (64, 32, 8, 1))  # 64 halves: bytes [1000, 1128)
+    assert _overlaps(arr(1126, (1,), (1,)), q)
+    assert not _overlaps(arr(1128, (1,), (1,)), q)
+    assert not _overlaps(arr(900, (50,), (1,)), q)  # ends at 1000
+    assert _overlaps(arr(900, (51,), (1,)), q)
+    assert not _overlaps(arr(1000, (4,), (1,), device=1), q)  # another GPU
+    assert not _overlaps(arr(1000, (0, 4), (4, 1)), q)  # empty
+    view = arr(1000, (4, 8), (16, 1))  # every other row of a (8, 8) block: [1000, 1112)
+    assert _overlaps(view, arr(1110, (1,), (1,)))
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_out_must_not_overlap_the_inputs():
+    q = torch.zeros((1, 2, 8, 64), dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match="out: overlaps q"):
+        attention(q, q.clone(), q.clone(), out=q)
+    x = torch.zeros((1, 4, 8, 8), dtype=torch.float16, device="cuda")
+    w = torch.zeros((4, 4, 1, 1), dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match="out: overlaps x"):
+        conv2d(x, w, out=x)
+
+
 @pytest.mark.skipif(HAVE_GPU, reason="checks the GPU-less error path")
 def test_cuda_op_without_a_gpu_raises_a_clear_error():
     a = _FakeCupyArray((1, 1, 4, 8))
