@@ -91,8 +91,7 @@ int64_t conv2d_batch_images(const Conv2dGeometry& g, int64_t n) {
   return fit < 1 ? 1 : (fit < n ? fit : n);
 }
 
-int64_t conv2d_workspace_floats(const Conv2dGeometry& g, int64_t nthreads,
-                                int64_t batch_images) {
+int64_t conv2d_workspace_floats(const Conv2dGeometry& g, int64_t nthreads, int64_t batch_images) {
   return g.depthwise ? nthreads * g.channel_floats : batch_images * g.planes_floats;
 }
 
