@@ -28,13 +28,14 @@ def attention(
     device: int,
     stream: int,
 ) -> None: ...
-def conv2d_workspace_bytes(geom: list[int], dtype: int) -> int: ...
+def conv2d_workspace_bytes(geom: list[int], dtype: int, device: int) -> int: ...
 def conv2d(
     x: int,
     w: int,
     bias: int,
     y: int,
     workspace: int,
+    workspace_bytes: int,
     geom: list[int],
     relu: bool,
     dtype: int,

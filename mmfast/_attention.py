@@ -90,8 +90,8 @@ def attention(
         v: ``(B, Hkv, Lk, Dv)`` float32 values; ``Dv`` may differ from ``D``; ``1 <= D, Dv <=
             256``.
         attn_mask: ``None``, or an array broadcastable to ``(B, Hq, Lq, Lk)``: bool (True =
-            attend) or float32 (added to the scores; ``-inf`` excludes). Never copied to the
-            broadcast shape.
+            attend) or float32 (added to the scores; ``-inf`` excludes; on CUDA also float16 /
+            bfloat16, converted to float32). Never copied to the broadcast shape.
         is_causal: query ``i`` sees key ``j`` only if ``j <= i + offset`` (combined with
             ``attn_mask`` if both are given, as ONNX Attention does).
         causal_align: ``"top_left"`` (offset 0: PyTorch's ``is_causal``, ONNX Attention without
@@ -100,14 +100,14 @@ def attention(
         scale: multiplies ``q·k``; default ``1 / sqrt(D)``; any finite value (negative too).
         softcap: ``s > 0`` applies ``s · tanh(x / s)`` to the scaled scores, before the mask;
             0 turns it off.
-        out: optional ``(B, Hq, Lq, Dv)`` float32 array of the same kind as ``q`` to write to;
-            must not overlap the inputs.
+        out: optional ``(B, Hq, Lq, Dv)`` array of the same kind and dtype as ``q`` to write
+            to; must not overlap the inputs.
         return_lse: also return ``lse``, ``(B, Hq, Lq)`` float32: the natural-log-sum-exp of
             the final (scaled, softcapped, masked) scores of each query.
 
     Returns:
-        ``out`` ``(B, Hq, Lq, Dv)`` float32, of the kind ``q`` is (numpy or torch), or
-        ``(out, lse)`` with ``return_lse=True``.
+        ``out`` ``(B, Hq, Lq, Dv)`` in q's dtype, of the kind ``q`` is (numpy, torch, CuPy),
+        or ``(out, lse)`` (lse float32) with ``return_lse=True``.
 
     A query whose keys are all masked (by the mask, the causal rule, or ``Lk = 0``) gets an
     output row of zeros and ``lse = -inf``, never NaN (PyTorch and ONNX Attention give 0 too).

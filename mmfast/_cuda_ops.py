@@ -124,8 +124,17 @@ def _contiguous(a: _Arr, name: str) -> _Arr:
     if a.framework == "torch":
         c = a.obj.contiguous()
     else:
-        c = sys.modules["cupy"].ascontiguousarray(a.obj)
+        cupy = sys.modules["cupy"]
+        with cupy.cuda.Device(a.device):  # the copy on a's device and its current stream
+            c = cupy.ascontiguousarray(a.obj)
     return a if c is a.obj else _describe(c, name)
+
+
+def _is_c_contiguous(a: _Arr) -> bool:
+    """The framework's own test (it ignores the strides of size-1 dimensions)."""
+    if a.framework == "torch":
+        return bool(a.obj.is_contiguous())
+    return bool(a.obj.flags.c_contiguous)
 
 
 def _stream(a: _Arr) -> int:
@@ -148,12 +157,13 @@ _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "bool": 1, "uint8": 1}
 
 
 def _extent(a: _Arr) -> tuple[int, int]:
-    """[first, last) byte addresses a's elements occupy (strides are non-negative here)."""
+    """[first, last) byte addresses a's elements occupy (CuPy strides may be negative)."""
     if 0 in a.shape:
         return a.ptr, a.ptr
-    last = sum((d - 1) * st for d, st in zip(a.shape, a.strides, strict=True))
+    lo = sum((d - 1) * st for d, st in zip(a.shape, a.strides, strict=True) if st < 0)
+    hi = sum((d - 1) * st for d, st in zip(a.shape, a.strides, strict=True) if st > 0)
     size = _ITEMSIZE.get(a.dtype, 8)
-    return a.ptr, a.ptr + (last + 1) * size
+    return a.ptr + lo * size, a.ptr + (hi + 1) * size
 
 
 def _overlaps(a: _Arr, b: _Arr) -> bool:
@@ -178,14 +188,6 @@ def _check_out(out: Any, ref: _Arr, shape: tuple[int, ...], dtype: str) -> _Arr:
     if o.shape != shape:
         raise ValueError(f"out: expected shape {shape}, got {o.shape}")
     return o
-
-
-def _dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= max(d, 1)
-    return tuple(reversed(strides))
 
 
 def cuda_attention(
@@ -255,7 +257,11 @@ def cuda_attention(
         elif ma.dtype in _DTYPE_CODES:
             mask_kind = 2
             if ma.dtype != "float32":  # the kernel adds float32 values
-                conv = ma.obj.float() if ma.framework == "torch" else ma.obj.astype("float32")
+                if ma.framework == "torch":
+                    conv = ma.obj.float()
+                else:
+                    with sys.modules["cupy"].cuda.Device(ma.device):
+                        conv = ma.obj.astype("float32")
                 ma = _describe(conv, "attn_mask")
         else:
             raise TypeError(f"attn_mask: expected bool or a float dtype, got {ma.dtype}")
@@ -280,7 +286,8 @@ def cuda_attention(
     if oa.strides[3] != 1 and Dv > 1:
         raise ValueError("out: the last dimension must be contiguous")
     if out is not None:
-        for name, a in (("q", qa), ("k", ka), ("v", va)):
+        mask_arr = [("attn_mask", _describe(mask_obj, "attn_mask"))] if mask_obj is not None else []
+        for name, a in [("q", qa), ("k", ka), ("v", va), *mask_arr]:
             if _overlaps(oa, a):
                 raise ValueError(f"out: overlaps {name}")
     lse = _describe(_empty(qa, (B, Hq, Lq), "float32"), "lse") if return_lse else None
@@ -317,6 +324,24 @@ def cuda_attention(
     return result
 
 
+def _fill_bias(o: _Arr, bias: _Arr | None, relu: bool) -> None:
+    """o[n, m, :, :] = bias[m] (0 without a bias), then ReLU: with the caller's framework, on
+    its current stream."""
+    if o.framework == "torch":
+        if bias is None:
+            o.obj.zero_()
+        else:
+            o.obj.copy_(bias.obj.view(1, -1, 1, 1).expand_as(o.obj))
+            if relu:
+                o.obj.clamp_(min=0)
+        return
+    cupy = sys.modules["cupy"]
+    with cupy.cuda.Device(o.device):
+        o.obj[...] = 0 if bias is None else bias.obj.reshape(1, -1, 1, 1)
+        if relu:
+            cupy.maximum(o.obj, 0, out=o.obj)
+
+
 def cuda_conv2d(
     x: Any,
     weight: Any,
@@ -327,7 +352,7 @@ def cuda_conv2d(
     relu: bool,
     out: Any,
 ) -> Any:
-    """mmfast.ops.conv2d on CUDA arrays. ``geometry(N, C, H, W, M, KH, KW)`` checks the
+    """mmfast.ops.conv2d on CUDA arrays. ``geometry(N, C, H, W, M, Cg, KH, KW)`` checks the
     arguments that do not depend on the device and returns (stride, dilation, pads, (OH, OW))."""
     xa = _describe(x, "x")
     mod = _module()
@@ -358,13 +383,18 @@ def cuda_conv2d(
         oa = _describe(_empty(xa, oshape, xa.dtype), "out")
     else:
         oa = _check_out(out, xa, oshape, xa.dtype)
-        if oa.strides != _dense_strides(oshape):
+        if not _is_c_contiguous(oa):
             raise ValueError("out: must be C-contiguous")
-        if _overlaps(oa, xa):
-            raise ValueError("out: overlaps x (convolution cannot run in place)")
+        for name, a in (("x", xa), ("weight", wa), ("bias", ba)):
+            if a is not None and _overlaps(oa, a):
+                raise ValueError(f"out: overlaps {name} (convolution cannot run in place)")
+    if N * M * OH * OW and C * H * W == 0:
+        # Nothing to read (every tap lands in padding): the output is the bias (after ReLU).
+        _fill_bias(oa, ba, relu)
+        return oa.obj if out is None else out
     if N * M * OH * OW:
         geom = [N, C, H, W, M, KH, KW, OH, OW, *stride, *dilation, pads[0], pads[1], groups]
-        nbytes = int(mod.conv2d_workspace_bytes(geom, code))
+        nbytes = int(mod.conv2d_workspace_bytes(geom, code, xa.device))
         ws = _empty(xa, (nbytes,), "uint8") if nbytes else None
         mod.conv2d(
             xa.ptr,
@@ -372,6 +402,7 @@ def cuda_conv2d(
             ba.ptr if ba is not None else 0,
             oa.ptr,
             _describe(ws, "workspace").ptr if ws is not None else 0,
+            nbytes,
             geom,
             bool(relu),
             code,

@@ -111,7 +111,7 @@ def test_attention_masks_softcap_mqa_and_bottom_right(dtype):
     k = _rand((B, Hkv, Lk, D), dtype, gen)
     v = _rand((B, Hkv, Lk, Dv), dtype, gen)
     bool_mask = torch.rand((1, Hq, Lq, Lk), generator=gen) > 0.3
-    bool_mask[0, 1, 5] = False  # a row with every key masked
+    bool_mask[0, 1, 100] = False  # a row with every key masked (row 100 sees keys 0..20)
     float_mask = torch.randn((B, 1, 1, Lk), generator=gen)
     float_mask[1, 0, 0, :10] = -math.inf
     for mask in (bool_mask, float_mask):
@@ -133,7 +133,7 @@ def test_attention_masks_softcap_mqa_and_bottom_right(dtype):
             # the first Lq - Lk queries see no key: exact zeros, not NaN
             assert (out[:, :, : Lq - Lk].float() == 0).all()
     out = attention(q, k, v, attn_mask=bool_mask.cuda())
-    assert (out[0, 1, 5].float() == 0).all()
+    assert (out[0, 1, 100].float() == 0).all()
 
 
 @cuda
@@ -267,6 +267,18 @@ def test_conv2d_noncontiguous_out_and_stream():
     ref, mag = _conv_ref(x, w, None, 1, (1, 1, 1, 1), 1, 1, False)
     bound = 180 * EPS[torch.float32] * mag + EPS[torch.bfloat16] / 2 * ref.abs()
     assert ((out.double().cpu() - ref).abs() <= bound + 1e-30).all()
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_conv2d_empty_image_with_padding_gives_the_bias(dtype):
+    x = torch.zeros((2, 4, 0, 5), dtype=dtype, device="cuda")
+    w = torch.ones((8, 4, 1, 1), dtype=dtype, device="cuda")
+    b = torch.linspace(-1, 1, 8).to(dtype).cuda()
+    y = conv2d(x, w, b, padding=1, activation="relu")
+    assert y.shape == (2, 8, 2, 7)
+    assert torch.equal(y, b.clamp(min=0).view(1, 8, 1, 1).expand(2, 8, 2, 7))
 
 
 @cuda

@@ -518,8 +518,27 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p)
 
 // ---- dispatch
 // ------------------------------------------------------------------------------------
+int device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
+  MMFAST_CUDA_CHECK(cudaGetDevice(&dev));
+  MMFAST_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
+}
+
+// A kernel asking for more shared memory than this GPU gives one block would fail at launch
+// with an opaque error: say which argument is too large instead.
+void require_shared_memory(size_t bytes, const AttentionArgs& a) {
+  const int limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  if (bytes > static_cast<size_t>(limit))
+    throw std::invalid_argument(
+        "q: head dims D=" + std::to_string(a.D) + ", Dv=" + std::to_string(a.Dv) + " need " +
+        std::to_string(bytes) + " bytes of shared memory a block in this dtype; this GPU allows " +
+        std::to_string(limit) + " (use smaller head dims, or float16/bfloat16)");
+}
+
 template <typename T, int DP>
-void launch_mma(const Params& p, int B, cudaStream_t stream) {
+void launch_mma(const Params& p, const AttentionArgs& a, cudaStream_t stream) {
+  const int B = a.B;
   // Up to D = 128 a warp takes 32 rows (MT = 2), 4 warps a block; key tiles of 32 from D = 80
   // keep the score registers small enough to avoid spills. At D = 256 the output accumulators
   // alone take 128 registers, so 16 rows a warp (MT = 1).
@@ -531,6 +550,7 @@ void launch_mma(const Params& p, int B, cudaStream_t stream) {
   auto kernel = p.vec_ok ? attention_mma_kernel<T, DP, kBN, kWarps, kMT, false, true>
                          : attention_mma_kernel<T, DP, kBN, kWarps, kMT, false, false>;
   const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * kPitch * sizeof(T);  // Q, 2x(K, V)
+  require_shared_memory(smem, a);
   MMFAST_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
   const dim3 grid((p.Lq + kBM - 1) / kBM, p.Hq, B);
@@ -539,14 +559,18 @@ void launch_mma(const Params& p, int B, cudaStream_t stream) {
 }
 
 template <typename T>
-void dispatch_mma(const Params& p, int B, cudaStream_t stream) {
+void dispatch_mma(const Params& p, const AttentionArgs& a, cudaStream_t stream) {
+  // mma.sync with bf16 operands and cp.async need sm_80 (Ampere) or newer.
+  if (device_attribute(cudaDevAttrComputeCapabilityMajor) < 8)
+    throw std::runtime_error(
+        "attention (CUDA): float16/bfloat16 need a GPU of compute capability 8.0 or newer");
   const int d = p.D > p.Dv ? p.D : p.Dv;
-  if (d <= 32) return launch_mma<T, 32>(p, B, stream);
-  if (d <= 64) return launch_mma<T, 64>(p, B, stream);
-  if (d <= 80) return launch_mma<T, 80>(p, B, stream);
-  if (d <= 96) return launch_mma<T, 96>(p, B, stream);
-  if (d <= 128) return launch_mma<T, 128>(p, B, stream);
-  return launch_mma<T, 256>(p, B, stream);
+  if (d <= 32) return launch_mma<T, 32>(p, a, stream);
+  if (d <= 64) return launch_mma<T, 64>(p, a, stream);
+  if (d <= 80) return launch_mma<T, 80>(p, a, stream);
+  if (d <= 96) return launch_mma<T, 96>(p, a, stream);
+  if (d <= 128) return launch_mma<T, 128>(p, a, stream);
+  return launch_mma<T, 256>(p, a, stream);
 }
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -588,6 +612,7 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
 
   if (a.dtype == DType::f32) {
     const size_t smem = sizeof(float) * (kF32Rows * (a.D + 1 + a.Dv + 1) + kF32Keys * (a.D + a.Dv));
+    require_shared_memory(smem, a);
     MMFAST_CUDA_CHECK(cudaFuncSetAttribute(
         attention_f32_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     const dim3 grid((a.Lq + kF32Rows - 1) / kF32Rows, a.Hq, a.B);
@@ -600,8 +625,8 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   for (int i = 0; i < 3; ++i)
     vec = vec && a.q_stride[i] % 8 == 0 && a.k_stride[i] % 8 == 0 && a.v_stride[i] % 8 == 0;
   p.vec_ok = vec ? 1 : 0;
-  if (a.dtype == DType::f16) return dispatch_mma<__half>(p, a.B, stream);
-  if (a.dtype == DType::bf16) return dispatch_mma<__nv_bfloat16>(p, a.B, stream);
+  if (a.dtype == DType::f16) return dispatch_mma<__half>(p, a, stream);
+  if (a.dtype == DType::bf16) return dispatch_mma<__nv_bfloat16>(p, a, stream);
   throw std::invalid_argument("attention: unknown dtype code " +
                               std::to_string(static_cast<int>(a.dtype)));
 }

@@ -9,6 +9,8 @@
 
 #include <array>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cuda/attention_cuda.h"
@@ -153,23 +155,32 @@ PYBIND11_MODULE(_C_cuda, m) {
 
   m.def(
       "conv2d_workspace_bytes",
-      [](const std::vector<int>& geom, int dtype) {
-        return mmfast::cuda::conv2d_workspace_bytes(conv_args(0, 0, 0, 0, geom, false, dtype));
+      [](const std::vector<int>& geom, int dtype, int device) {
+        const mmfast::cuda::Conv2dArgs a = conv_args(0, 0, 0, 0, geom, false, dtype);
+        DeviceGuard guard(device);  // the plan (split-K or not) depends on the device's SMs
+        return mmfast::cuda::conv2d_workspace_bytes(a);
       },
-      py::arg("geom"), py::arg("dtype"), "Scratch bytes conv2d needs for this geometry.");
+      py::arg("geom"), py::arg("dtype"), py::arg("device"),
+      "Scratch bytes conv2d needs for this geometry on `device`.");
   m.def(
       "conv2d",
       [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t bias, std::uintptr_t y,
-         std::uintptr_t workspace, const std::vector<int>& geom, bool relu, int dtype, int device,
-         std::uintptr_t stream) {
+         std::uintptr_t workspace, std::size_t workspace_bytes, const std::vector<int>& geom,
+         bool relu, int dtype, int device, std::uintptr_t stream) {
         mmfast::cuda::Conv2dArgs a = conv_args(x, w, bias, y, geom, relu, dtype);
         a.workspace = ptr<void>(workspace);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
+        // A workspace sized elsewhere (another device, another geometry) must not be overrun.
+        const std::size_t need = mmfast::cuda::conv2d_workspace_bytes(a);
+        if (workspace_bytes < need || (need > 0 && workspace == 0))
+          throw std::invalid_argument("workspace: " + std::to_string(workspace_bytes) +
+                                      " bytes given, " + std::to_string(need) + " needed");
         mmfast::cuda::conv2d(a, ptr<CUstream_st>(stream));
       },
       py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("y"), py::arg("workspace"),
-      py::arg("geom"), py::arg("relu"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+      py::arg("workspace_bytes"), py::arg("geom"), py::arg("relu"), py::arg("dtype"),
+      py::arg("device"), py::arg("stream"),
       "Enqueue a 2-D convolution on `stream` (device pointers, NCHW; geom as in "
       "conv2d_workspace_bytes: N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w, "
       "pad_top, pad_left, groups).");

@@ -654,8 +654,9 @@ __global__ void __launch_bounds__(kDwThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
+// Shapes past what the kernels index: the caller's argument, so ValueError in Python.
 [[noreturn]] void fail(const std::string& what) {
-  throw std::runtime_error("conv2d (CUDA): " + what);
+  throw std::invalid_argument("conv2d (CUDA): " + what);
 }
 void require(bool ok, const char* what) {
   if (!ok) fail(what);
@@ -821,10 +822,12 @@ void run_mma_plan(const Conv2dArgs& a, const ConvShape& s, const MmaPlan& plan,
   const int HW = a.H * a.W, Ctot = a.groups * l.Cp;
   // 64x64 tiles: a 256-wide hw tile (512-byte row reads) measured slower on the H100.
   const int hw_tiles = (HW + 63) / 64;
-  nchw_to_nhwc_kernel<64, 64>
-      <<<dim3(grid_x(static_cast<int64_t>(hw_tiles) * a.N), (Ctot + 63) / 64), 256, 0, stream>>>(
-          static_cast<const uint16_t*>(a.x), xt, a.C, HW, s.Cg, l.Cp, Ctot, hw_tiles);
-  MMFAST_CUDA_CHECK_LAUNCH("nchw_to_nhwc_kernel");
+  if (HW > 0) {  // an empty image (all of its output is padding) has nothing to move
+    nchw_to_nhwc_kernel<64, 64>
+        <<<dim3(grid_x(static_cast<int64_t>(hw_tiles) * a.N), (Ctot + 63) / 64), 256, 0, stream>>>(
+            static_cast<const uint16_t*>(a.x), xt, a.C, HW, s.Cg, l.Cp, Ctot, hw_tiles);
+    MMFAST_CUDA_CHECK_LAUNCH("nchw_to_nhwc_kernel");
+  }
   // w (M, Cg, KH, KW) -> wt (M, Kp)
   const int64_t wthreads = static_cast<int64_t>(a.M) * l.Cp;
   reorder_weights_kernel<<<static_cast<int>(std::min<int64_t>((wthreads + 255) / 256, 65536)), 256,
