@@ -283,7 +283,7 @@ class Conv2d:
         return (
             f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation}, "
-            f"groups={self.groups}, bias={self.bias is not None}, "
+            f"groups={self.groups}, bias={self.bias is not None or self._cuda_bias is not None}, "
             f"activation={self.activation!r})"
         )
 
