@@ -149,6 +149,8 @@ def main() -> None:
     ap.add_argument("--json", help="write the rows here too")
     ap.add_argument("--only", choices=["attention", "conv"], help="one op only")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gpu: needs an NVIDIA GPU and a CUDA build of torch")
     torch.manual_seed(0)
     peak = matmul_peak_tflops()
     print(
