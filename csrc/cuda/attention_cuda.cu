@@ -16,9 +16,12 @@
 
 #include "cuda/attention_cuda.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device_common.cuh"
 
 namespace mmfast::cuda {
 namespace {
+
+using namespace dev;  // NOLINT: the shared device helpers
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -61,86 +64,6 @@ __device__ __forceinline__ bool visible(const Params& p, int row, int col) {
   return col < p.Lk && (!p.causal || col <= row + p.causal_offset);
 }
 
-// ---- PTX wrappers ------------------------------------------------------------------------------
-__device__ __forceinline__ unsigned smem_addr(const void* ptr) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(ptr));
-}
-
-// 16-byte async copy; src_bytes = 0 zero-fills the destination (rows past the end, padding).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// Four 8x8 b16 matrices; lane l gives the row address of matrix l/8, row l%8. Without .trans
-// lane i receives row i/4, columns 2*(i%4), 2*(i%4)+1 of each matrix; with .trans it receives
-// rows 2*(i%4), 2*(i%4)+1 of column i/4.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* ptr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(ptr)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* ptr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(ptr)));
-}
-
-template <typename T>
-struct Mma;
-
-// D = A(16x16, row) * B(16x8, col) + D. With g = lane/4, t = lane%4:
-//   A regs: {row g, k 2t..2t+1}, {row g+8, k 2t..}, {row g, k 2t+8..}, {row g+8, k 2t+8..}
-//   B regs: {k 2t..2t+1, col g}, {k 2t+8..2t+9, col g}
-//   C/D:    d0,d1 = row g, cols 2t, 2t+1; d2,d3 = row g+8, cols 2t, 2t+1
-template <>
-struct Mma<__half> {
-  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);  // lo in the low 16 bits = lower column
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
-
-template <>
-struct Mma<__nv_bfloat16> {
-  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-
 // Copies rows [0, ROWS) x columns [0, DP) of a (rows_valid, cols_valid) global tile into shared
 // memory with row pitch DP + 8 elements (the 16-byte pad makes the 8 row addresses of every
 // ldmatrix land in distinct banks). Everything outside the valid region is zero: garbage there
@@ -154,13 +77,13 @@ __device__ __forceinline__ void load_tile(T* smem, const T* g, int64_t row_strid
     for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
       const int r = i / kChunks, c = (i % kChunks) * 8;
       const bool ok = r < rows_valid && c < cols_valid;
-      cp_async16(smem + r * kPitch + c, ok ? g + r * row_stride + c : g, ok);
+      cp_async_16_cg(smem_u32(smem + r * kPitch + c), ok ? g + r * row_stride + c : g, ok);
     }
   } else {
     for (int i = threadIdx.x; i < ROWS * DP; i += THREADS) {
       const int r = i / DP, c = i % DP;
       smem[r * kPitch + c] =
-          (r < rows_valid && c < cols_valid) ? g[r * row_stride + c] : from_float<T>(0.f);
+          (r < rows_valid && c < cols_valid) ? g[r * row_stride + c] : from_f32<T>(0.f);
     }
   }
 }
@@ -261,7 +184,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
           for (int kk = 0; kk < DP / 16; ++kk)
-            ldmatrix_x4(q_frag[mt][kk], sQw + mt * 16 * kPitch + kk * 16);
+            ldmatrix_x4(q_frag[mt][kk], smem_u32(sQw + mt * 16 * kPitch + kk * 16));
       }
     }
 
@@ -280,13 +203,13 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
 #pragma unroll
           for (int i = 0; i < 4; ++i) qa[mt][i] = q_frag[Q_IN_REGS ? mt : 0][Q_IN_REGS ? kk : 0][i];
         } else {
-          ldmatrix_x4(qa[mt], sQw + mt * 16 * kPitch + kk * 16);
+          ldmatrix_x4(qa[mt], smem_u32(sQw + mt * 16 * kPitch + kk * 16));
         }
       }
 #pragma unroll
       for (int nt2 = 0; nt2 < BN / 16; ++nt2) {
         uint32_t kb[4];  // {b0,b1} for keys nt2*16 + 0..7, {b0,b1} for keys +8..15
-        ldmatrix_x4(kb, sK + (nt2 * 16 + kb_row) * kPitch + kk * 16 + kb_col);
+        ldmatrix_x4(kb, smem_u32(sK + (nt2 * 16 + kb_row) * kPitch + kk * 16 + kb_col));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           Mma<T>::run(s[mt][2 * nt2], qa[mt], kb[0], kb[1]);
@@ -371,7 +294,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
 #pragma unroll
       for (int dt2 = 0; dt2 < DP / 16; ++dt2) {
         uint32_t vb[4];  // {b0,b1} for columns dt2*16 + 0..7, then + 8..15
-        ldmatrix_x4_trans(vb, sV + (kk * 16 + a_row) * kPitch + dt2 * 16 + a_col);
+        ldmatrix_x4_trans(vb, smem_u32(sV + (kk * 16 + a_row) * kPitch + dt2 * 16 + a_col));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           Mma<T>::run(o_acc[mt][2 * dt2], pa[mt], vb[0], vb[1]);
@@ -403,7 +326,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
       for (int e = 0; e < 4; ++e) {
         const int row = rows[mt][e >> 1], col = c + (e & 1);
         if (row < p.Lq && col < p.Dv)
-          og[row * p.os[2] + col] = from_float<T>(o_acc[mt][dt][e] * inv[e >> 1]);
+          og[row * p.os[2] + col] = from_f32<T>(o_acc[mt][dt][e] * inv[e >> 1]);
       }
     }
     if (p.lse != nullptr && t == 0) {

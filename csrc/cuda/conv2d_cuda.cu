@@ -22,9 +22,12 @@
 
 #include "cuda/conv2d_cuda.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device_common.cuh"
 
 namespace mmfast::cuda {
 namespace {
+
+using namespace dev;  // NOLINT: the shared device helpers
 
 // Shape of one call, passed by value to every kernel.
 struct ConvShape {
@@ -34,39 +37,6 @@ struct ConvShape {
   int OHW, P;     // OH*OW, N*OH*OW
   bool relu;
 };
-
-// ---------------------------------------------------------------------------------------------
-// Element conversions (float32 accumulation, one rounding on output).
-
-template <typename T>
-__device__ __forceinline__ float to_f32(T v);
-template <>
-__device__ __forceinline__ float to_f32<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ float to_f32<__half>(__half v) {
-  return __half2float(v);
-}
-template <>
-__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // ReLU that keeps NaN (as torch.relu does).
 __device__ __forceinline__ float apply_relu(float v, bool relu) {
@@ -154,71 +124,6 @@ __global__ void __launch_bounds__(256)
     y[i] = from_f32<T>(apply_relu(v, relu));
   }
 }
-
-// ---------------------------------------------------------------------------------------------
-// PTX wrappers (sm_80+).
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global->shared copy; src_bytes 0 writes 16 zero bytes and reads nothing (padding).
-// .ca keeps the line in L1 (the A rows of neighbouring taps overlap), .cg goes to L2 only.
-__device__ __forceinline__ void cp_async_16_ca(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_16_cg(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// ldmatrix.x4: lane l gives the address of row (l % 8) of 8x8 matrix (l / 8); register r[i]
-// receives matrix i, this lane holding row (l / 4), columns 2*(l % 4) and 2*(l % 4) + 1 (low
-// half = lower column).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-// D += A (16x16, row) * B (16x8, col), fp32 accumulators. With grp = lane / 4, tig = lane % 4:
-//   a[0] = A[grp][2tig..+1]   a[1] = A[grp+8][2tig..+1]
-//   a[2] = A[grp][2tig+8..+9] a[3] = A[grp+8][2tig+8..+9]
-//   b[0] = B[2tig..+1][grp]   b[1] = B[2tig+8..+9][grp]
-//   d[0..1] = D[grp][2tig..+1] d[2..3] = D[grp+8][2tig..+1]
-template <typename T>
-struct Mma;
-template <>
-struct Mma<__half> {
-  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-template <>
-struct Mma<__nv_bfloat16> {
-  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, "
-        "%7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core implicit GEMM.
