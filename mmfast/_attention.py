@@ -19,13 +19,40 @@ _ALIGNS = ("top_left", "bottom_right")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _float32_4d(x: Any, name: str) -> tuple[np.ndarray, ArrayKind]:
+def _float32(x: Any, name: str) -> tuple[np.ndarray, ArrayKind]:
     a, kind = to_numpy(x, name)
     if a.dtype != np.float32:
         raise TypeError(f"{name}: expected float32, got {a.dtype}")
-    if a.ndim != 4:
-        raise ValueError(f"{name}: expected 4 dimensions (B, H, L, D), got {a.ndim}")
     return a, kind
+
+
+def _dims(
+    q_shape: tuple[int, ...], k_shape: tuple[int, ...], v_shape: tuple[int, ...]
+) -> tuple[int, int, int, int, int, int, int]:
+    """(B, Hq, Hkv, Lq, Lk, D, Dv) after the shape checks both devices share."""
+    for name, shape in (("q", q_shape), ("k", k_shape), ("v", v_shape)):
+        if len(shape) != 4:
+            raise ValueError(f"{name}: expected 4 dimensions (B, H, L, D), got {len(shape)}")
+    B, Hq, Lq, D = (int(d) for d in q_shape)  # (B, Hq, Lq, D)
+    _, Hkv, Lk, _ = (int(d) for d in k_shape)  # (B, Hkv, Lk, D)
+    Dv = int(v_shape[3])  # v: (B, Hkv, Lk, Dv)
+    if k_shape[0] != B:
+        raise ValueError(f"k: batch size {k_shape[0]} differs from q's {B}")
+    if v_shape[0] != B:
+        raise ValueError(f"v: batch size {v_shape[0]} differs from q's {B}")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"k: {Hkv} kv heads do not divide q's {Hq} heads")
+    if v_shape[1] != Hkv:
+        raise ValueError(f"v: {v_shape[1]} heads differ from k's {Hkv}")
+    if k_shape[3] != D:
+        raise ValueError(f"k: head dim {k_shape[3]} differs from q's {D}")
+    if v_shape[2] != Lk:
+        raise ValueError(f"v: sequence length {v_shape[2]} differs from k's {Lk}")
+    if not 1 <= D <= _MAX_HEAD_DIM:
+        raise ValueError(f"q: head dim {D} is outside [1, {_MAX_HEAD_DIM}]")
+    if not 1 <= Dv <= _MAX_HEAD_DIM:
+        raise ValueError(f"v: head dim {Dv} is outside [1, {_MAX_HEAD_DIM}]")
+    return B, Hq, Hkv, Lq, Lk, D, Dv
 
 
 def _kernel_layout(a: np.ndarray) -> np.ndarray:
@@ -126,6 +153,7 @@ def attention(
             k,
             v,
             attn_mask=attn_mask,
+            dims_of=_dims,
             is_causal=bool(is_causal),
             causal_offset_of=lambda lq, lk: 0 if causal_align == "top_left" else lk - lq,
             scale=None if scale is None else float(scale),
@@ -134,31 +162,13 @@ def attention(
             return_lse=bool(return_lse),
         )
     softcap_f = float(softcap)
-    qa, kind = _float32_4d(q, "q")
-    ka, k_kind = _float32_4d(k, "k")
-    va, v_kind = _float32_4d(v, "v")
+    qa, kind = _float32(q, "q")
+    ka, k_kind = _float32(k, "k")
+    va, v_kind = _float32(v, "v")
     for name, other in (("k", k_kind), ("v", v_kind)):
         if other != kind:
             raise TypeError(f"{name}: expected a {kind.framework} array like q")
-    B, Hq, Lq, D = qa.shape  # (B, Hq, Lq, D)
-    _, Hkv, Lk, _ = ka.shape  # (B, Hkv, Lk, D)
-    Dv = va.shape[3]  # v: (B, Hkv, Lk, Dv)
-    if ka.shape[0] != B:
-        raise ValueError(f"k: batch size {ka.shape[0]} differs from q's {B}")
-    if va.shape[0] != B:
-        raise ValueError(f"v: batch size {va.shape[0]} differs from q's {B}")
-    if Hkv == 0 or Hq % Hkv != 0:
-        raise ValueError(f"k: {Hkv} kv heads do not divide q's {Hq} heads")
-    if va.shape[1] != Hkv:
-        raise ValueError(f"v: {va.shape[1]} heads differ from k's {Hkv}")
-    if ka.shape[3] != D:
-        raise ValueError(f"k: head dim {ka.shape[3]} differs from q's {D}")
-    if va.shape[2] != Lk:
-        raise ValueError(f"v: sequence length {va.shape[2]} differs from k's {Lk}")
-    if not 1 <= D <= _MAX_HEAD_DIM:
-        raise ValueError(f"q: head dim {D} is outside [1, {_MAX_HEAD_DIM}]")
-    if not 1 <= Dv <= _MAX_HEAD_DIM:
-        raise ValueError(f"v: head dim {Dv} is outside [1, {_MAX_HEAD_DIM}]")
+    B, Hq, _, Lq, Lk, D, Dv = _dims(qa.shape, ka.shape, va.shape)
 
     scale_f = 1.0 / math.sqrt(D) if scale is None else float(scale)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +197,7 @@ def cuda_attention(
     v: Any,
     *,
     attn_mask: Any,
+    dims_of: Callable[..., tuple[int, int, int, int, int, int, int]],
     is_causal: bool,
     causal_offset_of: Any,
     scale: float | None,
@@ -205,7 +207,9 @@ def cuda_attention(
 ) -> Any:
     """mmfast.ops.attention on CUDA arrays (argument rules: see that function).
 
-    ``causal_offset_of(Lq, Lk)`` gives the causal offset for the chosen alignment.
+    ``dims_of(q.shape, k.shape, v.shape)`` runs the shape checks shared with the CPU path and
+    returns (B, Hq, Hkv, Lq, Lk, D, Dv); ``causal_offset_of(Lq, Lk)`` gives the causal offset
+    for the chosen alignment.
     """
     qa, ka, va = _describe(q, "q"), _describe(k, "k"), _describe(v, "v")
     mod = _module()
@@ -215,27 +219,7 @@ def cuda_attention(
     for name, a in (("k", ka), ("v", va)):
         if a.dtype != qa.dtype:
             raise TypeError(f"{name}: dtype {a.dtype} differs from q's {qa.dtype}")
-    for name, a in (("q", qa), ("k", ka), ("v", va)):
-        if len(a.shape) != 4:
-            raise ValueError(f"{name}: expected 4 dimensions (B, H, L, D), got {len(a.shape)}")
-    B, Hq, Lq, D = qa.shape
-    _, Hkv, Lk, _ = ka.shape
-    Dv = va.shape[3]
-    if ka.shape[0] != B:
-        raise ValueError(f"k: batch size {ka.shape[0]} differs from q's {B}")
-    if va.shape[0] != B:
-        raise ValueError(f"v: batch size {va.shape[0]} differs from q's {B}")
-    if Hkv == 0 or Hq % Hkv != 0:
-        raise ValueError(f"k: {Hkv} kv heads do not divide q's {Hq} heads")
-    if va.shape[1] != Hkv:
-        raise ValueError(f"v: {va.shape[1]} heads differ from k's {Hkv}")
-    if ka.shape[3] != D:
-        raise ValueError(f"k: head dim {ka.shape[3]} differs from q's {D}")
-    if va.shape[2] != Lk:
-        raise ValueError(f"v: sequence length {va.shape[2]} differs from k's {Lk}")
-    for name, d in (("q", D), ("v", Dv)):
-        if not 1 <= d <= 256:
-            raise ValueError(f"{name}: head dim {d} is outside [1, 256]")
+    B, Hq, Hkv, Lq, Lk, D, Dv = dims_of(qa.shape, ka.shape, va.shape)
     if B > 65535 or Hq > 65535:
         raise ValueError(f"q: batch {B} and heads {Hq} must each be at most 65535 on CUDA")
     # The kernels read rows with unit stride along D; anything else is copied once.
