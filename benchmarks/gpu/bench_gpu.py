@@ -37,6 +37,21 @@ def bench_ms(fn, reps: int = 20, warmup: int = 3, rounds: int = 3) -> float:
     return statistics.median(times)
 
 
+def _row(op: str, shape: str, flops: float, t_ours: float, t_ref: float, peak: float) -> dict:
+    """One table row: times in ms, rates in TFLOP/s, % of the run's bf16 matmul peak, and the
+    speed ratio (> 1: mmfast faster)."""
+    return {
+        "op": op,
+        "shape": shape,
+        "mmfast_ms": t_ours,
+        "torch_ms": t_ref,
+        "mmfast_tflops": flops / t_ours / 1e9,
+        "torch_tflops": flops / t_ref / 1e9,
+        "pct_peak": 100 * flops / t_ours / 1e9 / peak,
+        "speedup": t_ref / t_ours,
+    }
+
+
 def matmul_peak_tflops() -> float:
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -66,16 +81,14 @@ def bench_attention(quick: bool, peak: float) -> list[dict]:
             reps = 5 if L >= 16384 else 20
             t_ours, t_ref = bench_ms(ours, reps), bench_ms(sdpa, reps)
             rows.append(
-                {
-                    "op": "attention bf16",
-                    "shape": f"B{B} H{H} L{L} D{D}{' causal' if causal else ''}",
-                    "mmfast_ms": t_ours,
-                    "torch_ms": t_ref,
-                    "mmfast_tflops": flops / t_ours / 1e9,
-                    "torch_tflops": flops / t_ref / 1e9,
-                    "pct_peak": 100 * flops / t_ours / 1e9 / peak,
-                    "speedup": t_ref / t_ours,
-                }
+                _row(
+                    "attention bf16",
+                    f"B{B} H{H} L{L} D{D}{' causal' if causal else ''}",
+                    flops,
+                    t_ours,
+                    t_ref,
+                    peak,
+                )
             )
     return rows
 
@@ -109,16 +122,14 @@ def bench_conv(quick: bool, peak: float) -> list[dict]:
 
             t_ours, t_ref = bench_ms(ours, 50, rounds=5), bench_ms(ref, 50, rounds=5)
             rows.append(
-                {
-                    "op": f"conv3x3 {str(dtype).removeprefix('torch.')}",
-                    "shape": f"N{N} {C}->{C} @{HW}",
-                    "mmfast_ms": t_ours,
-                    "torch_ms": t_ref,
-                    "mmfast_tflops": flops / t_ours / 1e9,
-                    "torch_tflops": flops / t_ref / 1e9,
-                    "pct_peak": 100 * flops / t_ours / 1e9 / peak,
-                    "speedup": t_ref / t_ours,
-                }
+                _row(
+                    f"conv3x3 {str(dtype).removeprefix('torch.')}",
+                    f"N{N} {C}->{C} @{HW}",
+                    flops,
+                    t_ours,
+                    t_ref,
+                    peak,
+                )
             )
     # depthwise (MobileNet-like), bf16
     for C, HW in [(128, 56), (512, 14)]:
@@ -128,18 +139,7 @@ def bench_conv(quick: bool, peak: float) -> list[dict]:
         t_ours = bench_ms(lambda: conv2d(x, w, padding=1, groups=C))
         t_ref = bench_ms(lambda: F.conv2d(x, w, padding=1, groups=C))
         flops = 2 * N * C * 9 * HW * HW
-        rows.append(
-            {
-                "op": "depthwise3x3 bfloat16",
-                "shape": f"N{N} {C}ch @{HW}",
-                "mmfast_ms": t_ours,
-                "torch_ms": t_ref,
-                "mmfast_tflops": flops / t_ours / 1e9,
-                "torch_tflops": flops / t_ref / 1e9,
-                "pct_peak": 100 * flops / t_ours / 1e9 / peak,
-                "speedup": t_ref / t_ours,
-            }
-        )
+        rows.append(_row("depthwise3x3 bfloat16", f"N{N} {C}ch @{HW}", flops, t_ours, t_ref, peak))
     return rows
 
 
