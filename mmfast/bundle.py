@@ -3,9 +3,10 @@
 Layout::
 
     BUNDLE/
-      manifest.json     format_version, task, config, opset, graphs (file, inputs, outputs with
-                        names / shapes / dtypes), preprocessing, vocabulary, special tokens,
-                        files (sha256 of every other file), validation report, provenance
+      manifest.json     format_version, task, kind, config, opset, graphs (file -> input and
+                        output names, dynamic axes, tolerances), preprocessing, vocabulary,
+                        special tokens, the task's sections, files (sha256 of every other
+                        file), validation report, provenance
       *.onnx, vocab.txt, ...
 
 The manifest is read once, into a typed :class:`Manifest`; its dataclasses are the schema.

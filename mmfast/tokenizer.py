@@ -63,9 +63,9 @@ class Tokenizer:
     def __init__(self, tokens: Sequence[str], special_tokens: SpecialTokens = WORD_LEVEL) -> None:
         for f in fields(special_tokens):
             i, want = getattr(special_tokens, f.name), f"<{f.name}>"
-            got = tokens[i] if i < len(tokens) else "nothing"
-            if got != want:
-                raise ValueError(f"the vocabulary must hold {want} at id {i}, it holds {got!r}")
+            if i >= len(tokens) or tokens[i] != want:
+                got = repr(tokens[i]) if i < len(tokens) else f"{len(tokens)} tokens"
+                raise ValueError(f"the vocabulary must hold {want} at id {i}, it holds {got}")
         if len(set(tokens)) != len(tokens):
             raise ValueError("duplicate tokens in the vocabulary")
         self.itos: list[str] = list(tokens)
