@@ -96,10 +96,12 @@ def mm_caption(cap: Captioner, images, beam, stages=None):
     state = cap.encode(px)
     t = s.add("encoder", t)
     if beam == 1:
-        r = decoding_np.greedy(cap._step, state, 20)
+        r = decoding_np.greedy(cap._step, state, 20, special_tokens=cap.special_tokens)
     else:
         constant = frozenset(state) - {name for name, _ in cap._state_io}
-        r = decoding_np.beam_search(cap._step, state, 20, beam, constant=constant)
+        r = decoding_np.beam_search(
+            cap._step, state, 20, beam, constant=constant, special_tokens=cap.special_tokens
+        )
     t = s.add("decode", t)
     toks = [cap.tokenizer.decode(x) for x in r.tokens]
     s.add("post", t)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 from PIL import Image
 
-from .bundle import Bundle, BundleFormatError
-from .preprocess import PreprocessConfig, load_rgb, preprocess_batch
+from .bundle import Bundle, BundleFormatError, Manifest, load_bundle
+from .preprocess import load_rgb, preprocess_batch
 from .session import Session
 from .tokenizer import Tokenizer
 
@@ -39,36 +39,67 @@ def load_images(images: Sequence[ImageLike]) -> list[Image.Image | np.ndarray]:
     return out
 
 
-def pad_tokens(ids: list[list[int]], max_len: int) -> np.ndarray:
-    """Token id lists -> (B, T) int64, right-padded with 0 (<pad>), cut at max_len."""
+def pad_tokens(ids: list[list[int]], max_len: int, pad: int) -> np.ndarray:
+    """Token id lists -> (B, T) int64, right-padded with `pad` (<pad>'s id), cut at max_len."""
     t = max(1, min(max_len, max(len(x) for x in ids)))
-    out = np.zeros((len(ids), t), np.int64)
+    out = np.full((len(ids), t), pad, np.int64)
     for i, x in enumerate(ids):
         x = x[:t]
         out[i, : len(x)] = x
     return out
 
 
+P = TypeVar("P", bound="Pipeline")
+
+
 class Pipeline:
-    """A bundle of one task with its sessions, preprocessing and tokenizer."""
+    """A bundle of one task with its sessions, preprocessing and tokenizer.
 
-    task = ""
+    A subclass names its task and the graphs it runs (:meth:`graph_files`); it reads its task's
+    manifest sections, which loading has checked are there (mmfast.bundle.TASK_SECTIONS).
+    """
 
-    def __init__(
-        self, bundle: Bundle, graphs: Sequence[str], device: str, threads: int | None
-    ) -> None:
+    task: ClassVar[str] = ""
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None) -> None:
         if bundle.task != self.task:
             raise BundleFormatError(
                 f"{bundle.path}: a {bundle.task!r} bundle, not a {self.task!r} one"
             )
         self.bundle = bundle
+        m = bundle.manifest
         opt = bundle.path / ".ort-cache"
         self.sessions = {
             g: Session(bundle.file(g), device=device, threads=threads, optimized_dir=opt)
-            for g in graphs
+            for g in self.graph_files(m)
         }
-        self.preprocess_config = PreprocessConfig.from_dict(bundle.manifest["preprocess"])
-        self.tokenizer = Tokenizer.load(bundle.file(bundle.manifest["vocab"]))
+        self.preprocess_config = m.preprocess
+        vocab = bundle.file(m.vocab)
+        try:
+            self.tokenizer = Tokenizer.load(vocab, m.special_tokens)
+        except ValueError as e:  # the vocabulary disagrees with the manifest's special_tokens
+            raise BundleFormatError(f"{vocab}: {e}") from e
+
+    @classmethod
+    def load(
+        cls: type[P], bundle: str | Path, device: str = "cpu", threads: int | None = None
+    ) -> P:
+        """Load and verify a bundle directory (see mmfast.bundle for the checks).
+
+        device: "cpu" or "cuda" (ONNX Runtime's CUDA provider; falls back to the CPU, said
+        aloud). threads: intra-op threads per session (None: ONNX Runtime's default).
+        """
+        return cls(load_bundle(bundle), device=device, threads=threads)
+
+    @classmethod
+    def graph_files(cls, manifest: Manifest) -> list[str]:
+        """The bundle's graphs this pipeline runs, one session each."""
+        raise NotImplementedError
+
+    def tokens(self, texts: Sequence[str], max_len: int) -> np.ndarray:
+        """(B, T) int64 model input: each text's ids (<bos> ... <eos>), padded with <pad>."""
+        ids = [self.tokenizer.encode(t) for t in texts]
+        return pad_tokens(ids, max_len, self.tokenizer.pad_id)
 
     def pixels(self, images: Sequence[ImageLike]) -> np.ndarray:
         """(B, 3, S, S) float32 model input."""

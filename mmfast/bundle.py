@@ -3,31 +3,47 @@
 Layout::
 
     BUNDLE/
-      manifest.json     format_version, task, config, opset, graphs (file, inputs, outputs with
-                        names / shapes / dtypes), preprocessing, vocabulary, files (sha256 of
-                        every other file), validation report, provenance
+      manifest.json     format_version, task, kind, config, opset, graphs (file -> input and
+                        output names, dynamic axes, tolerances), preprocessing, vocabulary,
+                        special tokens, the task's sections, files (sha256 of every other
+                        file), validation report, provenance
       *.onnx, vocab.txt, ...
 
+The manifest is read once, into a typed :class:`Manifest`; its dataclasses are the schema.
 Loading checks everything before any session is built and raises a :class:`BundleError`
 subclass naming the problem: missing or unreadable manifest, a format newer than this runtime,
-a missing file, a file whose sha256 differs (corrupt or edited), a missing required key.
+a missing, unknown or mistyped key (named with its path, e.g. ``decoder.state_updates``), a
+file the manifest names but does not list, a missing file, a file whose sha256 differs
+(corrupt or edited). :func:`write_manifest` runs the same checks before it writes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import types
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .preprocess import PreprocessConfig
+from .tokenizer import SpecialTokens
 
 __all__ = [
     "FORMAT_VERSION",
+    "TASK_SECTIONS",
     "Bundle",
     "BundleCorruptError",
     "BundleError",
     "BundleFormatError",
     "BundleMissingFileError",
+    "DecoderSection",
+    "GraphSection",
+    "Manifest",
+    "RetrievalSection",
+    "VQASection",
     "load_bundle",
     "sha256_file",
     "write_manifest",
@@ -35,7 +51,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-_REQUIRED_KEYS = ("format_version", "task", "files")
 
 
 class BundleError(ValueError):
@@ -43,7 +58,8 @@ class BundleError(ValueError):
 
 
 class BundleFormatError(BundleError):
-    """The manifest is missing, unreadable, lacks required keys or is from a newer format."""
+    """The manifest is missing, unreadable, from a newer format, or breaks the schema (a missing,
+    unknown or mistyped key)."""
 
 
 class BundleMissingFileError(BundleError):
@@ -62,20 +78,210 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class GraphSection:
+    """``graphs[FILE]``: one exported ONNX graph."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic: dict[str, dict[str, str]]  # input -> {axis: symbolic dim}, e.g. {"0": "batch"}
+    atol: float  # the tolerances it was validated to against PyTorch
+    rtol: float
+    notes: str = ""  # absent from bundles exported before the export wrote it
+
+
+@dataclass(frozen=True)
+class DecoderSection:
+    """``decoder``: how the step graph carries its state (caption)."""
+
+    state_updates: dict[str, str]  # step input -> the step output replacing it after a step
+    max_len: int | None  # tokens the model decodes at most (a KV cache's length); null: no limit
+
+
+@dataclass(frozen=True)
+class RetrievalSection:
+    """``retrieval``: fused re-ranking score = logit_scale * cosine + re-ranker score."""
+
+    logit_scale: float
+    rerank: bool  # the bundle has reranker.onnx
+    max_len: int  # text tokens the text tower takes at most
+
+
+@dataclass(frozen=True)
+class VQASection:
+    """``vqa``."""
+
+    max_len: int  # question tokens the answer head takes at most
+
+
+# The sections each task's pipeline reads besides those every bundle has.
+TASK_SECTIONS: dict[str, tuple[str, ...]] = {
+    "caption": ("kind", "decoder"),
+    "retrieval": ("retrieval",),
+    "vqa": ("vqa", "answers"),
+}
+
+
+class _Invalid(ValueError):
+    """A value that breaks the schema; the message names the key by its path."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``, format version 1, as ``mmfast_export.onnx_export.export_run`` writes
+    it. Build it with :meth:`from_dict`, which checks every key and type."""
+
+    format_version: int
+    task: str  # a key of TASK_SECTIONS
+    config: dict[str, Any]  # the model's configuration (free-form)
+    opset: int
+    graphs: dict[str, GraphSection]  # file -> its graph
+    preprocess: PreprocessConfig
+    vocab: str  # the vocabulary file
+    special_tokens: SpecialTokens  # the vocabulary's ids of <pad>, <bos>, <eos>, <unk>
+    validation: dict[str, Any]  # the export's report: graph -> case -> output -> errors
+    provenance: dict[str, Any]  # run, git commit, training arguments, metrics, versions
+    files: dict[str, str]  # file -> sha256, every file of the bundle but the manifest
+    kind: str | None = None  # model kind, e.g. "caption_lstm" (caption: required)
+    decoder: DecoderSection | None = None  # caption: required
+    retrieval: RetrievalSection | None = None  # retrieval: required
+    vqa: VQASection | None = None  # vqa: required
+    answers: str | None = None  # the answers file, one a line (vqa: required)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_SECTIONS:
+            known = ", ".join(TASK_SECTIONS)
+            raise _Invalid(f"'task' must be one of {known}, got {self.task!r}")
+        for name in TASK_SECTIONS[self.task]:
+            if getattr(self, name) is None:
+                raise _Invalid(f"missing required key {name!r} (a {self.task} bundle needs it)")
+        named: dict[str, str | None] = {"vocab": self.vocab, "answers": self.answers}
+        named.update({f"graphs[{g}]": g for g in self.graphs})
+        for key, file in named.items():
+            if file is not None and file not in self.files:
+                raise _Invalid(f"{key!r} names {file!r}, which 'files' does not list")
+
+    @classmethod
+    def from_dict(cls, data: object, source: str | Path = MANIFEST) -> Manifest:
+        """A manifest's JSON (parsed) -> Manifest; BundleFormatError naming `source` and the
+        first missing, unknown or mistyped key, or a format newer than this runtime reads."""
+        try:
+            if not isinstance(data, dict):
+                raise _Invalid("the manifest is not a JSON object")
+            if "format_version" not in data:
+                raise _Invalid("missing required key 'format_version'")
+            version = data["format_version"]
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise _Invalid(f"invalid format_version {version!r}")
+            if version > FORMAT_VERSION:
+                raise _Invalid(
+                    f"bundle format {version} is newer than this mmfast supports "
+                    f"({FORMAT_VERSION}); upgrade mmfast to load it"
+                )
+            manifest: Manifest = _parse_section(cls, data, "")
+        except _Invalid as e:
+            raise BundleFormatError(f"{source}: {e}") from None
+        return manifest
+
+
+# ------------------------------------------------------------------------------ the parser
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names |= {list: "a list", dict: "an object", type(None): "null"}
+    text = repr(value)
+    return f"{names.get(type(value), type(value).__name__)} {text[:60]}{'...' * (len(text) > 60)}"
+
+
+def _expected(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is tuple:
+        return "a list"
+    if origin is dict or is_dataclass(tp):
+        return "an object"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def _parse(tp: Any, value: object, path: str) -> Any:
+    """A JSON value checked against the type `tp` (and converted: lists -> tuples, sections ->
+    their dataclasses); _Invalid naming `path` if it does not fit."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin is types.UnionType:  # X | None: null, or what X takes
+        (inner,) = [a for a in args if a is not type(None)]
+        return None if value is None else _parse(inner, value, path)
+    if tp is PreprocessConfig and isinstance(value, dict):  # its own reader, with its checks
+        try:
+            return PreprocessConfig.from_dict(value)
+        except (TypeError, ValueError) as e:
+            raise _Invalid(f"{path!r}: {e}") from None
+    if is_dataclass(tp) and isinstance(value, dict):
+        return _parse_section(tp, value, path)
+    if origin is dict and isinstance(value, dict):
+        return {k: _parse(args[1], v, f"{path}[{k}]") for k, v in value.items()}
+    if origin is tuple and isinstance(value, list):  # tuple[X, ...]
+        return tuple(_parse(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (bool, str) and isinstance(value, tp):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _Invalid(f"{path!r} must be {_expected(tp)}, got {_json_type(value)}")
+
+
+def _parse_section(cls: Any, value: Mapping[str, Any], path: str) -> Any:
+    """A JSON object -> the dataclass `cls`: every field's key is required unless the field
+    has a default, and no other key is allowed."""
+    names = {f.name for f in fields(cls)}
+    for key in value:
+        if key not in names:
+            raise _Invalid(f"unknown key {_join(path, key)!r}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in value:
+            kwargs[f.name] = _parse(_hints(cls)[f.name], value[f.name], _join(path, f.name))
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise _Invalid(f"missing required key {_join(path, f.name)!r}")
+    try:
+        return cls(**kwargs)
+    except _Invalid:
+        raise
+    except ValueError as e:  # the section's own checks
+        raise _Invalid(f"{path!r}: {e}") from None
+
+
+# ---------------------------------------------------------------------------- the bundle
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A verified bundle: its directory and manifest."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def task(self) -> str:
-        return str(self.manifest["task"])
+        return self.manifest.task
 
     def file(self, name: str) -> Path:
         """Path of a file listed in the manifest (BundleMissingFileError if it is not listed)."""
-        if name not in self.manifest["files"]:
+        if name not in self.manifest.files:
             raise BundleMissingFileError(f"{self.path}: the manifest lists no file {name!r}")
         return self.path / name
 
@@ -84,6 +290,8 @@ def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Write manifest.json for `bundle_dir`, recording the sha256 of every other file in it.
 
     `manifest` holds everything but ``format_version`` and ``files``, which this fills in.
+    What would be written is first read back through :meth:`Manifest.from_dict`, so a
+    manifest :func:`load_bundle` would refuse is never written (BundleFormatError).
     """
     root = Path(bundle_dir)
     files = {
@@ -93,7 +301,9 @@ def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
     }
     full = {"format_version": FORMAT_VERSION, **manifest, "files": files}
     out = root / MANIFEST
-    out.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(full, indent=2, sort_keys=True) + "\n"
+    Manifest.from_dict(json.loads(text), out)
+    out.write_text(text)
     return out
 
 
@@ -106,26 +316,11 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     if not mpath.is_file():
         raise BundleFormatError(f"{root}: no {MANIFEST} (not an mmfast bundle?)")
     try:
-        manifest = json.loads(mpath.read_text())
+        data = json.loads(mpath.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleFormatError(f"{mpath}: unreadable manifest ({e})") from e
-    if not isinstance(manifest, dict):
-        raise BundleFormatError(f"{mpath}: the manifest is not a JSON object")
-    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleFormatError(f"{mpath}: missing required key(s) {missing}")
-    version = manifest["format_version"]
-    if not isinstance(version, int) or version < 1:
-        raise BundleFormatError(f"{mpath}: invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise BundleFormatError(
-            f"{mpath}: bundle format {version} is newer than this mmfast supports "
-            f"({FORMAT_VERSION}); upgrade mmfast to load it"
-        )
-    files = manifest["files"]
-    if not isinstance(files, dict):
-        raise BundleFormatError(f"{mpath}: 'files' must map file names to sha256")
-    for name, digest in files.items():
+    manifest = Manifest.from_dict(data, mpath)
+    for name, digest in manifest.files.items():
         fpath = root / name
         if not fpath.is_file():
             raise BundleMissingFileError(f"{root}: {name} is listed in the manifest but missing")

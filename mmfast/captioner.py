@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ._pipeline import ImageLike, Pipeline
-from .bundle import Bundle, BundleFormatError, load_bundle
+from .bundle import Bundle, Manifest
 from .decoding import DecodeResult, State, beam_search, greedy
 
 __all__ = ["Caption", "Captioner"]
@@ -40,20 +40,19 @@ class Captioner(Pipeline):
     task = "caption"
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None) -> None:
-        super().__init__(bundle, ["encoder.onnx", "decoder_step.onnx"], device, threads)
-        self.kind = str(bundle.manifest.get("kind"))
-        decoder = bundle.manifest.get("decoder")
-        if not isinstance(decoder, dict) or not isinstance(decoder.get("state_updates"), dict):
-            raise BundleFormatError(f"{bundle.path}: the manifest has no decoder state map")
+        super().__init__(bundle, device, threads)
+        m = bundle.manifest
+        assert m.kind is not None and m.decoder is not None  # a caption bundle's: checked at load
+        self.kind = m.kind
         # step-graph state input -> the output replacing it after each step (the rest, e.g.
         # the regions or the cross-attention K/V, stays as the encoder made it)
-        self._state_io = list(decoder["state_updates"].items())
-        self.max_len: int | None = decoder.get("max_len")
+        self._state_io = list(m.decoder.state_updates.items())
+        self.max_len = m.decoder.max_len
+        self.special_tokens = m.special_tokens
 
     @classmethod
-    def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None) -> Captioner:
-        """Load and verify a bundle directory (see mmfast.bundle for the checks)."""
-        return cls(load_bundle(bundle), device=device, threads=threads)
+    def graph_files(cls, manifest: Manifest) -> list[str]:
+        return ["encoder.onnx", "decoder_step.onnx"]
 
     def encode(self, pixels: np.ndarray) -> State:
         """(B, 3, S, S) float32 -> the decoder's initial state."""
@@ -101,11 +100,17 @@ class Captioner(Pipeline):
             state = self.encode(self.pixels(images[start : start + batch_size]))
             r: DecodeResult
             if beam_size == 1 and length_penalty == 0.0:
-                r = greedy(self._step, state, max_len)
+                r = greedy(self._step, state, max_len, special_tokens=self.special_tokens)
             else:
                 constant = frozenset(state) - {name for name, _ in self._state_io}
                 r = beam_search(
-                    self._step, state, max_len, beam_size, length_penalty, constant=constant
+                    self._step,
+                    state,
+                    max_len,
+                    beam_size,
+                    length_penalty,
+                    constant=constant,
+                    special_tokens=self.special_tokens,
                 )
             for i, toks in enumerate(r.tokens):
                 results.append(

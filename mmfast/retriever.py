@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._pipeline import ImageLike, Pipeline, pad_tokens
-from .bundle import Bundle, load_bundle
+from ._pipeline import ImageLike, Pipeline
+from .bundle import Bundle, Manifest
 from .index import EmbeddingIndex
 
 __all__ = ["Retriever"]
@@ -30,16 +30,20 @@ class Retriever(Pipeline):
     task = "retrieval"
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None) -> None:
-        cfg = bundle.manifest.get("retrieval", {})
-        self.can_rerank = bool(cfg.get("rerank"))
-        graphs = ["image_tower.onnx", "text_tower.onnx"]
-        if self.can_rerank:
-            graphs.append("reranker.onnx")
-        super().__init__(bundle, graphs, device, threads)
-        self.logit_scale = float(cfg.get("logit_scale", 1.0))
-        self.max_len = int(cfg.get("max_len", 64))
+        super().__init__(bundle, device, threads)
+        cfg = bundle.manifest.retrieval
+        assert cfg is not None  # a retrieval bundle's: checked at load
+        self.can_rerank = cfg.rerank
+        self.logit_scale = cfg.logit_scale
+        self.max_len = cfg.max_len
         self.index = EmbeddingIndex(self._dim(), {"bundle": str(bundle.path)})
         self._regions: list[np.ndarray] = []  # float16 (N, D) per indexed image
+
+    @classmethod
+    def graph_files(cls, manifest: Manifest) -> list[str]:
+        assert manifest.retrieval is not None  # a retrieval bundle's: checked at load
+        rerank = ["reranker.onnx"] if manifest.retrieval.rerank else []
+        return ["image_tower.onnx", "text_tower.onnx", *rerank]
 
     def _dim(self) -> int:
         out = self.sessions["image_tower.onnx"].inner.get_outputs()[0]
@@ -53,8 +57,8 @@ class Retriever(Pipeline):
         threads: int | None = None,
         index: str | Path | None = None,
     ) -> Retriever:
-        """Load a retrieval bundle and, optionally, an index saved by :meth:`save`."""
-        r = cls(load_bundle(bundle), device=device, threads=threads)
+        """:meth:`Pipeline.load`, then, if given, the index saved by :meth:`save` there."""
+        r = super().load(bundle, device, threads)
         if index is not None:
             r.load_index(index)
         return r
@@ -66,8 +70,7 @@ class Retriever(Pipeline):
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"text[{i}]: expected a non-empty string, got {t!r}")
-        ids = pad_tokens([self.tokenizer.encode(t) for t in texts], self.max_len)
-        return self.run("text_tower.onnx", {"tokens": ids})
+        return self.run("text_tower.onnx", {"tokens": self.tokens(texts, self.max_len)})
 
     def add_images(
         self,

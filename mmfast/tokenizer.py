@@ -1,8 +1,13 @@
 """Word-level tokenizer, torch-free.
 
 Text is lower-cased and split into words and single punctuation marks. The vocabulary file is
-plain text, one token per line; the line number is the id. Ids 0-3 are always
-``<pad>``, ``<bos>``, ``<eos>``, ``<unk>``.
+plain text, one token per line; the line number is the id.
+
+Special tokens are defined here once: :class:`SpecialTokens` names them and holds their ids.
+A vocabulary this module builds starts with ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>``
+(:data:`SPECIALS`), so their ids are :data:`WORD_LEVEL` (0-3). A bundle's manifest records the
+ids of its vocabulary (``special_tokens``); the runtime's tokenizer and decoding take them from
+there, so a vocabulary with other ids (GPT-2's bos = eos = 50256, say) decodes correctly.
 """
 
 from __future__ import annotations
@@ -10,12 +15,35 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "Tokenizer", "split_words"]
+__all__ = ["SPECIALS", "WORD_LEVEL", "SpecialTokens", "Tokenizer", "split_words"]
 
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-SPECIALS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of the special tokens of a vocabulary (a bundle's manifest ``special_tokens``).
+
+    Two may share an id (GPT-2: bos = eos). A word-level vocabulary holds field ``x`` as the
+    token ``<x>``.
+    """
+
+    pad: int  # fills a batch's shorter sequences; never generated
+    bos: int  # starts every sequence; the decoder's first input
+    eos: int  # ends a sequence; decoding stops at it
+    unk: int  # stands for a word the vocabulary lacks
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            i = getattr(self, f.name)
+            if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+                raise ValueError(f"{f.name}: expected a token id (an int >= 0), got {i!r}")
+
+
+# A vocabulary this module builds starts with these tokens, so their ids are their positions.
+SPECIALS: tuple[str, ...] = tuple(f"<{f.name}>" for f in fields(SpecialTokens))
+WORD_LEVEL = SpecialTokens(*range(len(SPECIALS)))
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
@@ -26,20 +54,27 @@ def split_words(text: str) -> list[str]:
 
 
 class Tokenizer:
-    """Maps words to ids and back: ``Tokenizer.build``, then ``save``/``load``."""
+    """Maps words to ids and back: ``Tokenizer.build``, then ``save``/``load``.
 
-    def __init__(self, tokens: Sequence[str]) -> None:
-        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"the vocabulary must start with {SPECIALS}, got {tokens[:4]}")
+    special_tokens: where the vocabulary holds ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>``
+    (a bundle's manifest says; a built vocabulary has them first, :data:`WORD_LEVEL`).
+    """
+
+    def __init__(self, tokens: Sequence[str], special_tokens: SpecialTokens = WORD_LEVEL) -> None:
+        for f in fields(special_tokens):
+            i, want = getattr(special_tokens, f.name), f"<{f.name}>"
+            if i >= len(tokens) or tokens[i] != want:
+                got = repr(tokens[i]) if i < len(tokens) else f"{len(tokens)} tokens"
+                raise ValueError(f"the vocabulary must hold {want} at id {i}, it holds {got}")
         if len(set(tokens)) != len(tokens):
             raise ValueError("duplicate tokens in the vocabulary")
         self.itos: list[str] = list(tokens)
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
-
-    pad_id = 0
-    bos_id = 1
-    eos_id = 2
-    unk_id = 3
+        self.special_tokens = special_tokens
+        self.pad_id = special_tokens.pad
+        self.bos_id = special_tokens.bos
+        self.eos_id = special_tokens.eos
+        self.unk_id = special_tokens.unk
 
     @classmethod
     def build(
@@ -62,10 +97,14 @@ class Tokenizer:
         return len(self.itos)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Tokenizer) and self.itos == other.itos
+        return (
+            isinstance(other, Tokenizer)
+            and self.itos == other.itos
+            and self.special_tokens == other.special_tokens
+        )
 
     def __hash__(self) -> int:
-        return hash(tuple(self.itos))
+        return hash((tuple(self.itos), self.special_tokens))
 
     def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
         ids = [self.stoi.get(w, self.unk_id) for w in split_words(text)]
@@ -85,13 +124,13 @@ class Tokenizer:
                     break
                 if i in (self.pad_id, self.bos_id):
                     continue
-            words.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
+            words.append(self.itos[i if 0 <= i < len(self.itos) else self.unk_id])
         return " ".join(words)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text("\n".join(self.itos) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
+    def load(cls, path: str | Path, special_tokens: SpecialTokens = WORD_LEVEL) -> Tokenizer:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-        return cls([ln for ln in lines if ln != ""])
+        return cls([ln for ln in lines if ln != ""], special_tokens)

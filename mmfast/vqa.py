@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from . import ops
-from ._pipeline import ImageLike, Pipeline, pad_tokens
-from .bundle import Bundle, load_bundle
+from ._pipeline import ImageLike, Pipeline
+from .bundle import Bundle, Manifest
 
 __all__ = ["VQA", "Answer"]
 
@@ -34,13 +33,15 @@ class VQA(Pipeline):
     task = "vqa"
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None) -> None:
-        super().__init__(bundle, ["image_encoder.onnx", "answer_head.onnx"], device, threads)
-        self.answers = bundle.file(bundle.manifest["answers"]).read_text().splitlines()
-        self.max_len = int(bundle.manifest.get("vqa", {}).get("max_len", 64))
+        super().__init__(bundle, device, threads)
+        m = bundle.manifest
+        assert m.answers is not None and m.vqa is not None  # a vqa bundle's: checked at load
+        self.answers = bundle.file(m.answers).read_text().splitlines()
+        self.max_len = m.vqa.max_len
 
     @classmethod
-    def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None) -> VQA:
-        return cls(load_bundle(bundle), device=device, threads=threads)
+    def graph_files(cls, manifest: Manifest) -> list[str]:
+        return ["image_encoder.onnx", "answer_head.onnx"]
 
     def answer(self, image: ImageLike, question: str) -> Answer:
         """Answer one question about one image."""
@@ -59,7 +60,7 @@ class VQA(Pipeline):
         if not flat:
             return [[] for _ in images]
         regions = self.run("image_encoder.onnx", {"images": self.pixels(images)})["regions"]
-        tokens = pad_tokens([self.tokenizer.encode(q) for _, q in flat], self.max_len)
+        tokens = self.tokens([q for _, q in flat], self.max_len)
         out = self.run(
             "answer_head.onnx",
             {"regions": regions[[i for i, _ in flat]], "questions": tokens},

@@ -43,16 +43,31 @@ def tiny_model(path):
 @pytest.fixture
 def bundle_dir(tmp_path):
     tiny_model(tmp_path / "model.onnx")
-    (tmp_path / "vocab.txt").write_text("<pad>\n<bos>\n")
-    write_manifest(tmp_path, {"task": "test", "config": {"a": 1}})
+    (tmp_path / "vocab.txt").write_text("<pad>\n<bos>\n<eos>\n<unk>\n")
+    graph = {"inputs": ["x"], "outputs": ["y"], "dynamic": {"x": {"0": "N"}}, "atol": 0, "rtol": 0}
+    manifest = {
+        "task": "retrieval",
+        "config": {"a": 1},
+        "opset": 17,
+        "graphs": {"model.onnx": graph},
+        "preprocess": {"size": 8},
+        "vocab": "vocab.txt",
+        "special_tokens": {"pad": 0, "bos": 1, "eos": 2, "unk": 3},
+        "retrieval": {"logit_scale": 10, "rerank": False, "max_len": 4},
+        "validation": {},
+        "provenance": {},
+    }
+    write_manifest(tmp_path, manifest)
     return tmp_path
 
 
 def test_round_trip(bundle_dir):
     b = load_bundle(bundle_dir)
-    assert b.task == "test"
-    assert b.manifest["format_version"] == FORMAT_VERSION
-    assert set(b.manifest["files"]) == {"model.onnx", "vocab.txt"}
+    assert b.task == "retrieval"
+    assert b.manifest.format_version == FORMAT_VERSION
+    assert set(b.manifest.files) == {"model.onnx", "vocab.txt"}
+    assert b.manifest.config == {"a": 1} and b.manifest.graphs["model.onnx"].inputs == ("x",)
+    assert b.manifest.retrieval is not None and b.manifest.retrieval.logit_scale == 10.0
     assert b.file("vocab.txt").read_text().startswith("<pad>")
     with pytest.raises(BundleMissingFileError, match="lists no file 'nope'"):
         b.file("nope")
@@ -70,7 +85,10 @@ def test_unreadable_and_incomplete_manifest(bundle_dir):
     with pytest.raises(BundleFormatError, match="unreadable manifest"):
         load_bundle(bundle_dir)
     (bundle_dir / "manifest.json").write_text(json.dumps({"format_version": 1}))
-    with pytest.raises(BundleFormatError, match="missing required key"):
+    with pytest.raises(BundleFormatError, match="missing required key 'task'"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "manifest.json").write_text(json.dumps([1]))
+    with pytest.raises(BundleFormatError, match="not a JSON object"):
         load_bundle(bundle_dir)
 
 

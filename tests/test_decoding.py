@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mmfast.decoding import EOS, beam_search, greedy
+from mmfast.tokenizer import WORD_LEVEL, SpecialTokens
 
 V, H, N = 11, 16, 5
 
@@ -66,6 +67,62 @@ def test_beam_one_is_greedy_and_wider_beams_score_no_worse():
     np.testing.assert_allclose(b1.scores, g.scores, rtol=1e-6)
     b4 = beam_search(numpy_step(w), s0, max_len=10, beam=4)
     assert (b4.scores >= g.scores - 1e-5).all()
+
+
+def relabelled(step, perm: np.ndarray):
+    """`step` over a vocabulary whose id i is renamed perm[i]."""
+    inv = np.argsort(perm)
+
+    def step2(tokens, state):
+        logits, state, att = step(inv[tokens], state)
+        return logits[:, inv], state, att
+
+    return step2
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_other_special_ids_decode_the_same_sequences(beam):
+    # the same model over a vocabulary whose specials sit elsewhere: the same sequences and
+    # scores, relabelled, if decoding takes the ids it is given (with 0-2 it would not)
+    perm = np.random.default_rng(7).permutation(V)
+    assert set(perm[:3]).isdisjoint(range(3))
+    ids = SpecialTokens(*(int(i) for i in perm[:4]))
+    w, s0 = make_weights(4), initial_state(6, 2)
+    if beam == 1:
+        want = greedy(numpy_step(w), s0, max_len=12)
+        got = greedy(relabelled(numpy_step(w), perm), s0, max_len=12, special_tokens=ids)
+    else:
+        want = beam_search(numpy_step(w), s0, 12, beam, length_penalty=0.7)
+        got = beam_search(
+            relabelled(numpy_step(w), perm), s0, 12, beam, length_penalty=0.7, special_tokens=ids
+        )
+    assert got.tokens == [[int(perm[t]) for t in toks] for toks in want.tokens]
+    assert any(want.tokens) and any(len(t) < 12 for t in want.tokens)  # some end with <eos>
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+    for a, b in zip(got.attention, want.attention, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_bos_may_be_eos(beam):
+    # GPT-2's vocabulary: <|endoftext|> (50256) both starts and ends a sequence
+    end = 50256
+    ids = SpecialTokens(pad=end, bos=end, eos=end, unk=end)
+    chain = {end: 7, 7: 8, 8: end}  # <|endoftext|> -> 7 -> 8 -> <|endoftext|>
+
+    def step(tokens, state):
+        logits = np.zeros((len(tokens), end + 1), np.float32)
+        logits[np.arange(len(tokens)), [chain.get(int(t), end) for t in tokens]] = 9.0
+        return logits, state, np.ones((len(tokens), 1), np.float32)
+
+    s0 = {"h": np.zeros((2, 1), np.float32)}
+    if beam == 1:
+        r = greedy(step, s0, 10, special_tokens=ids)
+    else:
+        r = beam_search(step, s0, 10, beam, special_tokens=ids)
+    assert r.tokens == [[7, 8], [7, 8]]
+    assert [a.shape for a in r.attention] == [(3, 1), (3, 1)]
+    assert greedy(step, s0, 10, special_tokens=WORD_LEVEL).tokens != r.tokens
 
 
 def test_bad_arguments():

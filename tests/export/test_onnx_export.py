@@ -76,7 +76,7 @@ def test_manifest_and_validation_report(run_and_bundle):
     _, _, bundle, manifest = run_and_bundle
     b = load_bundle(bundle)
     assert b.task == "caption" and manifest["opset"] >= 17
-    assert {"encoder.onnx", "decoder_step.onnx", "vocab.txt"} <= set(b.manifest["files"])
+    assert {"encoder.onnx", "decoder_step.onnx", "vocab.txt"} <= set(b.manifest.files)
     step = manifest["validation"]["decoder_step.onnx"]
     assert step["batch3"]["logits"]["max_abs_err"] <= 1e-4
 

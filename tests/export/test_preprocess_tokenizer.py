@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mmfast.preprocess import PreprocessConfig, load_rgb, preprocess, resize_matrix, to_rgb
-from mmfast.tokenizer import Tokenizer, split_words
+from mmfast.tokenizer import SPECIALS, WORD_LEVEL, SpecialTokens, Tokenizer, split_words
 
 
 def test_config_json_round_trip(tmp_path: Path) -> None:
@@ -75,6 +75,25 @@ def test_tokenizer_round_trip(tmp_path: Path) -> None:
     # built vocabulary does not depend on the order of the captions
     assert Tokenizer.build(reversed(caps)) == tok
     assert split_words("Isn't it? yes.") == ["isn't", "it", "?", "yes", "."]
+
+
+def test_tokenizer_takes_the_special_ids_it_is_given(tmp_path: Path) -> None:
+    assert SPECIALS == ("<pad>", "<bos>", "<eos>", "<unk>")
+    assert WORD_LEVEL == SpecialTokens(pad=0, bos=1, eos=2, unk=3)
+    words = ["red", "<unk>", "circle", "<pad>", "<eos>", "<bos>"]
+    ids = SpecialTokens(pad=3, bos=5, eos=4, unk=1)
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tok = Tokenizer.load(tmp_path / "vocab.txt", ids)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (3, 5, 4, 1)
+    assert tok.encode("red square circle") == [5, 0, 1, 2, 4]
+    assert tok.decode([5, 0, 3, 2, 4, 0]) == "red circle"  # skips <bos>, <pad>; stops at <eos>
+    assert tok.decode([0, 99]) == "red <unk>"  # an id past the vocabulary reads as <unk>
+    with pytest.raises(ValueError, match="must hold <pad> at id 0, it holds 'red'"):
+        Tokenizer(words)  # the word-level ids: <pad> first
+    with pytest.raises(ValueError, match="must hold <bos> at id 9, it holds 6 tokens"):
+        Tokenizer(words, SpecialTokens(pad=3, bos=9, eos=4, unk=1))
+    with pytest.raises(ValueError, match="eos: expected a token id"):
+        SpecialTokens(pad=0, bos=1, eos=-2, unk=3)
 
 
 @settings(max_examples=25, deadline=None)
