@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmfast.vqa import VQA
 
     from . import decoding
-    from .train import load_run
+    from .runs import load_run
 
     torch.set_num_threads(2)
     _say("1. data")

@@ -27,7 +27,7 @@ from torch import nn
 
 from mmfast.bundle import write_manifest
 
-from .train import load_run
+from .runs import load_run
 
 __all__ = ["ExportValidationError", "GraphSpec", "export_run"]
 
