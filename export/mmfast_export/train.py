@@ -94,7 +94,8 @@ def _lr_at(step: int, total: int, base: float, warmup: float) -> float:
 
 
 def _optimizer(model: nn.Module, lr: float, wd: float) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and "pos" not in name.split(".")[-1] else no_decay).append(p)
     return torch.optim.AdamW(
@@ -112,7 +113,7 @@ def _default_image_size(data: str) -> int:
 
 
 def _fit_epoch(
-    task: Task[Any],
+    task: Task[Any, Any],
     model: nn.Module,
     opt: torch.optim.Optimizer,
     args: TrainArgs,

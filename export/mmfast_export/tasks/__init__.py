@@ -13,4 +13,4 @@ from .vqa import VQATask
 __all__ = ["TASKS", "Task", "TaskSetup"]
 
 # task name (`mmfast train TASK`, config.json's "task") -> its class; a new task is one line
-TASKS: dict[str, type[Task[Any]]] = {t.name: t for t in (CaptionTask, RetrievalTask, VQATask)}
+TASKS: dict[str, type[Task[Any, Any]]] = {t.name: t for t in (CaptionTask, RetrievalTask, VQATask)}

@@ -17,13 +17,14 @@ from torch import nn
 from mmfast.preprocess import PreprocessConfig
 from mmfast.tokenizer import Tokenizer
 
-from ..coco import SplitFiles
+from ..coco import CaptionData, SplitFiles, load_captions
 from ..runs import build_model, model_config, read_config
 from ..transforms import preprocess_tensor
 
 __all__ = ["Defaults", "Task", "TaskArgs", "TaskSetup"]
 
 Batch = TypeVar("Batch")  # what a task's epoch_batches yields and its loss takes
+Model = TypeVar("Model", bound=nn.Module)  # the task's model families
 
 
 class TaskArgs(Protocol):
@@ -69,7 +70,7 @@ class Defaults:
     lr: float
 
 
-class Task(ABC, Generic[Batch]):
+class Task(ABC, Generic[Batch, Model]):
     """What differs between tasks: data, model, one batch's loss, evaluation.
 
     Built by the loop right after ``torch.manual_seed(args.seed)``, so a new model's initial
@@ -79,13 +80,14 @@ class Task(ABC, Generic[Batch]):
 
     name: ClassVar[str]
     defaults: ClassVar[Defaults]
-    model: nn.Module
+    model: Model
     tok: Tokenizer
 
     def __init__(self, setup: TaskSetup) -> None:
         self.args = setup.args
         self.prep = setup.prep
-        self.splits = setup.splits
+        # every task trains on images with captions: "train", "val", "test" -> that split
+        self.data = _load_splits(setup.args, setup.splits, setup.prep)
 
     @property
     def batch_size(self) -> int:
@@ -124,3 +126,11 @@ class Task(ABC, Generic[Batch]):
     def resumed_model(self, resume: Path) -> nn.Module:
         """The model of the run being resumed, freshly initialised (the loop loads its weights)."""
         return build_model(self.name, read_config(resume)["model"])
+
+
+def _load_splits(
+    args: TaskArgs, splits: dict[str, SplitFiles], prep: PreprocessConfig
+) -> dict[str, CaptionData]:
+    """The train, val and test images with their captions, each split cut to its limit."""
+    limits = {"train": args.limit_train, "val": args.limit_eval, "test": args.limit_eval}
+    return {s: load_captions(splits[s], prep, limit) for s, limit in limits.items()}

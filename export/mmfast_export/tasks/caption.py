@@ -16,44 +16,44 @@ from ..models.captioner_lstm import LSTMCaptioner, LSTMCaptionerConfig
 from ..models.captioner_transformer import TransformerCaptioner, TransformerCaptionerConfig
 from ..models.encoder import EncoderConfig
 from .base import Defaults, Task, TaskSetup
-from .data import caption_tokenizer, chunks, epoch_generator, load_splits, pad
+from .data import caption_tokenizer, chunks, epoch_generator, pad
 
 __all__ = ["CaptionTask"]
 
 Captioner = LSTMCaptioner | TransformerCaptioner
 
 
-class CaptionTask(Task[torch.Tensor]):
+class CaptionTask(Task[torch.Tensor, Captioner]):
     """A batch is a tensor of image indices (every caption of each image is a target)."""
 
     name = "caption"
     defaults = Defaults(epochs=3, batch_size=48, lr=2e-3)
-    model: Captioner
 
     def __init__(self, setup: TaskSetup) -> None:
         super().__init__(setup)
-        args, prep, resume = setup.args, setup.prep, setup.resume
-        data = load_splits(args, setup.splits, prep)
-        self.train_data, self.val_data, self.test_data = data["train"], data["val"], data["test"]
-        self.tok = caption_tokenizer(self.train_data, resume)
-        self.train_ids = [[self.tok.encode(c) for c in caps] for caps in self.train_data.captions]
-        self.val_ids = [[self.tok.encode(c) for c in caps] for caps in self.val_data.captions]
+        self.tok = caption_tokenizer(self.data["train"], setup.resume)
+        self.train_ids = [
+            [self.tok.encode(c) for c in caps] for caps in self.data["train"].captions
+        ]
+        self.val_ids = [[self.tok.encode(c) for c in caps] for caps in self.data["val"].captions]
+        self.model = self._model(setup.resume)
+
+    def _model(self, resume: Path | None) -> Captioner:
+        """The resumed run's model, or a new one sized to the vocabulary and the captions."""
         if resume is not None:
             model = self.resumed_model(resume)
             assert isinstance(model, LSTMCaptioner | TransformerCaptioner)
-            self.model = model
-        else:
-            longest = max(len(s) for caps in self.train_ids for s in caps)
-            enc = EncoderConfig(prep.size, tuple(args.widths))
-            max_len = min(longest + 4, 64)
-            if args.decoder == "lstm":
-                self.model = LSTMCaptioner(LSTMCaptionerConfig(len(self.tok), enc, max_len=max_len))
-            elif args.decoder == "transformer":
-                self.model = TransformerCaptioner(
-                    TransformerCaptionerConfig(len(self.tok), enc, max_len=max_len)
-                )
-            else:
-                raise ValueError(f"--decoder must be lstm or transformer, got {args.decoder!r}")
+            return model
+        longest = max(len(s) for caps in self.train_ids for s in caps)
+        enc = EncoderConfig(self.prep.size, tuple(self.args.widths))
+        max_len = min(longest + 4, 64)
+        if self.args.decoder == "lstm":
+            return LSTMCaptioner(LSTMCaptionerConfig(len(self.tok), enc, max_len=max_len))
+        if self.args.decoder == "transformer":
+            return TransformerCaptioner(
+                TransformerCaptionerConfig(len(self.tok), enc, max_len=max_len)
+            )
+        raise ValueError(f"--decoder must be lstm or transformer, got {self.args.decoder!r}")
 
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         g = epoch_generator(self.args.seed, epoch)
@@ -74,7 +74,7 @@ class CaptionTask(Task[torch.Tensor]):
         return images, tokens, torch.tensor(img_index, dtype=torch.long)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        images, tokens, img_index = self._batch(self.train_data, self.train_ids, batch)
+        images, tokens, img_index = self._batch(self.data["train"], self.train_ids, batch)
         logits, _ = self.model(images, tokens[:, :-1], img_index)  # (C, T-1, V)
         return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=0)
 
@@ -83,15 +83,15 @@ class CaptionTask(Task[torch.Tensor]):
         n = min(len(self.val_ids), 500)
         total, count = 0.0, 0
         for idx in chunks(torch.arange(n), 100):
-            images, tokens, img_index = self._batch(self.val_data, self.val_ids, idx)
+            images, tokens, img_index = self._batch(self.data["val"], self.val_ids, idx)
             logits, _ = self.model(images, tokens[:, :-1], img_index)
             tgt = tokens[:, 1:].flatten()
             total += float(
                 F.cross_entropy(logits.flatten(0, 1), tgt, ignore_index=0, reduction="sum")
             )
             count += int((tgt != 0).sum())
-        hyps = self.decode(self.val_data, limit=200)
-        refs = {i: self.val_data.captions[i] for i in hyps}
+        hyps = self.decode(self.data["val"], limit=200)
+        refs = {i: self.data["val"].captions[i] for i in hyps}
         sc = caption_scores(refs, hyps)
         return {"val_loss": total / count, "val_bleu4": sc["bleu4"], "val_cider": sc["cider"]}
 
@@ -114,9 +114,11 @@ class CaptionTask(Task[torch.Tensor]):
         return out
 
     def test(self, out: Path) -> dict[str, float]:
-        hyps = self.decode(self.test_data)
-        refs = {i: self.test_data.captions[i] for i in hyps}
+        hyps = self.decode(self.data["test"])
+        refs = {i: self.data["test"].captions[i] for i in hyps}
         scores = caption_scores(refs, hyps)
-        preds = [{"image_id": self.test_data.image_ids[i], "caption": c} for i, c in hyps.items()]
+        preds = [
+            {"image_id": self.data["test"].image_ids[i], "caption": c} for i, c in hyps.items()
+        ]
         (out / "predictions_test.json").write_text(json.dumps(preds, indent=1) + "\n")
         return {**scores, "num_images": float(len(hyps))}

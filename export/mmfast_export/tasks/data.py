@@ -6,21 +6,11 @@ from pathlib import Path
 
 import torch
 
-from mmfast.preprocess import PreprocessConfig
 from mmfast.tokenizer import Tokenizer
 
-from ..coco import CaptionData, SplitFiles, load_captions
-from .base import TaskArgs
+from ..coco import CaptionData
 
-__all__ = ["caption_tokenizer", "chunks", "epoch_generator", "load_splits", "pad"]
-
-
-def load_splits(
-    args: TaskArgs, splits: dict[str, SplitFiles], prep: PreprocessConfig
-) -> dict[str, CaptionData]:
-    """The train, val and test images with their captions, each split cut to its limit."""
-    limits = {"train": args.limit_train, "val": args.limit_eval, "test": args.limit_eval}
-    return {s: load_captions(splits[s], prep, limit) for s, limit in limits.items()}
+__all__ = ["caption_tokenizer", "chunks", "epoch_generator", "pad"]
 
 
 def caption_tokenizer(data: CaptionData, resume: Path | None) -> Tokenizer:

@@ -14,7 +14,7 @@ from ..metrics import recall_at_k
 from ..models.encoder import EncoderConfig
 from ..models.retriever import Retriever, RetrieverConfig
 from .base import Defaults, Task, TaskSetup
-from .data import caption_tokenizer, chunks, epoch_generator, load_splits, pad
+from .data import caption_tokenizer, chunks, epoch_generator, pad
 
 __all__ = ["RetrievalTask"]
 
@@ -22,28 +22,27 @@ __all__ = ["RetrievalTask"]
 RetrievalBatch = tuple[torch.Tensor, list[list[int]]]
 
 
-class RetrievalTask(Task[RetrievalBatch]):
+class RetrievalTask(Task[RetrievalBatch, Retriever]):
     name = "retrieval"
     defaults = Defaults(epochs=6, batch_size=128, lr=1.5e-3)
-    model: Retriever
 
     def __init__(self, setup: TaskSetup) -> None:
         super().__init__(setup)
-        args, prep, resume = setup.args, setup.prep, setup.resume
-        data = load_splits(args, setup.splits, prep)
-        self.train_data, self.val_data, self.test_data = data["train"], data["val"], data["test"]
-        self.tok = caption_tokenizer(self.train_data, resume)
+        self.tok = caption_tokenizer(self.data["train"], setup.resume)
+        self.model = self._model(setup.resume)
+        self.train_ids = [
+            [self.tok.encode(c) for c in caps] for caps in self.data["train"].captions
+        ]
+
+    def _model(self, resume: Path | None) -> Retriever:
+        """The resumed run's model, or a new one sized to the vocabulary and the captions."""
         if resume is not None:
             model = self.resumed_model(resume)
             assert isinstance(model, Retriever)
-            self.model = model
-        else:
-            longest = max(
-                len(self.tok.encode(c)) for caps in self.train_data.captions for c in caps
-            )
-            enc = EncoderConfig(prep.size, tuple(args.widths))
-            self.model = Retriever(RetrieverConfig(len(self.tok), enc, max_len=min(longest, 64)))
-        self.train_ids = [[self.tok.encode(c) for c in caps] for caps in self.train_data.captions]
+            return model
+        longest = max(len(self.tok.encode(c)) for caps in self.data["train"].captions for c in caps)
+        enc = EncoderConfig(self.prep.size, tuple(self.args.widths))
+        return Retriever(RetrieverConfig(len(self.tok), enc, max_len=min(longest, 64)))
 
     def epoch_batches(self, epoch: int) -> list[RetrievalBatch]:
         """Each image with two of its captions (two text queries per encoder pass)."""
@@ -74,7 +73,7 @@ class RetrievalTask(Task[RetrievalBatch]):
         ]
         tokens = pad(first + [t for _, t in extra])[:, : m.cfg.max_len]  # (B + E, T)
         txt_img = torch.tensor(list(range(b)) + [k for k, _ in extra], dtype=torch.long)
-        img, regions = m.encode_image(self.images(self.train_data.pixels[idx]))  # (B, E)
+        img, regions = m.encode_image(self.images(self.data["train"].pixels[idx]))  # (B, E)
         txt, feats, mask = m.encode_text(tokens)  # (B + E, E)
         scale = m.temperature_scale()
         # InfoNCE: every text against the batch's images; each image against its first texts
@@ -163,15 +162,15 @@ class RetrievalTask(Task[RetrievalBatch]):
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        r = self._recall(self.val_data, all_captions=False, rerank=False)
+        r = self._recall(self.data["val"], all_captions=False, rerank=False)
         return {f"val_{k}": v for k, v in r.items()}
 
     @torch.no_grad()
     def test(self, out: Path) -> dict[str, float]:
-        first = self._recall(self.test_data, all_captions=False, rerank=True)
-        every = self._recall(self.test_data, all_captions=True, rerank=False)
+        first = self._recall(self.data["test"], all_captions=False, rerank=True)
+        every = self._recall(self.data["test"], all_captions=True, rerank=False)
         res = dict(first)
         res.update({f"allcaps_{k}": v for k, v in every.items()})
-        res["num_images"] = float(len(self.test_data.image_ids))
+        res["num_images"] = float(len(self.data["test"].image_ids))
         res["temperature"] = float(1.0 / self.model.temperature_scale())
         return res

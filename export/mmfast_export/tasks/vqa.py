@@ -10,53 +10,61 @@ import torch.nn.functional as F
 
 from mmfast.tokenizer import Tokenizer
 
-from ..coco import VqaData, load_vqa
+from ..coco import SplitFiles, VqaData, load_vqa
 from ..metrics import vqa_accuracy
 from ..models.encoder import EncoderConfig
 from ..models.vqa import VQAConfig, VQAModel
 from .base import Defaults, Task, TaskSetup
-from .data import chunks, epoch_generator, load_splits, pad
+from .data import chunks, epoch_generator, pad
 
 __all__ = ["VQATask"]
 
 
-class VQATask(Task[torch.Tensor]):
+def _question_files(splits: dict[str, SplitFiles]) -> dict[str, Path]:
+    """Each split's ``vqa_{split}.json``; a missing one is an error."""
+    files: dict[str, Path] = {}
+    for s in ("train", "val", "test"):
+        f = splits[s].vqa_json
+        if f is None:
+            raise FileNotFoundError(f"VQA needs vqa_{s}.json next to the captions files")
+        files[s] = f
+    return files
+
+
+class VQATask(Task[torch.Tensor, VQAModel]):
     """A batch is a tensor of image indices (every question about each image is a target)."""
 
     name = "vqa"
     defaults = Defaults(epochs=5, batch_size=32, lr=2e-3)
-    model: VQAModel
 
     def __init__(self, setup: TaskSetup) -> None:
+        qa_files = _question_files(setup.splits)  # before the (slow) image loading
         super().__init__(setup)
-        args, prep, resume = setup.args, setup.prep, setup.resume
-        qa_files: dict[str, Path] = {}
-        for s in ("train", "val", "test"):
-            f = setup.splits[s].vqa_json
-            if f is None:
-                raise FileNotFoundError(f"VQA needs vqa_{s}.json next to the captions files")
-            qa_files[s] = f
-        self.data = load_splits(args, setup.splits, prep)
         self.qa: dict[str, VqaData] = {s: load_vqa(qa_files[s], d) for s, d in self.data.items()}
-        if resume is not None:
-            self.tok = Tokenizer.load(resume / "vocab.txt")
-            self.answers = (resume / "answers.txt").read_text().splitlines()
-            model = self.resumed_model(resume)
-            assert isinstance(model, VQAModel)
-            self.model = model
+        if setup.resume is not None:
+            self.tok = Tokenizer.load(setup.resume / "vocab.txt")
+            self.answers = (setup.resume / "answers.txt").read_text().splitlines()
         else:
             self.tok = Tokenizer.build(self.qa["train"].questions)
             self.answers = sorted(set(self.qa["train"].answers))
-            longest = max(len(self.tok.encode(q)) for q in self.qa["train"].questions)
-            enc = EncoderConfig(prep.size, tuple(args.widths))
-            self.model = VQAModel(
-                VQAConfig(len(self.tok), len(self.answers), enc, max_len=min(longest + 4, 64))
-            )
+        self.model = self._model(setup.resume)
         self.ans_index = {a: i for i, a in enumerate(self.answers)}
         self.q_ids = {s: [self.tok.encode(q) for q in v.questions] for s, v in self.qa.items()}
         self.by_image: list[list[int]] = [[] for _ in self.data["train"].image_ids]
         for qi, k in enumerate(self.qa["train"].image_index):
             self.by_image[k].append(qi)
+
+    def _model(self, resume: Path | None) -> VQAModel:
+        """The resumed run's model, or a new one sized to the vocabulary, the answers and the
+        questions."""
+        if resume is not None:
+            model = self.resumed_model(resume)
+            assert isinstance(model, VQAModel)
+            return model
+        longest = max(len(self.tok.encode(q)) for q in self.qa["train"].questions)
+        enc = EncoderConfig(self.prep.size, tuple(self.args.widths))
+        cfg = VQAConfig(len(self.tok), len(self.answers), enc, max_len=min(longest + 4, 64))
+        return VQAModel(cfg)
 
     def save_vocab(self, out: Path) -> None:
         super().save_vocab(out)
