@@ -78,10 +78,10 @@ def _ensure_bundle(work: Path, run: Path, task: str) -> Path:
     from .onnx_export import export_run
 
     bundle = work / "bundles" / task
-    manifest = bundle / "manifest.json"
+    manifest_file = bundle / "manifest.json"
     if (
-        manifest.is_file()
-        and manifest.stat().st_mtime >= (run / "model.safetensors").stat().st_mtime
+        manifest_file.is_file()
+        and manifest_file.stat().st_mtime >= (run / "model.safetensors").stat().st_mtime
     ):
         print(f"reusing bundle {bundle}")
     else:
