@@ -41,7 +41,7 @@ from mmfast.preprocess import PreprocessConfig, load_rgb, preprocess_batch  # no
 from mmfast.retriever import Retriever  # noqa: E402
 from mmfast.vqa import VQA  # noqa: E402
 from mmfast_export import decoding  # noqa: E402
-from mmfast_export.train import load_run  # noqa: E402
+from mmfast_export.runs import load_run  # noqa: E402
 
 
 def timed(fn: Callable[[], object], n: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .encoder import EncoderConfig
+from .models.encoder import EncoderConfig
 
 __all__ = [
     "config_from_dict",

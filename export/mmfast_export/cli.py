@@ -1,17 +1,32 @@
-"""Command line of the PyTorch side: ``mmfast data ...`` and ``mmfast train ...``.
+"""Command line of the PyTorch side: ``mmfast data|train|export|demo ...``.
 
-``main_data``/``main_train`` take the arguments after the subcommand word (``mmfast data shapes
---out X`` -> ``["shapes", "--out", "X"]``) and return an exit status.
+Each ``main_*`` takes the arguments after the subcommand word (``mmfast data shapes --out X`` ->
+``["shapes", "--out", "X"]``), calls the library function that does the work
+(``shapes.write_dataset``, ``train.train``, ``onnx_export.export_run``, ``demo.main``) and
+returns an exit status; bad input is one line on stderr and status 2. The ``mmfast`` CLI
+(``mmfast/cli.py``) calls these functions by name.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
+from typing import Any, TypeVar
 
-__all__ = ["main", "main_data", "main_train"]
+__all__ = ["main", "main_data", "main_demo", "main_export", "main_train"]
+
+T = TypeVar("T")
+
+
+def _from_args(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:
+    """A config dataclass from the parsed options of the same names (argparse's defaults are
+    the dataclass's), with ``overrides`` for the options that need converting."""
+    names = inspect.signature(cls).parameters
+    given = {k: v for k, v in vars(ns).items() if k in names}
+    return cls(**{**given, **overrides})
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -42,16 +57,7 @@ def main_data(argv: list[str]) -> int:
     if args.num_images < 3:
         print("mmfast data: --num-images must be at least 3", file=sys.stderr)
         return 2
-    cfg = ShapesConfig(
-        num_images=args.num_images,
-        size=args.size,
-        seed=args.seed,
-        noise=args.noise,
-        texture_prob=args.texture_prob,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-    )
-    summary = write_dataset(cfg, args.out, workers=args.workers)
+    summary = write_dataset(_from_args(ShapesConfig, args), args.out, workers=args.workers)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -114,32 +120,7 @@ def main_train(argv: list[str]) -> int:
     except ValueError:
         print(f"mmfast train: bad --widths {a.widths!r}", file=sys.stderr)
         return 2
-    args = TrainArgs(
-        task=a.task,
-        data=a.data,
-        out=a.out,
-        epochs=a.epochs,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        weight_decay=a.weight_decay,
-        seed=a.seed,
-        decoder=a.decoder,
-        threads=a.threads,
-        image_size=a.image_size,
-        widths=widths,
-        limit_train=a.limit_train,
-        limit_eval=a.limit_eval,
-        beam=a.beam,
-        length_penalty=a.length_penalty,
-        rerank_k=a.rerank_k,
-        resume=a.resume,
-        stop_after=a.stop_after,
-        progress=not a.no_progress,
-        train_json=a.train_json,
-        val_json=a.val_json,
-        test_json=a.test_json,
-        images=a.images,
-    )
+    args = _from_args(TrainArgs, a, widths=widths, progress=not a.no_progress)
     try:
         summary = train(args)
     except (FileNotFoundError, ValueError) as e:
@@ -162,7 +143,7 @@ def main_export(argv: list[str]) -> int:
 
     try:
         manifest = export_run(a.run, a.out)
-    except (FileNotFoundError, NotImplementedError, ExportValidationError) as e:
+    except (FileNotFoundError, ValueError, ExportValidationError) as e:
         print(f"mmfast export: {e}", file=sys.stderr)
         return 2
     worst = {

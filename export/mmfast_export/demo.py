@@ -18,9 +18,15 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
+# as in `mmfast train`: idle OpenMP threads sleep (only effective before torch is imported)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _say(msg: str) -> None:
@@ -28,14 +34,14 @@ def _say(msg: str) -> None:
 
 
 def _ensure_data(work: Path, num_images: int) -> Path:
-    from .cli import main_data
+    from .shapes import ShapesConfig, write_dataset
 
     data = work / "data"
     if (data / "captions_test.json").is_file():
         print(f"reusing dataset {data}")
     else:
         t0 = time.time()
-        _quiet(main_data, ["shapes", "--out", str(data), "--num-images", str(num_images)])
+        write_dataset(ShapesConfig(num_images=num_images), data)
         print(
             f"generated {num_images} images with captions and questions in {data} "
             f"({time.time() - t0:.0f} s)"
@@ -43,44 +49,27 @@ def _ensure_data(work: Path, num_images: int) -> Path:
     return data
 
 
-def _quiet(fn, *args, keep=None):  # type: ignore[no-untyped-def]
-    """Run fn with its stdout captured; echo only the lines starting with `keep` (progress),
-    or everything if it fails."""
+def _quiet(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run fn with its stdout captured; echo it only if fn fails."""
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
-            result = fn(*args)
+            return fn(*args, **kwargs)
     except BaseException:
         print(buf.getvalue())
         raise
-    if keep:
-        for line in buf.getvalue().splitlines():
-            if line.startswith(keep):
-                print(line, flush=True)
-    return result
 
 
 def _ensure_run(work: Path, data: Path, task: str, epochs: int) -> Path:
-    from .cli import main_train
+    from .train import TrainArgs, train
 
     run = work / "runs" / task
     if (run / "metrics.json").is_file():
         print(f"reusing trained {task} model {run}")
     else:
         t0 = time.time()
-        argv = [
-            task,
-            "--data",
-            str(data),
-            "--out",
-            str(run),
-            "--epochs",
-            str(epochs),
-            "--no-progress",
-        ]
-        code = _quiet(main_train, argv, keep="[mmfast train] epoch")
-        if code:
-            raise SystemExit(code)
+        # the per-epoch lines go to stderr, as with `mmfast train`
+        train(TrainArgs(task, str(data), str(run), epochs=epochs, progress=False))
         print(f"trained {task} in {time.time() - t0:.0f} s")
     return run
 
@@ -89,10 +78,10 @@ def _ensure_bundle(work: Path, run: Path, task: str) -> Path:
     from .onnx_export import export_run
 
     bundle = work / "bundles" / task
-    manifest = bundle / "manifest.json"
+    manifest_file = bundle / "manifest.json"
     if (
-        manifest.is_file()
-        and manifest.stat().st_mtime >= (run / "model.safetensors").stat().st_mtime
+        manifest_file.is_file()
+        and manifest_file.stat().st_mtime >= (run / "model.safetensors").stat().st_mtime
     ):
         print(f"reusing bundle {bundle}")
     else:
@@ -145,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmfast.vqa import VQA
 
     from . import decoding
-    from .train import load_run
+    from .runs import load_run
 
     torch.set_num_threads(2)
     _say("1. data")

@@ -1,12 +1,19 @@
 """ONNX export of a trained run into a bundle, with validation against PyTorch.
 
 Each model kind declares its graphs as small specs (wrapper module, inputs, outputs, dynamic
-axes, tolerance); :func:`export_run` exports them, checks ONNX Runtime against PyTorch on dummy
-and real inputs (a named error per kind of mismatch), and writes the bundle's manifest.
+axes, tolerance) in :data:`SPECS`; :func:`export_run` exports them, checks ONNX Runtime against
+PyTorch on dummy and real inputs (a named error per kind of mismatch), and writes the bundle's
+manifest. Every model family of :data:`mmfast_export.runs.MODELS` is declared:
 
-This first slice covers the LSTM captioner (``encoder.onnx`` computes everything per image —
-initial h, c, the regions and the attention projection W_a·regions — once; ``decoder_step.onnx``
-is one step with explicit state). The other kinds are declared as they land.
+- ``caption_lstm``: ``encoder.onnx`` computes everything per image (initial h, c, the regions
+  and the attention projection W_a·regions) once; ``decoder_step.onnx`` is one step with
+  explicit state.
+- ``caption_transformer``: ``encoder.onnx`` computes every layer's cross-attention keys and
+  values once; ``decoder_step.onnx`` is one step over a fixed-size self-attention KV cache.
+- ``retrieval``: ``image_tower.onnx`` (embedding, and the regions projected for the
+  re-ranker), ``text_tower.onnx``, and ``reranker.onnx`` when the model has one.
+- ``vqa``: ``image_encoder.onnx`` (regions) and ``answer_head.onnx`` (question -> answer
+  logits, attention).
 """
 
 from __future__ import annotations
@@ -27,11 +34,15 @@ from torch import nn
 
 from mmfast.bundle import write_manifest
 
-from .train import load_run
+from .runs import load_run
 
-__all__ = ["ExportValidationError", "GraphSpec", "export_run"]
+__all__ = ["ExportValidationError", "GraphSpec", "UnsupportedModelError", "export_run"]
 
 OPSET = 18
+
+
+class UnsupportedModelError(ValueError):
+    """The run's model kind declares no graphs to export."""
 
 
 class ExportValidationError(RuntimeError):
@@ -431,7 +442,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     model, cfg, _ = load_run(run)
     kind = cfg["model"]["kind"]
     if kind not in SPECS:
-        raise NotImplementedError(f"export of {kind!r} models is not available yet")
+        raise UnsupportedModelError(
+            f"{run}: no ONNX export for model kind {kind!r}; exportable kinds: " + ", ".join(SPECS)
+        )
     image_size = int(cfg["preprocess"]["size"])
     specs = SPECS[kind](model, image_size)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,15 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mmfast_export.captioner_lstm import LSTMCaptioner, LSTMCaptionerConfig  # noqa: E402
-from mmfast_export.captioner_transformer import (  # noqa: E402
+from mmfast_export.decoding import beam_search, greedy  # noqa: E402
+from mmfast_export.models.captioner_lstm import LSTMCaptioner, LSTMCaptionerConfig  # noqa: E402
+from mmfast_export.models.captioner_transformer import (  # noqa: E402
     TransformerCaptioner,
     TransformerCaptionerConfig,
 )
-from mmfast_export.decoding import beam_search, greedy  # noqa: E402
-from mmfast_export.encoder import ConvEncoder, EncoderConfig  # noqa: E402
-from mmfast_export.retriever import Retriever, RetrieverConfig, info_nce  # noqa: E402
-from mmfast_export.vqa import VQAConfig, VQAModel  # noqa: E402
+from mmfast_export.models.encoder import ConvEncoder, EncoderConfig  # noqa: E402
+from mmfast_export.models.retriever import Retriever, RetrieverConfig, info_nce  # noqa: E402
+from mmfast_export.models.vqa import VQAConfig, VQAModel  # noqa: E402
 
 pytestmark = pytest.mark.export
 

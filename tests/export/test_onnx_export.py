@@ -19,7 +19,7 @@ from mmfast.tokenizer import Tokenizer  # noqa: E402
 from mmfast_export import decoding  # noqa: E402
 from mmfast_export.checkpoint import save_weights  # noqa: E402
 from mmfast_export.onnx_export import export_run  # noqa: E402
-from mmfast_export.train import build_model  # noqa: E402
+from mmfast_export.runs import build_model  # noqa: E402
 
 WORDS = "a small large red blue green circle square triangle left right of above below".split()
 

@@ -17,7 +17,7 @@ from mmfast.tokenizer import Tokenizer  # noqa: E402
 from mmfast.vqa import VQA  # noqa: E402
 from mmfast_export.checkpoint import save_weights  # noqa: E402
 from mmfast_export.onnx_export import export_run  # noqa: E402
-from mmfast_export.train import build_model  # noqa: E402
+from mmfast_export.runs import build_model  # noqa: E402
 
 WORDS = "a small large red blue green circle square left right of above below what colour".split()
 ENC = {"image_size": 32, "widths": [8, 16], "blocks": 1}

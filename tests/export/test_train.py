@@ -14,7 +14,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from mmfast_export.cli import main_train  # noqa: E402
 from mmfast_export.decoding import greedy  # noqa: E402
-from mmfast_export.train import TrainArgs, load_run, train  # noqa: E402
+from mmfast_export.runs import load_run  # noqa: E402
+from mmfast_export.train import TrainArgs, train  # noqa: E402
 
 pytestmark = pytest.mark.export
 
