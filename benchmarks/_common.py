@@ -8,6 +8,19 @@ import sys
 import time
 from collections.abc import Callable
 
+# The convolutions bench_conv.py times (ResNet-50 / MobileNet layers):
+# (name, C, M, H=W, k, stride, pad, groups)
+CONV_SHAPES = [
+    ("3x3 64->64 @56", 64, 64, 56, 3, 1, 1, 1),
+    ("3x3 128->128 @28", 128, 128, 28, 3, 1, 1, 1),
+    ("3x3 256->256 @14", 256, 256, 14, 3, 1, 1, 1),
+    ("3x3 512->512 @7", 512, 512, 7, 3, 1, 1, 1),
+    ("1x1 64->256 @56", 64, 256, 56, 1, 1, 0, 1),
+    ("1x1 256->64 @56", 256, 64, 56, 1, 1, 0, 1),
+    ("7x7/2 3->64 @224", 3, 64, 224, 7, 2, 3, 1),
+    ("dw 3x3 32ch @112", 32, 32, 112, 3, 1, 1, 32),
+]
+
 # glibc malloc hands big blocks back to the OS on free, so every fresh torch output of a few
 # MB is page-faulted in again (up to 5x slower on large outputs). Benchmarks run with the
 # thresholds raised so the baselines are measured at their best; re-exec'd before anything

@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import matmul_peak_gflops, median_ms, tune_allocator
+from _common import CONV_SHAPES, matmul_peak_gflops, median_ms, tune_allocator
 
 ALLOCATOR = tune_allocator()
 
@@ -30,17 +30,7 @@ from onnx import TensorProto, helper  # noqa: E402
 import mmfast  # noqa: E402
 from mmfast import ops  # noqa: E402
 
-# (name, C, M, H=W, k, stride, pad, groups)
-SHAPES = [
-    ("3x3 64->64 @56", 64, 64, 56, 3, 1, 1, 1),
-    ("3x3 128->128 @28", 128, 128, 28, 3, 1, 1, 1),
-    ("3x3 256->256 @14", 256, 256, 14, 3, 1, 1, 1),
-    ("3x3 512->512 @7", 512, 512, 7, 3, 1, 1, 1),
-    ("1x1 64->256 @56", 64, 256, 56, 1, 1, 0, 1),
-    ("1x1 256->64 @56", 256, 64, 56, 1, 1, 0, 1),
-    ("7x7/2 3->64 @224", 3, 64, 224, 7, 2, 3, 1),
-    ("dw 3x3 32ch @112", 32, 32, 112, 3, 1, 1, 32),
-]
+SHAPES = CONV_SHAPES
 
 
 def ort_session(w: np.ndarray, b: np.ndarray, k: int, s: int, p: int, g: int, threads: int):

@@ -4,16 +4,22 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <atomic>
 #include <cmath>
+#include <initializer_list>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "attention/attention.h"
 #include "common/cpu_features.h"
 #include "common/parallel.h"
 #include "common/workspace.h"
-#include "dispatch.h"
+#include "conv2d/conv2d.h"
+#include "conv2d/conv2d_cpu.h"
+#include "dispatch/dispatch.h"
 
 namespace py = pybind11;
 
@@ -59,42 +65,63 @@ void softmax(const py::array& x, py::array out, bool log) {
 // conv2d's GEMM path: 0 auto, 1 spatial, 2 channel (a testing/benchmarking hook).
 std::atomic<int> g_conv_path{0};
 
-// Element strides of an array whose byte strides must be multiples of the item size.
-int64_t elem_stride(const py::array& a, int dim, const std::string& name) {
-  const py::ssize_t st = a.strides(dim);
-  MMFAST_CHECK(st % static_cast<py::ssize_t>(sizeof(float)) == 0,
-               name + ": strides must be multiples of 4 bytes");
-  return static_cast<int64_t>(st / static_cast<py::ssize_t>(sizeof(float)));
+// Checks a float32 (or, for masks, bool) array of N dimensions whose byte strides are multiples
+// of its item size, and returns its strides in elements.
+template <int N>
+std::array<int64_t, N> element_strides(const py::array& a, const char* name,
+                                       bool allow_bool = false) {
+  const py::dtype dt = a.dtype();
+  const bool ok =
+      dt.equal(py::dtype::of<float>()) ||
+      (allow_bool && (dt.equal(py::dtype::of<bool>()) || dt.equal(py::dtype::of<uint8_t>())));
+  MMFAST_CHECK(ok, std::string(name) + ": expected float32" + (allow_bool ? " or bool" : "") +
+                       ", got " + std::string(py::str(dt)));
+  MMFAST_CHECK(a.ndim() == N, std::string(name) + ": expected " + std::to_string(N) +
+                                  " dimensions, got " + std::to_string(a.ndim()));
+  const py::ssize_t item = a.itemsize();
+  std::array<int64_t, N> st{};
+  for (int i = 0; i < N; ++i) {
+    MMFAST_CHECK(a.strides(i) % item == 0,
+                 std::string(name) + ": strides must be multiples of its item size");
+    st[static_cast<size_t>(i)] = static_cast<int64_t>(a.strides(i) / item);
+  }
+  return st;
 }
 
-void check_float32(const py::array& a, const std::string& name, py::ssize_t ndim) {
-  MMFAST_CHECK(a.dtype().equal(py::dtype::of<float>()),
-               name + ": expected float32, got " + std::string(py::str(a.dtype())));
-  MMFAST_CHECK(a.ndim() == ndim, name + ": expected " + std::to_string(ndim) + " dimensions, got " +
-                                     std::to_string(a.ndim()));
+// The kernels read a buffer over the extents the params give: it must have exactly that shape.
+// With `dim_names`, the message names the first dimension that differs.
+void require_shape(const py::array& a, const char* name, std::initializer_list<int64_t> want,
+                   std::initializer_list<const char*> dim_names = {}) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(want.size());
+  for (size_t i = 0; ok && i < want.size(); ++i)
+    ok = a.shape(static_cast<py::ssize_t>(i)) == want.begin()[i];
+  if (ok) return;
+  std::string w;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const int64_t d = want.begin()[i];
+    if (i < dim_names.size() && static_cast<size_t>(a.ndim()) == want.size() &&
+        a.shape(static_cast<py::ssize_t>(i)) != d)
+      throw std::invalid_argument(std::string(name) + ": " + dim_names.begin()[i] + " differs (" +
+                                  std::to_string(a.shape(static_cast<py::ssize_t>(i))) +
+                                  ", expected " + std::to_string(d) + ")");
+    w += (i ? ", " : "") + std::to_string(d);
+  }
+  throw std::invalid_argument(std::string(name) + ": shape does not match (" + w + ")");
 }
 
-mmfast::Conv2dShape conv_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t M, int64_t KH,
-                               int64_t KW, const std::vector<int64_t>& stride,
-                               const std::vector<int64_t>& dilation,
-                               const std::vector<int64_t>& pads, int64_t groups) {
-  MMFAST_CHECK(stride.size() == 2, "stride: expected 2 values");
-  MMFAST_CHECK(dilation.size() == 2, "dilation: expected 2 values");
-  MMFAST_CHECK(pads.size() == 4, "padding: expected 4 values (top, left, bottom, right)");
-  MMFAST_CHECK(stride[0] >= 1 && stride[1] >= 1, "stride: must be positive");
-  MMFAST_CHECK(dilation[0] >= 1 && dilation[1] >= 1, "dilation: must be positive");
-  for (int64_t pd : pads) MMFAST_CHECK(pd >= 0, "padding: must be non-negative");
-  MMFAST_CHECK(groups >= 1, "groups: must be positive");
-  MMFAST_CHECK(C % groups == 0, "groups: must divide the input channels");
-  MMFAST_CHECK(M % groups == 0, "groups: must divide the output channels");
-  MMFAST_CHECK(KH >= 1 && KW >= 1, "weight: kernel size must be positive");
-  MMFAST_CHECK(KH * KW <= mmfast::kConvMaxTaps, "weight: kernels of more than " +
-                                                    std::to_string(mmfast::kConvMaxTaps) +
-                                                    " taps are not supported");
+// The last dimension is read with unit stride (a size-1 or empty one may have any stride).
+template <int N>
+void require_rows(const py::array& a, const std::array<int64_t, N>& st, const char* name) {
+  MMFAST_CHECK(a.size() == 0 || a.shape(N - 1) <= 1 || st[N - 1] == 1,
+               std::string(name) + ": the last dimension must be contiguous");
+}
+
+mmfast::NchwStrides nchw(const std::array<int64_t, 4>& st) { return {st[0], st[1], st[2], st[3]}; }
+
+// Only C, M, KH, KW and groups of the shape matter for packing.
+mmfast::Conv2dShape weight_shape(const py::array& w, int64_t groups) {
   mmfast::Conv2dShape s;
-  s.N = N, s.C = C, s.H = H, s.W = W, s.M = M, s.KH = KH, s.KW = KW;
-  s.SH = stride[0], s.SW = stride[1], s.DH = dilation[0], s.DW = dilation[1];
-  s.PT = pads[0], s.PL = pads[1], s.PB = pads[2], s.PR = pads[3];
+  s.M = w.shape(0), s.C = w.shape(1) * groups, s.KH = w.shape(2), s.KW = w.shape(3);
   s.groups = groups;
   return s;
 }
@@ -103,12 +130,11 @@ py::array conv2d_pack(const py::array& w, int64_t groups, int panel) {
   MMFAST_CHECK(panel == mmfast::kConvMR || panel == mmfast::kConvNC,
                "panel: expected " + std::to_string(mmfast::kConvMR) + " or " +
                    std::to_string(mmfast::kConvNC));
-  check_float32(w, "weight", 4);
+  element_strides<4>(w, "weight");
   MMFAST_CHECK(w.flags() & py::array::c_style, "weight: must be C-contiguous");
   MMFAST_CHECK(groups >= 1, "groups: must be positive");
-  MMFAST_CHECK(w.shape(0) % groups == 0, "groups: must divide the output channels");
-  const mmfast::Conv2dShape s = conv_shape(1, w.shape(1) * groups, 1, 1, w.shape(0), w.shape(2),
-                                           w.shape(3), {1, 1}, {1, 1}, {0, 0, 0, 0}, groups);
+  const mmfast::Conv2dShape s = weight_shape(w, groups);
+  mmfast::check_conv2d_shape(s);
   py::array_t<float> packed(static_cast<py::ssize_t>(mmfast::conv2d_packed_floats(s, panel)));
   const float* src = static_cast<const float*>(w.data());
   float* dst = packed.mutable_data();
@@ -119,148 +145,112 @@ py::array conv2d_pack(const py::array& w, int64_t groups, int panel) {
   return packed;
 }
 
+// x (N, C, H, W) and out (N, M, OH, OW) float32 with any strides; `packed` (and optionally
+// `packed_cols`) from conv2d_pack; bias (M,) or None.
 void conv2d(const py::array& x, const py::array& packed, const py::object& packed_cols,
             const py::object& bias, py::array out, int64_t M, int64_t KH, int64_t KW,
-            const std::vector<int64_t>& stride, const std::vector<int64_t>& dilation,
-            const std::vector<int64_t>& pads, int64_t groups, bool relu) {
-  check_float32(x, "x", 4);
-  check_float32(out, "out", 4);
-  MMFAST_CHECK(out.writeable(), "out: array is read-only");
-  const mmfast::Conv2dShape s = conv_shape(x.shape(0), x.shape(1), x.shape(2), x.shape(3), M, KH,
-                                           KW, stride, dilation, pads, groups);
+            const std::array<int64_t, 2>& stride, const std::array<int64_t, 2>& dilation,
+            const std::array<int64_t, 4>& pads, int64_t groups, bool relu) {
   mmfast::Conv2dParams p;
-  p.shape = s;
-  MMFAST_CHECK(mmfast::conv2d_geometry(s, p.geom),
-               "x: the (dilated) kernel is larger than the padded input: empty output");
-  const mmfast::Conv2dGeometry& g = p.geom;
-  MMFAST_CHECK(
-      out.shape(0) == s.N && out.shape(1) == M && out.shape(2) == g.OH && out.shape(3) == g.OW,
-      "out: shape does not match (N, M, OH, OW) = (" + std::to_string(s.N) + ", " +
-          std::to_string(M) + ", " + std::to_string(g.OH) + ", " + std::to_string(g.OW) + ")");
-  check_float32(packed, "packed", 1);
-  MMFAST_CHECK(packed.flags() & py::array::c_style, "packed: must be contiguous");
-  MMFAST_CHECK(packed.shape(0) == mmfast::conv2d_packed_floats(s, mmfast::kConvMR),
-               "packed: size does not match the convolution's weights");
+  p.x_stride = nchw(element_strides<4>(x, "x"));
+  p.y_stride = nchw(element_strides<4>(out, "out"));
+  MMFAST_CHECK(out.writeable(), "out: array is read-only");
+  mmfast::Conv2dShape& s = p.shape;
+  s.N = x.shape(0), s.C = x.shape(1), s.H = x.shape(2), s.W = x.shape(3);
+  s.M = M, s.KH = KH, s.KW = KW;
+  s.stride_h = stride[0], s.stride_w = stride[1];
+  s.dilation_h = dilation[0], s.dilation_w = dilation[1];
+  s.pad_top = pads[0], s.pad_left = pads[1], s.pad_bottom = pads[2], s.pad_right = pads[3];
+  s.groups = groups;
+  s.OH = out.shape(2), s.OW = out.shape(3);
+  element_strides<1>(packed, "packed");
+  std::optional<py::array> cols, b;
   if (!packed_cols.is_none()) {
-    py::array pc = py::reinterpret_borrow<py::array>(packed_cols);
-    check_float32(pc, "packed_cols", 1);
-    MMFAST_CHECK(pc.flags() & py::array::c_style, "packed_cols: must be contiguous");
-    MMFAST_CHECK(pc.shape(0) == mmfast::conv2d_packed_floats(s, mmfast::kConvNC),
-                 "packed_cols: size does not match the convolution's weights");
-    p.packed_w_cols = static_cast<const float*>(pc.data());
+    cols = py::reinterpret_borrow<py::array>(packed_cols);
+    element_strides<1>(*cols, "packed_cols");
+    p.weight_cols = cols->data();
   }
   if (!bias.is_none()) {
-    py::array b = py::reinterpret_borrow<py::array>(bias);
-    check_float32(b, "bias", 1);
-    MMFAST_CHECK(b.shape(0) == M, "bias: expected " + std::to_string(M) + " values");
-    MMFAST_CHECK(b.shape(0) <= 1 || b.strides(0) == sizeof(float), "bias: must be contiguous");
-    p.bias = static_cast<const float*>(b.data());
+    b = py::reinterpret_borrow<py::array>(bias);
+    const std::array<int64_t, 1> bs = element_strides<1>(*b, "bias");
+    MMFAST_CHECK(b->shape(0) <= 1 || bs[0] == 1, "bias: must be contiguous");
+    p.bias = b->data();
   }
-  p.x = static_cast<const float*>(x.data());
-  p.xs_n = elem_stride(x, 0, "x"), p.xs_c = elem_stride(x, 1, "x");
-  p.xs_h = elem_stride(x, 2, "x"), p.xs_w = elem_stride(x, 3, "x");
-  p.packed_w = static_cast<const float*>(packed.data());
-  p.y = static_cast<float*>(out.mutable_data());
-  p.ys_n = elem_stride(out, 0, "out"), p.ys_c = elem_stride(out, 1, "out");
-  p.ys_h = elem_stride(out, 2, "out"), p.ys_w = elem_stride(out, 3, "out");
+  p.x = x.data();
+  p.weight = packed.data();
+  p.y = out.mutable_data();
   p.relu = relu;
-  p.path = g_conv_path.load();
+  mmfast::check_conv2d(p, mmfast::Device::cpu);  // (OH, OW), taken from out, must be right
+  // The buffers must cover what the checked shape says the kernel reads and writes.
+  require_shape(out, "out", {s.N, M, s.OH, s.OW});
+  MMFAST_CHECK((packed.flags() & py::array::c_style) &&
+                   packed.shape(0) == mmfast::conv2d_packed_floats(s, mmfast::kConvMR),
+               "packed: size does not match the convolution's weights");
+  if (cols)
+    MMFAST_CHECK((cols->flags() & py::array::c_style) &&
+                     cols->shape(0) == mmfast::conv2d_packed_floats(s, mmfast::kConvNC),
+                 "packed_cols: size does not match the convolution's weights");
+  if (b) require_shape(*b, "bias", {M});
   if (s.N == 0 || M == 0) return;
-  p.nthreads = mmfast::get_num_threads();
-  // Batching images only pays on the channel-vectorised path (weights packed for it).
-  p.batch_images = p.packed_w_cols ? mmfast::conv2d_batch_images(g, s.N) : 1;
-  p.workspace = mmfast::thread_workspace(
-      static_cast<size_t>(mmfast::conv2d_workspace_floats(g, p.nthreads, p.batch_images)));
+  mmfast::Conv2dCpuPlan plan;
+  mmfast::conv2d_cpu_plan(s, mmfast::get_num_threads(), p.weight_cols != nullptr,
+                          g_conv_path.load(), plan);
+  p.workspace = mmfast::thread_workspace(static_cast<size_t>(plan.workspace_floats));
+  p.workspace_bytes = static_cast<size_t>(plan.workspace_floats) * sizeof(float);
   const mmfast::KernelTable& k = mmfast::kernels();
   py::gil_scoped_release release;
-  k.conv2d(p);
+  k.conv2d(p, plan);
 }
 
 // q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv) float32 with a
 // contiguous last dimension; mask None or (B, Hq, Lq, Lk) float32 (added) or bool/uint8 (keep),
-// any strides (0 = broadcast); lse None or (B, Hq, Lq) float32 with a contiguous last dim.
+// any strides (0 = broadcast); lse None or a C-contiguous (B, Hq, Lq) float32.
 void attention(const py::array& q, const py::array& k, const py::array& v, py::array out,
                const py::object& mask, const py::object& lse, bool causal, int64_t causal_offset,
                double scale, double softcap) {
-  const auto f32 = py::dtype::of<float>();
-  // Checks dtype, ndim, 4-byte strides and a contiguous last dim; returns element strides.
-  auto strides_of = [&f32](const py::array& a, const char* name, py::ssize_t ndim, int64_t* st) {
-    const std::string n(name);
-    MMFAST_CHECK(a.dtype().equal(f32),
-                 n + ": expected float32, got " + std::string(py::str(a.dtype())));
-    MMFAST_CHECK(a.ndim() == ndim, n + ": expected " + std::to_string(ndim) + " dimensions, got " +
-                                       std::to_string(a.ndim()));
-    for (py::ssize_t i = 0; i < ndim; ++i) {
-      MMFAST_CHECK(a.strides(i) % 4 == 0, n + ": strides must be multiples of 4 bytes");
-      st[i] = static_cast<int64_t>(a.strides(i) / 4);
-    }
-    MMFAST_CHECK(a.size() == 0 || a.shape(ndim - 1) <= 1 || st[ndim - 1] == 1,
-                 n + ": the last dimension must be contiguous");
-  };
-  int64_t qs[4], ks[4], vs[4], os[4], ls[3] = {0, 0, 0}, ms[4] = {0, 0, 0, 0};
-  strides_of(q, "q", 4, qs);
-  strides_of(k, "k", 4, ks);
-  strides_of(v, "v", 4, vs);
-  strides_of(out, "out", 4, os);
+  const std::array<int64_t, 4> qs = element_strides<4>(q, "q"), ks = element_strides<4>(k, "k"),
+                               vs = element_strides<4>(v, "v"), os = element_strides<4>(out, "out");
+  require_rows<4>(q, qs, "q");
+  require_rows<4>(k, ks, "k");
+  require_rows<4>(v, vs, "v");
+  require_rows<4>(out, os, "out");
   MMFAST_CHECK(out.writeable(), "out: array is read-only");
-  const int64_t B = q.shape(0), Hq = q.shape(1), Lq = q.shape(2), D = q.shape(3);
-  const int64_t Hkv = k.shape(1), Lk = k.shape(2), Dv = v.shape(3);
-  MMFAST_CHECK(k.shape(0) == B && v.shape(0) == B, "k, v: batch size differs from q's");
-  MMFAST_CHECK(Hkv >= 1 && Hq % Hkv == 0, "k: its head count must divide q's (GQA/MQA)");
-  MMFAST_CHECK(v.shape(1) == Hkv, "v: head count differs from k's");
-  MMFAST_CHECK(k.shape(3) == D, "k: head dim differs from q's");
-  MMFAST_CHECK(v.shape(2) == Lk, "v: sequence length differs from k's");
-  MMFAST_CHECK(D >= 1 && D <= 256, "q: head dim must be in [1, 256]");
-  MMFAST_CHECK(Dv >= 1 && Dv <= 256, "v: head dim must be in [1, 256]");
-  MMFAST_CHECK(out.shape(0) == B && out.shape(1) == Hq && out.shape(2) == Lq && out.shape(3) == Dv,
-               "out: shape must be (B, Hq, Lq, Dv)");
-  MMFAST_CHECK(std::isfinite(static_cast<float>(scale)), "scale: must be finite");
-  MMFAST_CHECK(std::isfinite(static_cast<float>(softcap)) && softcap >= 0.0,
-               "softcap: must be finite and >= 0");
-
   mmfast::AttentionParams p;
-  if (!mask.is_none()) {
-    const py::array m = mask.cast<py::array>();
-    const bool is_f32 = m.dtype().equal(f32);
-    MMFAST_CHECK(is_f32 || m.dtype().equal(py::dtype::of<bool>()) ||
-                     m.dtype().equal(py::dtype::of<uint8_t>()),
-                 "mask: expected float32 or bool, got " + std::string(py::str(m.dtype())));
-    MMFAST_CHECK(m.ndim() == 4 && m.shape(0) == B && m.shape(1) == Hq && m.shape(2) == Lq &&
-                     m.shape(3) == Lk,
-                 "mask: shape must be (B, Hq, Lq, Lk) (broadcast with zero strides)");
-    const py::ssize_t item = is_f32 ? 4 : 1;
-    for (int i = 0; i < 4; ++i) {
-      MMFAST_CHECK(m.strides(i) % item == 0, "mask: strides must be multiples of its item size");
-      ms[i] = static_cast<int64_t>(m.strides(i) / item);
-    }
-    if (is_f32)
-      p.mask_add = static_cast<const float*>(m.data());
-    else
-      p.mask_keep = static_cast<const uint8_t*>(m.data());
-  }
-  if (!lse.is_none()) {
-    py::array la = lse.cast<py::array>();
-    strides_of(la, "lse", 3, ls);
-    MMFAST_CHECK(la.writeable(), "lse: array is read-only");
-    MMFAST_CHECK(la.shape(0) == B && la.shape(1) == Hq && la.shape(2) == Lq,
-                 "lse: shape must be (B, Hq, Lq)");
-    p.lse = static_cast<float*>(la.mutable_data());
-  }
-  p.q = static_cast<const float*>(q.data());
-  p.k = static_cast<const float*>(k.data());
-  p.v = static_cast<const float*>(v.data());
-  p.out = static_cast<float*>(out.mutable_data());
-  p.b = B, p.hq = Hq, p.hkv = Hkv, p.lq = Lq, p.lk = Lk, p.d = D, p.dv = Dv;
-  p.q_sb = qs[0], p.q_sh = qs[1], p.q_sl = qs[2];
-  p.k_sb = ks[0], p.k_sh = ks[1], p.k_sl = ks[2];
-  p.v_sb = vs[0], p.v_sh = vs[1], p.v_sl = vs[2];
-  p.o_sb = os[0], p.o_sh = os[1], p.o_sl = os[2];
-  p.lse_sb = ls[0], p.lse_sh = ls[1];
-  p.m_sb = ms[0], p.m_sh = ms[1], p.m_sq = ms[2], p.m_sk = ms[3];
+  p.batch = q.shape(0), p.q_heads = q.shape(1), p.q_len = q.shape(2), p.head_dim = q.shape(3);
+  p.kv_heads = k.shape(1), p.kv_len = k.shape(2), p.v_head_dim = v.shape(3);
+  p.q_stride = {qs[0], qs[1], qs[2]};
+  p.k_stride = {ks[0], ks[1], ks[2]};
+  p.v_stride = {vs[0], vs[1], vs[2]};
+  p.out_stride = {os[0], os[1], os[2]};
   p.scale = static_cast<float>(scale);
   p.softcap = static_cast<float>(softcap);
   p.causal = causal;
   p.causal_offset = causal_offset;
+  const auto dim_names = {"batch size", "head count", "sequence length", "head dim"};
+  require_shape(k, "k", {p.batch, p.kv_heads, p.kv_len, p.head_dim}, dim_names);
+  require_shape(v, "v", {p.batch, p.kv_heads, p.kv_len, p.v_head_dim}, dim_names);
+  require_shape(out, "out", {p.batch, p.q_heads, p.q_len, p.v_head_dim});
+  if (!mask.is_none()) {
+    const py::array m = mask.cast<py::array>();
+    require_shape(m, "attn_mask", {p.batch, p.q_heads, p.q_len, p.kv_len});
+    const std::array<int64_t, 4> ms = element_strides<4>(m, "attn_mask", /*allow_bool=*/true);
+    p.mask = m.data();
+    p.mask_kind = m.itemsize() == 4 ? mmfast::MaskKind::additive : mmfast::MaskKind::boolean;
+    p.mask_stride = {ms[0], ms[1], ms[2], ms[3]};
+  }
+  if (!lse.is_none()) {
+    py::array la = lse.cast<py::array>();
+    element_strides<3>(la, "lse");
+    require_shape(la, "lse", {p.batch, p.q_heads, p.q_len});
+    MMFAST_CHECK(la.flags() & py::array::c_style, "lse: must be C-contiguous");
+    MMFAST_CHECK(la.writeable(), "lse: array is read-only");
+    p.lse = static_cast<float*>(la.mutable_data());
+  }
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.out = out.mutable_data();
+  mmfast::check_attention(p, mmfast::Device::cpu);
   const mmfast::KernelTable& kt = mmfast::kernels();
   py::gil_scoped_release release;
   kt.attention(p);
@@ -308,6 +298,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("mask"), py::arg("lse"), py::arg("causal"), py::arg("causal_offset"),
         py::arg("scale"), py::arg("softcap"),
         "Fused attention (online softmax) into `out` (B, Hq, Lq, Dv); see mmfast.ops.attention.");
+
+  // Limits, defined once in the ops' headers (the Python layer checks against these).
+  m.attr("ATTENTION_MAX_HEAD_DIM") = mmfast::kAttentionMaxHeadDim;
+  m.attr("CONV_MAX_TAPS") = mmfast::kConvMaxTaps;
+  m.attr("CUDA_MAX_GRID_YZ") = mmfast::kCudaMaxGridYZ;
 
   m.attr("CONV_PANEL_ROWS") = mmfast::kConvMR;
   m.attr("CONV_PANEL_COLS") = mmfast::kConvNC;

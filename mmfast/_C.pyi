@@ -6,6 +6,11 @@ import numpy.typing as npt
 cuda_built: bool
 compiler: str
 
+# Limits, defined once in csrc (attention/attention.h, conv2d/conv2d.h, common/device.h).
+ATTENTION_MAX_HEAD_DIM: int
+CONV_MAX_TAPS: int
+CUDA_MAX_GRID_YZ: int
+
 def softmax(
     x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], log: bool = False
 ) -> None: ...
@@ -37,9 +42,9 @@ def conv2d(
     M: int,
     KH: int,
     KW: int,
-    stride: list[int],
-    dilation: list[int],
-    pads: list[int],
+    stride: tuple[int, int] | list[int],
+    dilation: tuple[int, int] | list[int],
+    pads: tuple[int, int, int, int] | list[int],
     groups: int,
     relu: bool,
 ) -> None: ...

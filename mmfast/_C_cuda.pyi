@@ -1,44 +1,83 @@
 """Type stub for the CUDA module (csrc/cuda/bindings_cuda.cpp), present in CUDA builds only.
 
-The kernels take device addresses as ints; mmfast/_cuda_ops.py is the checked entry point.
+The kernels take device addresses as ints and the fields of each op's parameter struct by name
+(csrc/attention/attention.h, csrc/conv2d/conv2d.h); mmfast.ops is the checked entry point.
 """
 
+import enum
 from typing import Any
+
+class DType(enum.Enum):
+    f32 = 0
+    f16 = 1
+    bf16 = 2
+
+class MaskKind(enum.Enum):
+    none = 0
+    boolean = 1
+    additive = 2
 
 def status() -> dict[str, Any]: ...
 def attention(
+    *,
     q: int,
     k: int,
     v: int,
-    o: int,
+    out: int,
     lse: int,
     mask: int,
-    mask_kind: int,
+    mask_kind: MaskKind,
+    dtype: DType,
+    batch: int,
+    q_heads: int,
+    kv_heads: int,
+    q_len: int,
+    kv_len: int,
+    head_dim: int,
+    v_head_dim: int,
     q_stride: tuple[int, int, int],
     k_stride: tuple[int, int, int],
     v_stride: tuple[int, int, int],
-    o_stride: tuple[int, int, int],
-    mask_stride: tuple[int, ...],
-    dims: tuple[int, int, int, int, int, int, int],
-    causal: bool,
-    causal_offset: int,
+    out_stride: tuple[int, int, int],
+    mask_stride: tuple[int, int, int, int],
     scale: float,
     softcap: float,
-    dtype: int,
+    causal: bool,
+    causal_offset: int,
     device: int,
     stream: int,
 ) -> None: ...
-def conv2d_workspace_bytes(geom: list[int], dtype: int, device: int) -> int: ...
+def conv2d_workspace_bytes(
+    *,
+    x_shape: tuple[int, int, int, int],
+    weight_shape: tuple[int, int, int, int],
+    out_shape: tuple[int, int, int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    groups: int,
+    dtype: DType,
+    device: int,
+) -> int: ...
 def conv2d(
+    *,
     x: int,
-    w: int,
+    weight: int,
     bias: int,
-    y: int,
+    out: int,
     workspace: int,
     workspace_bytes: int,
-    geom: list[int],
+    x_shape: tuple[int, int, int, int],
+    weight_shape: tuple[int, int, int, int],
+    out_shape: tuple[int, int, int, int],
+    x_stride: tuple[int, int, int, int],
+    out_stride: tuple[int, int, int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    groups: int,
     relu: bool,
-    dtype: int,
+    dtype: DType,
     device: int,
     stream: int,
 ) -> None: ...

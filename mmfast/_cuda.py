@@ -14,7 +14,7 @@ from typing import Any
 
 from . import _C
 
-__all__ = ["cuda_built", "cuda_module", "cuda_status"]
+__all__ = ["cuda_built", "cuda_kernels", "cuda_module", "cuda_status"]
 
 
 def cuda_built() -> bool:
@@ -61,3 +61,19 @@ def cuda_status() -> dict[str, Any]:
         ),
         "error": s["error"] or None,
     }
+
+
+_available: ModuleType | None = None
+
+
+def cuda_kernels() -> Any:
+    """The CUDA extension, or RuntimeError saying why its kernels cannot run here. A success is
+    remembered: the status query asks the driver for device properties, which costs more than
+    a small kernel."""
+    global _available
+    if _available is None:
+        s = cuda_status()
+        if not s["available"]:
+            raise RuntimeError(f"mmfast CUDA kernels are unavailable: {s['error']}")
+        _available = cuda_module()
+    return _available

@@ -339,7 +339,7 @@ Q4, K4, V4 = randn(1, 4, 5, 8), randn(1, 2, 6, 8), randn(1, 2, 6, 8)
         ((Q4, K4, V4), {"softcap": float("inf")}, ValueError, "softcap"),
         ((Q4, K4, V4), {"causal_align": "bottom-right"}, ValueError, "causal_align: expected"),
         ((Q4, K4, V4), {"is_causal": 1}, TypeError, "is_causal: expected a bool"),
-        ((Q4, K4, V4), {"out": np.empty((1, 4, 5, 9), np.float32)}, ValueError, "out: shape"),
+        ((Q4, K4, V4), {"out": np.empty((1, 4, 5, 9), np.float32)}, ValueError, "out: expected"),
         ((Q4, K4, V4), {"out": np.empty((1, 4, 5, 8))}, TypeError, "out: expected float32"),
     ],
 )

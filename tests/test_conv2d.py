@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mmfast import ops
-from mmfast._conv2d import resolve_padding
+from mmfast.ops._conv2d import resolve_padding
 
 
 def check(x, w, b, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, relu=False):

@@ -344,7 +344,8 @@ class _FakeCupyArray:
 
 def test_overlap_check_of_cuda_outputs():
     # Runs anywhere: the range test behind "out: overlaps ..." on made-up device arrays.
-    from mmfast._cuda_ops import _Arr, _overlaps
+    from mmfast.ops._cuda_arrays import CudaArray as _Arr
+    from mmfast.ops._cuda_arrays import overlaps as _overlaps
 
     def arr(ptr, shape, strides, dtype="float16", device=0):
         return _Arr(None, "torch", ptr, shape, strides, dtype, device)
@@ -380,3 +381,100 @@ def test_cuda_op_without_a_gpu_raises_a_clear_error():
     w = _FakeCupyArray((2, 1, 3, 3))
     with pytest.raises(RuntimeError, match="CUDA kernels are unavailable"):
         conv2d(a, w, padding=1)
+
+
+# ---- the CUDA binding's named fields, checked before the device is touched (runs anywhere) -----
+def _cuda_module():
+    if not mmfast._C.cuda_built:
+        pytest.skip("built without CUDA kernels")
+    from mmfast._cuda import cuda_module
+
+    return cuda_module()
+
+
+def test_cuda_binding_takes_named_fields_and_checks_them():
+    mod = _cuda_module()
+    attn = dict(
+        q=0, k=0, v=0, out=0, lse=0, mask=0, mask_kind=mod.MaskKind.none, dtype=mod.DType.bf16,
+        batch=0, q_heads=4, kv_heads=3, q_len=8, kv_len=8, head_dim=64, v_head_dim=64,
+        q_stride=(2048, 512, 64), k_stride=(1536, 512, 64), v_stride=(1536, 512, 64),
+        out_stride=(2048, 512, 64), mask_stride=(0, 0, 0, 0), scale=0.125, softcap=0.0,
+        causal=False, causal_offset=0, device=0, stream=0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="k: its head count must divide"):
+        mod.attention(**attn)
+    ok = {**attn, "kv_heads": 4}
+    for bad, match in [
+        ({"head_dim": mmfast._C.ATTENTION_MAX_HEAD_DIM + 1}, "q: head dim 257 is outside"),
+        ({"batch": mmfast._C.CUDA_MAX_GRID_YZ + 1}, "at most 65535 on CUDA"),
+        ({"mask": 64}, "attn_mask: a mask needs a kind"),
+        ({"softcap": -1.0}, "softcap: must be finite"),
+        ({"batch": 1}, "null pointer"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            mod.attention(**{**ok, **bad})
+    with pytest.raises(TypeError):  # positional arrays of sizes are gone
+        mod.attention(**{**ok, "dims": (1, 4, 4, 8, 8, 64, 64)})
+
+    conv = dict(
+        x=0, weight=0, bias=0, out=0, workspace=0, workspace_bytes=0, x_shape=(1, 4, 8, 8),
+        weight_shape=(4, 4, 3, 3), out_shape=(1, 4, 6, 6), x_stride=(256, 64, 8, 1),
+        out_stride=(144, 36, 6, 1), stride=(1, 1), dilation=(1, 1), pads=(0, 0, 0, 0),
+        groups=1, relu=False, dtype=mod.DType.f16, device=0, stream=0,
+    )  # fmt: skip
+    for bad, match in [
+        ({"out_shape": (1, 4, 5, 6)}, "out: shape does not match"),
+        ({"x_stride": (256, 64, 16, 2)}, "x: must be C-contiguous on CUDA"),
+        ({"pads": (-1, 0, 0, 0)}, "padding: must be non-negative"),
+        ({"weight_shape": (4, 4, 17, 17)}, "taps are not supported"),
+        ({"dilation": (2**62, 1)}, "dilation: the dilated kernel's size overflows"),
+        ({}, "x: null pointer"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            mod.conv2d(**{**conv, **bad})
+    shapes = {k: conv[k] for k in ("x_shape", "weight_shape", "out_shape", "stride", "dilation")}
+    with pytest.raises(ValueError, match="groups: must be positive"):
+        mod.conv2d_workspace_bytes(**shapes, pads=(0, 0, 0, 0), groups=0, dtype=mod.DType.f16,
+                                   device=0)  # fmt: skip
+
+
+class _FakeCudaArray(_FakeCupyArray):
+    """A fake CuPy array at a made-up address (0: a null pointer)."""
+
+    __module__ = "cupy._fake"
+
+    def __init__(self, shape, ptr):
+        super().__init__(shape)
+        self.data = type("Mem", (), {"ptr": ptr})()
+        self.flags = type("Flags", (), {"c_contiguous": True})()
+
+
+def test_cuda_path_fills_the_binding_fields(monkeypatch):
+    # The Python CUDA path all the way into the binding, on any machine: q and x are null
+    # pointers, so the binding's check refuses them before any device work.
+    mod = _cuda_module()
+    from types import SimpleNamespace
+
+    from mmfast.ops import _attention, _conv2d
+
+    shim = SimpleNamespace(
+        DType=mod.DType,
+        MaskKind=mod.MaskKind,
+        attention=mod.attention,
+        conv2d=mod.conv2d,
+        conv2d_workspace_bytes=lambda **kw: 0,
+    )
+    for m in (_attention, _conv2d):
+        monkeypatch.setattr(m, "cuda_kernels", lambda: shim)
+        monkeypatch.setattr(m, "cuda_stream", lambda a: 0)
+    monkeypatch.setattr(_conv2d, "cuda_contiguous", lambda a, name: a)
+    q = _FakeCudaArray((1, 2, 8, 64), 0)
+    k, v = _FakeCudaArray((1, 2, 8, 64), 1 << 20), _FakeCudaArray((1, 2, 8, 64), 1 << 21)
+    out = _FakeCudaArray((1, 2, 8, 64), 1 << 22)
+    with pytest.raises(ValueError, match="q, k, v, out: null pointer"):
+        attention(q, k, v, out=out, is_causal=True)
+    x = _FakeCudaArray((1, 4, 8, 8), 0)
+    w = _FakeCudaArray((4, 4, 3, 3), 1 << 20)
+    y = _FakeCudaArray((1, 4, 6, 6), 1 << 21)
+    with pytest.raises(ValueError, match="x: null pointer"):
+        mmfast.ops.Conv2d(w)(x, out=y)

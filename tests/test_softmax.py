@@ -137,7 +137,7 @@ def test_empty():
         (
             {"x": np.zeros((2, 3), np.float32), "out": np.zeros((3, 2), np.float32)},
             ValueError,
-            "out: shape",
+            "out: expected shape",
         ),
         (
             {"x": np.zeros((2, 3), np.float32), "out": np.zeros((2, 3), np.float64)},

@@ -19,7 +19,7 @@ nvcc --version | tail -1
 # can be carried in .gpu-site (saves the build's device time); its Python files are refreshed.
 start=$(date +%s)
 if [ -d .gpu-site/mmfast ] && [ -z "${REBUILD:-}" ]; then
-  cp mmfast/*.py .gpu-site/mmfast/
+  (cd mmfast && cp --parents $(find . -name "*.py") ../.gpu-site/mmfast/)  # ops/ too
   export PYTHONPATH="$PWD/.gpu-site"
   echo "using the prebuilt package in .gpu-site"
 else

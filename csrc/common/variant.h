@@ -11,7 +11,6 @@
 #endif
 
 #include "common/parallel.h"
-#include "kernels/kernel_table.h"
 
 namespace mmfast {
 namespace MMFAST_VARIANT {
@@ -23,8 +22,6 @@ inline void parallel_for(int64_t n, int64_t grain, const F& f) {
   auto tramp = [](void* ctx, int64_t b, int64_t e) { (*static_cast<const F*>(ctx))(b, e); };
   ::mmfast::parallel_for_raw(n, grain, tramp, const_cast<F*>(&f));
 }
-
-const KernelTable& kernel_table();
 
 }  // namespace MMFAST_VARIANT
 }  // namespace mmfast

@@ -1,7 +1,7 @@
 // Python bindings of the CUDA module mmfast._C_cuda, imported lazily by mmfast._cuda so a
 // GPU-less process never loads it unless asked. (The CPU module's bindings are csrc/bindings.cpp.)
 //
-// The kernels take raw device pointers: mmfast/_cuda_ops.py checks the arrays (torch CUDA
+// The kernels take raw device pointers: mmfast/ops/ checks the arrays (torch CUDA
 // tensors or CuPy arrays), allocates outputs and workspaces with the caller's framework and
 // passes the caller's current stream, so the work is ordered with the caller's own.
 #include <pybind11/pybind11.h>
@@ -13,13 +13,12 @@
 #include <string>
 #include <vector>
 
-#include "cuda/attention_cuda.h"
-#include "cuda/conv2d_cuda.h"
+#include "attention/attention_cuda.h"
+#include "conv2d/conv2d_cuda.h"
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_status.h"
 
 namespace py = pybind11;
-using mmfast::cuda::DType;
 
 namespace {
 
@@ -41,46 +40,38 @@ class DeviceGuard {
   int previous_ = -1;
 };
 
-DType dtype_from_code(int code) {
-  if (code < 0 || code > 2) throw py::value_error("dtype: unknown code " + std::to_string(code));
-  return static_cast<DType>(code);
-}
-
 template <typename T>
 T* ptr(std::uintptr_t p) {
   return reinterpret_cast<T*>(p);  // NOLINT: addresses arrive as Python ints
 }
 
-mmfast::cuda::Conv2dArgs conv_args(std::uintptr_t x, std::uintptr_t w, std::uintptr_t bias,
-                                   std::uintptr_t y, const std::vector<int>& geom, bool relu,
-                                   int dtype) {
-  // geom: N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left,
-  // groups
-  if (geom.size() != 16) throw py::value_error("geom: expected 16 integers");
-  mmfast::cuda::Conv2dArgs a;
-  a.x = ptr<const void>(x);
-  a.w = ptr<const void>(w);
-  a.bias = ptr<const void>(bias);
-  a.y = ptr<void>(y);
-  a.N = geom[0];
-  a.C = geom[1];
-  a.H = geom[2];
-  a.W = geom[3];
-  a.M = geom[4];
-  a.KH = geom[5];
-  a.KW = geom[6];
-  a.OH = geom[7];
-  a.OW = geom[8];
-  a.stride_h = geom[9];
-  a.stride_w = geom[10];
-  a.dil_h = geom[11];
-  a.dil_w = geom[12];
-  a.pad_top = geom[13];
-  a.pad_left = geom[14];
-  a.groups = geom[15];
-  a.relu = relu;
-  a.dtype = dtype_from_code(dtype);
-  return a;
+using Int3 = std::array<int64_t, 3>;
+using Int4 = std::array<int64_t, 4>;
+
+mmfast::RowStrides row_strides(const Int3& s) { return {s[0], s[1], s[2]}; }
+mmfast::NchwStrides nchw_strides(const Int4& s) { return {s[0], s[1], s[2], s[3]}; }
+
+// The shape as Python names it, checked (check_conv2d_shape): x (N, C, H, W), weight (M, C/groups,
+// KH, KW), out (N, M, OH, OW), stride / dilation (h, w), pads (top, left, bottom, right).
+mmfast::Conv2dShape conv_shape(const Int4& x_shape, const Int4& weight_shape, const Int4& out_shape,
+                               const std::array<int64_t, 2>& stride,
+                               const std::array<int64_t, 2>& dilation, const Int4& pads,
+                               int64_t groups) {
+  mmfast::Conv2dShape s;
+  s.N = x_shape[0], s.C = x_shape[1], s.H = x_shape[2], s.W = x_shape[3];
+  s.M = weight_shape[0], s.KH = weight_shape[2], s.KW = weight_shape[3];
+  s.OH = out_shape[2], s.OW = out_shape[3];
+  s.stride_h = stride[0], s.stride_w = stride[1];
+  s.dilation_h = dilation[0], s.dilation_w = dilation[1];
+  s.pad_top = pads[0], s.pad_left = pads[1], s.pad_bottom = pads[2], s.pad_right = pads[3];
+  s.groups = groups;
+  mmfast::check_conv2d_shape(s);
+  // The shapes of the three tensors must agree with the one shape the struct holds.
+  if (weight_shape[1] != s.C / groups)
+    throw std::invalid_argument("weight: (M, C/groups, KH, KW) does not match x's channels");
+  if (out_shape[0] != s.N || out_shape[1] != s.M)
+    throw std::invalid_argument("out: shape does not match (N, M, OH, OW)");
+  return s;
 }
 
 }  // namespace
@@ -106,82 +97,107 @@ PYBIND11_MODULE(_C_cuda, m) {
       },
       "CUDA runtime/driver versions, device count and, when unusable, why.");
 
+  py::enum_<mmfast::DType>(m, "DType", "Element type of an op's tensors.")
+      .value("f32", mmfast::DType::f32)
+      .value("f16", mmfast::DType::f16)
+      .value("bf16", mmfast::DType::bf16);
+  py::enum_<mmfast::MaskKind>(m, "MaskKind", "What attention's mask holds.")
+      .value("none", mmfast::MaskKind::none)
+      .value("boolean", mmfast::MaskKind::boolean)
+      .value("additive", mmfast::MaskKind::additive);
+
+  // The fields of mmfast::AttentionParams (attention/attention.h), by name; device pointers as
+  // ints. The checks are check_attention's.
   m.def(
       "attention",
-      [](std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t o, std::uintptr_t lse,
-         std::uintptr_t mask, int mask_kind, std::array<int64_t, 3> q_stride,
-         std::array<int64_t, 3> k_stride, std::array<int64_t, 3> v_stride,
-         std::array<int64_t, 3> o_stride, std::array<int64_t, 4> mask_stride,
-         std::array<int, 7> dims, bool causal, int64_t causal_offset, float scale, float softcap,
-         int dtype, int device, std::uintptr_t stream) {
-        if (mask_kind < 0 || mask_kind > 2) throw py::value_error("mask_kind: expected 0, 1 or 2");
-        mmfast::cuda::AttentionArgs a;
-        a.q = ptr<const void>(q);
-        a.k = ptr<const void>(k);
-        a.v = ptr<const void>(v);
-        a.o = ptr<void>(o);
-        a.lse = ptr<float>(lse);
-        a.mask = ptr<const void>(mask);
-        a.mask_kind = static_cast<mmfast::cuda::MaskKind>(mask_kind);
-        for (int i = 0; i < 3; ++i) {
-          a.q_stride[i] = q_stride[i];
-          a.k_stride[i] = k_stride[i];
-          a.v_stride[i] = v_stride[i];
-          a.o_stride[i] = o_stride[i];
-        }
-        for (int i = 0; i < 4; ++i) a.mask_stride[i] = mask_stride[i];
-        a.B = dims[0];
-        a.Hq = dims[1];
-        a.Hkv = dims[2];
-        a.Lq = dims[3];
-        a.Lk = dims[4];
-        a.D = dims[5];
-        a.Dv = dims[6];
-        a.causal = causal;
-        a.causal_offset = causal_offset;
-        a.scale = scale;
-        a.softcap = softcap;
-        a.dtype = dtype_from_code(dtype);
+      [](std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t out,
+         std::uintptr_t lse, std::uintptr_t mask, mmfast::MaskKind mask_kind, mmfast::DType dtype,
+         int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t q_len, int64_t kv_len,
+         int64_t head_dim, int64_t v_head_dim, const Int3& q_stride, const Int3& k_stride,
+         const Int3& v_stride, const Int3& out_stride, const Int4& mask_stride, float scale,
+         float softcap, bool causal, int64_t causal_offset, int device, std::uintptr_t stream) {
+        mmfast::AttentionParams p;
+        p.q = ptr<const void>(q);
+        p.k = ptr<const void>(k);
+        p.v = ptr<const void>(v);
+        p.out = ptr<void>(out);
+        p.lse = ptr<float>(lse);
+        p.mask = ptr<const void>(mask);
+        p.mask_kind = mask_kind;
+        p.dtype = dtype;
+        p.batch = batch, p.q_heads = q_heads, p.kv_heads = kv_heads;
+        p.q_len = q_len, p.kv_len = kv_len, p.head_dim = head_dim, p.v_head_dim = v_head_dim;
+        p.q_stride = row_strides(q_stride);
+        p.k_stride = row_strides(k_stride);
+        p.v_stride = row_strides(v_stride);
+        p.out_stride = row_strides(out_stride);
+        p.mask_stride = {mask_stride[0], mask_stride[1], mask_stride[2], mask_stride[3]};
+        p.scale = scale;
+        p.softcap = softcap;
+        p.causal = causal;
+        p.causal_offset = causal_offset;
+        // Bad arguments are reported before the device is touched (the launcher checks again).
+        mmfast::check_attention(p, mmfast::Device::cuda);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
-        mmfast::cuda::attention(a, ptr<CUstream_st>(stream));
+        mmfast::cuda::attention(p, ptr<CUstream_st>(stream));
       },
-      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("mask"),
-      py::arg("mask_kind"), py::arg("q_stride"), py::arg("k_stride"), py::arg("v_stride"),
-      py::arg("o_stride"), py::arg("mask_stride"), py::arg("dims"), py::arg("causal"),
-      py::arg("causal_offset"), py::arg("scale"), py::arg("softcap"), py::arg("dtype"),
-      py::arg("device"), py::arg("stream"),
-      "Enqueue fused attention on `stream` (device pointers; dims = B, Hq, Hkv, Lq, Lk, D, Dv).");
+      py::kw_only(), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
+      py::arg("mask"), py::arg("mask_kind"), py::arg("dtype"), py::arg("batch"), py::arg("q_heads"),
+      py::arg("kv_heads"), py::arg("q_len"), py::arg("kv_len"), py::arg("head_dim"),
+      py::arg("v_head_dim"), py::arg("q_stride"), py::arg("k_stride"), py::arg("v_stride"),
+      py::arg("out_stride"), py::arg("mask_stride"), py::arg("scale"), py::arg("softcap"),
+      py::arg("causal"), py::arg("causal_offset"), py::arg("device"), py::arg("stream"),
+      "Enqueue fused attention on `stream` (device pointers as ints; the fields of "
+      "AttentionParams; strides in elements over (batch, head, row), the mask's over (batch, "
+      "head, query, key)).");
 
   m.def(
       "conv2d_workspace_bytes",
-      [](const std::vector<int>& geom, int dtype, int device) {
-        const mmfast::cuda::Conv2dArgs a = conv_args(0, 0, 0, 0, geom, false, dtype);
+      [](const Int4& x_shape, const Int4& weight_shape, const Int4& out_shape,
+         const std::array<int64_t, 2>& stride, const std::array<int64_t, 2>& dilation,
+         const Int4& pads, int64_t groups, mmfast::DType dtype, int device) {
+        const mmfast::Conv2dShape s =
+            conv_shape(x_shape, weight_shape, out_shape, stride, dilation, pads, groups);
         DeviceGuard guard(device);  // the plan (split-K or not) depends on the device's SMs
-        return mmfast::cuda::conv2d_workspace_bytes(a);
+        return mmfast::cuda::conv2d_workspace_bytes(s, dtype);
       },
-      py::arg("geom"), py::arg("dtype"), py::arg("device"),
-      "Scratch bytes conv2d needs for this geometry on `device`.");
+      py::kw_only(), py::arg("x_shape"), py::arg("weight_shape"), py::arg("out_shape"),
+      py::arg("stride"), py::arg("dilation"), py::arg("pads"), py::arg("groups"), py::arg("dtype"),
+      py::arg("device"), "Scratch bytes conv2d needs for this shape on `device`.");
+
+  // The fields of mmfast::Conv2dParams (conv2d/conv2d.h), by name; device pointers as ints.
   m.def(
       "conv2d",
-      [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t bias, std::uintptr_t y,
-         std::uintptr_t workspace, std::size_t workspace_bytes, const std::vector<int>& geom,
-         bool relu, int dtype, int device, std::uintptr_t stream) {
-        mmfast::cuda::Conv2dArgs a = conv_args(x, w, bias, y, geom, relu, dtype);
-        a.workspace = ptr<void>(workspace);
+      [](std::uintptr_t x, std::uintptr_t weight, std::uintptr_t bias, std::uintptr_t out,
+         std::uintptr_t workspace, std::size_t workspace_bytes, const Int4& x_shape,
+         const Int4& weight_shape, const Int4& out_shape, const Int4& x_stride,
+         const Int4& out_stride, const std::array<int64_t, 2>& stride,
+         const std::array<int64_t, 2>& dilation, const Int4& pads, int64_t groups, bool relu,
+         mmfast::DType dtype, int device, std::uintptr_t stream) {
+        mmfast::Conv2dParams p;
+        p.shape = conv_shape(x_shape, weight_shape, out_shape, stride, dilation, pads, groups);
+        p.dtype = dtype;
+        p.x = ptr<const void>(x);
+        p.x_stride = nchw_strides(x_stride);
+        p.weight = ptr<const void>(weight);
+        p.bias = ptr<const void>(bias);
+        p.y = ptr<void>(out);
+        p.y_stride = nchw_strides(out_stride);
+        p.relu = relu;
+        p.workspace = ptr<void>(workspace);
+        p.workspace_bytes = workspace_bytes;
+        // Bad arguments are reported before the device is touched (the launcher checks again).
+        mmfast::check_conv2d(p, mmfast::Device::cuda);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
-        // A workspace sized elsewhere (another device, another geometry) must not be overrun.
-        const std::size_t need = mmfast::cuda::conv2d_workspace_bytes(a);
-        if (workspace_bytes < need || (need > 0 && workspace == 0))
-          throw std::invalid_argument("workspace: " + std::to_string(workspace_bytes) +
-                                      " bytes given, " + std::to_string(need) + " needed");
-        mmfast::cuda::conv2d(a, ptr<CUstream_st>(stream));
+        mmfast::cuda::conv2d(p, ptr<CUstream_st>(stream));
       },
-      py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("y"), py::arg("workspace"),
-      py::arg("workspace_bytes"), py::arg("geom"), py::arg("relu"), py::arg("dtype"),
+      py::kw_only(), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
+      py::arg("workspace"), py::arg("workspace_bytes"), py::arg("x_shape"), py::arg("weight_shape"),
+      py::arg("out_shape"), py::arg("x_stride"), py::arg("out_stride"), py::arg("stride"),
+      py::arg("dilation"), py::arg("pads"), py::arg("groups"), py::arg("relu"), py::arg("dtype"),
       py::arg("device"), py::arg("stream"),
-      "Enqueue a 2-D convolution on `stream` (device pointers, NCHW; geom as in "
-      "conv2d_workspace_bytes: N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, dil_h, dil_w, "
-      "pad_top, pad_left, groups).");
+      "Enqueue a 2-D convolution on `stream` (device pointers as ints, NCHW, C-contiguous; "
+      "shapes as Python gives them; pads (top, left, bottom, right)).");
 }

@@ -1,6 +1,7 @@
 // Row-wise softmax / log-softmax: the decoders' token distribution (beam search scores in
 // log space) and a check of the vectorised exp the attention kernel builds on.
 #include "common/simd.h"
+#include "softmax/softmax.h"
 
 namespace mmfast {
 namespace MMFAST_VARIANT {

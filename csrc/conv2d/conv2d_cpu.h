@@ -1,4 +1,6 @@
-// 2-D convolution (ONNX Conv semantics, NCHW, float32) as an implicit GEMM without im2col.
+// The CPU convolution: an implicit GEMM without im2col (conv2d_cpu.cpp), and the plan and weight
+// packing it runs with (conv2d_cpu_plan.cpp, compiled once for the baseline ISA). The op's
+// parameters and semantics are in conv2d/conv2d.h.
 //
 // The padded input of one image is laid out as "phase planes" (only the phases some tap reads
 // are stored): for strides (sh, sw), plane
@@ -10,14 +12,11 @@
 // microkernel loads it straight from the planes (no im2col matrix), and the columns with
 // ow >= OW (the Wq - OW "garbage" columns) are computed and dropped. With stride 1 the planes
 // are just the zero-padded image.
-//
-//   out[n, g*Mg + m, oh, ow] = bias[g*Mg + m]
-//       + sum_{c < Cg, kh, kw} W[g*Mg + m, c, kh, kw] * xpad[n, g*Cg + c, oh*sh + kh*dh, ow*sw +
-//       kw*dw]
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
+
+#include "conv2d/conv2d.h"
 
 namespace mmfast {
 
@@ -26,25 +25,14 @@ namespace mmfast {
 constexpr int kConvMR = 8;
 // Upper bound of the microkernel's columns (AVX-512: 3 vectors of 16); sizes the slack.
 constexpr int kConvMaxNR = 48;
-// Taps up to this many are handled (a 16x16 kernel); larger filters are rejected up front.
-constexpr int kConvMaxTaps = 256;
 // Output channels per panel of the channel-vectorised layout (AVX-512 path for small images:
 // 8 output positions x 3 vectors of 16 channels), see conv2d.cpp.
 constexpr int kConvNC = 48;
 
-struct Conv2dShape {
-  int64_t N = 0, C = 0, H = 0, W = 0;  // input
-  int64_t M = 0;                       // output channels
-  int64_t KH = 0, KW = 0;
-  int64_t SH = 1, SW = 1, DH = 1, DW = 1;
-  int64_t PT = 0, PL = 0, PB = 0, PR = 0;  // pads: top, left, bottom, right (ONNX begin/end)
-  int64_t groups = 1;
-};
-
-// Derived sizes; computed once by conv2d_geometry() (a single TU compiled for the baseline).
-struct Conv2dGeometry {
-  int64_t Cg = 0, Mg = 0;  // channels per group: input, output
-  int64_t OH = 0, OW = 0;
+// How one call runs on the CPU: the phase-plane geometry, the threads and images the workspace
+// is sized for, the GEMM path. Made once per call by conv2d_cpu_plan() (baseline TU).
+struct Conv2dCpuPlan {
+  int64_t Cg = 0, Mg = 0;    // channels per group: input, output
   int64_t Hq = 0, Wq = 0;    // phase-plane grid
   int64_t phase_stride = 0;  // Hq * Wq
   int64_t nphases = 0;       // phases some tap reads (1x1 stride 2: only (0, 0))
@@ -57,10 +45,18 @@ struct Conv2dGeometry {
   int64_t tap_offset[kConvMaxTaps] = {};  // (kh, kw) -> offset in a channel's planes
   int64_t m_blocks = 0;                   // ceil(Mg / kConvMR) panels per group
   bool depthwise = false;                 // Cg == 1: per-channel stencil instead of a GEMM
+  int64_t nthreads = 1;                   // threads the workspace is sized for
+  int64_t batch_images = 1;      // images the workspace holds planes for (channel GEMM path)
+  int path = 0;                  // 0: pick by lane use; 1: spatial GEMM; 2: channel GEMM (tests)
+  int64_t workspace_floats = 0;  // what the kernel needs in Conv2dParams::workspace
 };
 
-// Fills `g` from `s`; returns false (and leaves `g` partial) if the output would be empty.
-bool conv2d_geometry(const Conv2dShape& s, Conv2dGeometry& g);
+// The plan of a call with `nthreads` threads, for a shape check_conv2d() accepted (so
+// OH, OW >= 1); `have_cols`: the "cols" packing is there (the channel GEMM path is possible).
+// Throws std::invalid_argument if the workspace would not fit in memory (an absurd padding or
+// dilation).
+void conv2d_cpu_plan(const Conv2dShape& s, int64_t nthreads, bool have_cols, int path,
+                     Conv2dCpuPlan& g);
 
 // Packed weights, two layouts (both CPU-independent; k = (c, kh, kw) in that order, output
 // channels past Mg zero):
@@ -68,34 +64,9 @@ bool conv2d_geometry(const Conv2dShape& s, Conv2dGeometry& g);
 //    floats ([k][m]) — broadcast operand of the spatially vectorised GEMM;
 //  - cols: per group, per panel of kConvNC output channels, K rows of kConvNC floats — vector
 //    operand of the channel-vectorised GEMM (AVX-512, small images).
+// Only the shape's C, M, KH, KW and groups are read.
 int64_t conv2d_packed_floats(const Conv2dShape& s, int panel);
 void conv2d_pack_weights(const Conv2dShape& s, int panel,
                          const float* w /* (M, Cg, KH, KW) contiguous */, float* packed);
-
-// Images whose planes the channel-vectorised GEMM fills and multiplies in one go (one GEMM
-// with the positions of all of them: whole position blocks, every weight block reused across
-// images, more tasks to balance the threads); capped so the planes stay ~8 MB.
-int64_t conv2d_batch_images(const Conv2dGeometry& g, int64_t n);
-
-// Workspace floats conv2d needs with `nthreads` threads and `batch_images` images batched
-// (planes of that many images, or one channel's planes per thread for depthwise convolution).
-int64_t conv2d_workspace_floats(const Conv2dGeometry& g, int64_t nthreads, int64_t batch_images);
-
-struct Conv2dParams {
-  Conv2dShape shape;
-  Conv2dGeometry geom;
-  const float* x = nullptr;  // (N, C, H, W) with strides in elements
-  int64_t xs_n = 0, xs_c = 0, xs_h = 0, xs_w = 0;
-  const float* packed_w = nullptr;       // "rows" layout (panel kConvMR)
-  const float* packed_w_cols = nullptr;  // "cols" layout (panel kConvNC)
-  const float* bias = nullptr;           // (M,) or null
-  float* y = nullptr;                    // (N, M, OH, OW) with strides in elements
-  int64_t ys_n = 0, ys_c = 0, ys_h = 0, ys_w = 0;
-  bool relu = false;
-  float* workspace = nullptr;  // conv2d_workspace_floats() floats, 64-byte aligned
-  int64_t nthreads = 1;        // threads the workspace was sized for
-  int64_t batch_images = 1;    // images the workspace holds planes for (channel GEMM path)
-  int path = 0;                // 0: pick by lane use; 1: spatial GEMM; 2: channel GEMM (tests)
-};
 
 }  // namespace mmfast

@@ -5,16 +5,17 @@
 // fp16/bf16: tensor cores (mma.sync m16n8k16, fp32 accumulators), each warp 16 query rows, the
 // probabilities stay in registers between the two products (the S accumulator layout is the A
 // operand layout of the next mma). fp32: a SIMT kernel (exact fp32 products, one thread a query
-// row), for accuracy rather than speed. Semantics: csrc/cuda/attention_cuda.h.
+// row), for accuracy rather than speed. Semantics: csrc/attention/attention.h.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
-#include "cuda/attention_cuda.h"
+#include "attention/attention_cuda.h"
 #include "cuda/cuda_check.h"
 #include "cuda/device_common.cuh"
 
@@ -26,18 +27,21 @@ using namespace dev;  // NOLINT: the shared device helpers
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Everything a block needs, passed by value (kernel parameter space).
-struct Params {
+// The kernels' view of AttentionParams (attention/attention.h), passed by value in kernel
+// parameter space: the same fields under the same names, the sizes narrowed to int (the
+// launcher checks they fit), the GQA group and the 16-byte-copy flag derived once on the host.
+struct KernelParams {
   const void* q;
   const void* k;
   const void* v;
-  void* o;
+  void* out;
   float* lse;
   const void* mask;
-  int mask_kind;  // MaskKind
-  int64_t qs[3], ks[3], vs[3], os[3], ms[4];
-  int Hq, group, Lq, Lk, D, Dv;
-  int causal;
+  MaskKind mask_kind;
+  RowStrides q_stride, k_stride, v_stride, out_stride;
+  MaskStrides mask_stride;
+  int q_heads, group, q_len, kv_len, head_dim, v_head_dim;
+  int causal;  // 0 or 1
   int64_t causal_offset;
   float scale;
   float softcap;
@@ -45,13 +49,14 @@ struct Params {
 };
 
 // ---- score transform shared by both kernels: raw q.k -> log2-domain score (or -inf) ----------
-__device__ __forceinline__ float score_log2(const Params& p, float acc, int64_t b, int h, int row,
-                                            int col) {
+__device__ __forceinline__ float score_log2(const KernelParams& p, float acc, int64_t b, int h,
+                                            int row, int col) {
   float s = acc * p.scale;
   if (p.softcap > 0.f) s = p.softcap * tanhf(s / p.softcap);
-  if (p.mask_kind != 0) {
-    const int64_t off = b * p.ms[0] + h * p.ms[1] + row * p.ms[2] + col * p.ms[3];
-    if (p.mask_kind == 1) {
+  if (p.mask_kind != MaskKind::none) {
+    const int64_t off = b * p.mask_stride.batch + h * p.mask_stride.head +
+                        row * p.mask_stride.query + col * p.mask_stride.key;
+    if (p.mask_kind == MaskKind::boolean) {
       if (!static_cast<const uint8_t*>(p.mask)[off]) return -INFINITY;
     } else {
       s += static_cast<const float*>(p.mask)[off];
@@ -60,8 +65,8 @@ __device__ __forceinline__ float score_log2(const Params& p, float acc, int64_t 
   return s * kLog2e;
 }
 
-__device__ __forceinline__ bool visible(const Params& p, int row, int col) {
-  return col < p.Lk && (!p.causal || col <= row + p.causal_offset);
+__device__ __forceinline__ bool visible(const KernelParams& p, int row, int col) {
+  return col < p.kv_len && (!p.causal || col <= row + p.causal_offset);
 }
 
 // Copies rows [0, ROWS) x columns [0, DP) of a (rows_valid, cols_valid) global tile into shared
@@ -101,7 +106,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // rows): every K/V fragment it reads from shared memory then feeds MT mma, so shared-memory
 // traffic per flop falls by MT. BM = 16 * MT * WARPS query rows a block, BN keys a tile.
 template <typename T, int DP, int BN, int WARPS, int MT, bool Q_IN_REGS, bool VEC>
-__global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const KernelParams p) {
   constexpr int kThreads = WARPS * 32, BM = 16 * MT * WARPS, kPitch = DP + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -116,25 +121,27 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
   const int g = lane / 4, t = lane % 4;
   const int row0 = m_block * BM;
 
-  const T* qg = static_cast<const T*>(p.q) + b * p.qs[0] + h * p.qs[1] + row0 * p.qs[2];
-  const T* kg = static_cast<const T*>(p.k) + b * p.ks[0] + hk * p.ks[1];
-  const T* vg = static_cast<const T*>(p.v) + b * p.vs[0] + hk * p.vs[1];
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head +
+                row0 * p.q_stride.row;
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
   // Two stages: tile nb+1 (K and V) is in flight while tile nb is computed, so a whole
   // iteration hides each load's latency; one commit group per tile, empty past the end.
   auto load_kv = [&](int nb) {
     T* dst = sKV + (nb & 1) * 2 * BN * kPitch;
     const int n0 = nb * BN;
-    load_tile<T, BN, DP, kThreads, VEC>(dst, kg + n0 * p.ks[2], p.ks[2], p.Lk - n0, p.D);
-    load_tile<T, BN, DP, kThreads, VEC>(dst + BN * kPitch, vg + n0 * p.vs[2], p.vs[2], p.Lk - n0,
-                                        p.Dv);
+    load_tile<T, BN, DP, kThreads, VEC>(dst, kg + n0 * p.k_stride.row, p.k_stride.row,
+                                        p.kv_len - n0, p.head_dim);
+    load_tile<T, BN, DP, kThreads, VEC>(dst + BN * kPitch, vg + n0 * p.v_stride.row, p.v_stride.row,
+                                        p.kv_len - n0, p.v_head_dim);
   };
 
   // Keys this block can see: the last row's causal limit bounds them.
-  int n_max = p.Lk;
+  int n_max = p.kv_len;
   if (p.causal) {
-    const int64_t last_row = (p.Lq < row0 + BM ? p.Lq : row0 + BM) - 1;
+    const int64_t last_row = (p.q_len < row0 + BM ? p.q_len : row0 + BM) - 1;
     const int64_t lim = last_row + p.causal_offset + 1;
-    n_max = static_cast<int>(lim < 0 ? 0 : (lim < p.Lk ? lim : p.Lk));
+    n_max = static_cast<int>(lim < 0 ? 0 : (lim < p.kv_len ? lim : p.kv_len));
   }
   const int n_blocks = (n_max + BN - 1) / BN;
 
@@ -159,7 +166,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
   uint32_t q_frag[Q_IN_REGS ? MT : 1][Q_IN_REGS ? DP / 16 : 1][4];
 
   if (n_blocks > 0) {
-    load_tile<T, BM, DP, kThreads, VEC>(sQ, qg, p.qs[2], p.Lq - row0, p.D);
+    load_tile<T, BM, DP, kThreads, VEC>(sQ, qg, p.q_stride.row, p.q_len - row0, p.head_dim);
     load_kv(0);
     cp_async_commit();
     if (n_blocks > 1) load_kv(1);
@@ -222,7 +229,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
     // only where the tile crosses the causal diagonal, the end of the keys, or with a mask /
     // softcap; the two cases are separate loops so that the common one stays a short stretch
     // of code (interleaved, the rarely-run checks bloat the loop past the instruction cache).
-    const bool edge = p.mask_kind != 0 || p.softcap != 0.f || n0 + BN > p.Lk ||
+    const bool edge = p.mask_kind != MaskKind::none || p.softcap != 0.f || n0 + BN > p.kv_len ||
                       (p.causal && n0 + BN - 1 > row0 + p.causal_offset);
     if (!edge) {
       const float fast_scale = p.scale * kLog2e;
@@ -241,7 +248,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
           for (int e = 0; e < 4; ++e) {
             const int row = rows[mt][e >> 1];
             const int col = n0 + nt * 8 + 2 * t + (e & 1);
-            s[mt][nt][e] = (row < p.Lq && visible(p, row, col))
+            s[mt][nt][e] = (row < p.q_len && visible(p, row, col))
                                ? score_log2(p, s[mt][nt][e], b, h, row, col)
                                : -INFINITY;
           }
@@ -307,7 +314,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
     cp_async_commit();
   }
 
-  T* og = static_cast<T*>(p.o) + b * p.os[0] + h * p.os[1];
+  T* og = static_cast<T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     float inv[2];
@@ -325,17 +332,17 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int row = rows[mt][e >> 1], col = c + (e & 1);
-        if (row < p.Lq && col < p.Dv)
-          og[row * p.os[2] + col] = from_f32<T>(o_acc[mt][dt][e] * inv[e >> 1]);
+        if (row < p.q_len && col < p.v_head_dim)
+          og[row * p.out_stride.row + col] = from_f32<T>(o_acc[mt][dt][e] * inv[e >> 1]);
       }
     }
     if (p.lse != nullptr && t == 0) {
-      float* lg = p.lse + (b * p.Hq + h) * p.Lq;
+      float* lg = p.lse + (b * p.q_heads + h) * p.q_len;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = rows[mt][r];
         const float l = l_run[mt][r];
-        if (row < p.Lq) lg[row] = l > 0.f ? m_run[mt][r] * kLn2 + logf(l) : -INFINITY;
+        if (row < p.q_len) lg[row] = l > 0.f ? m_run[mt][r] * kLn2 + logf(l) : -INFINITY;
       }
     }
   }
@@ -348,9 +355,9 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const Params 
 // distinct banks).
 constexpr int kF32Rows = 32, kF32Keys = 32;
 
-__global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p) {
+__global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const KernelParams p) {
   extern __shared__ float smem_f[];
-  const int D = p.D, Dv = p.Dv;
+  const int D = p.head_dim, Dv = p.v_head_dim;
   float* sQ = smem_f;                    // [32][D + 1]
   float* sO = sQ + kF32Rows * (D + 1);   // [32][Dv + 1]
   float* sK = sO + kF32Rows * (Dv + 1);  // [32][D]
@@ -362,32 +369,32 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p)
   const int hk = h / p.group;
   const int tid = threadIdx.x;
   const int row0 = m_block * kF32Rows, row = row0 + tid;
-  const float* qg = static_cast<const float*>(p.q) + b * p.qs[0] + h * p.qs[1];
-  const float* kg = static_cast<const float*>(p.k) + b * p.ks[0] + hk * p.ks[1];
-  const float* vg = static_cast<const float*>(p.v) + b * p.vs[0] + hk * p.vs[1];
+  const float* qg = static_cast<const float*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head;
+  const float* kg = static_cast<const float*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
+  const float* vg = static_cast<const float*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
 
   for (int i = tid; i < kF32Rows * D; i += kF32Rows) {
     const int r = i / D, c = i % D;
-    sQ[r * (D + 1) + c] = row0 + r < p.Lq ? qg[(row0 + r) * p.qs[2] + c] : 0.f;
+    sQ[r * (D + 1) + c] = row0 + r < p.q_len ? qg[(row0 + r) * p.q_stride.row + c] : 0.f;
   }
   for (int c = 0; c < Dv; ++c) sO[tid * (Dv + 1) + c] = 0.f;
 
-  int n_max = p.Lk;
+  int n_max = p.kv_len;
   if (p.causal) {
-    const int64_t last_row = (p.Lq < row0 + kF32Rows ? p.Lq : row0 + kF32Rows) - 1;
+    const int64_t last_row = (p.q_len < row0 + kF32Rows ? p.q_len : row0 + kF32Rows) - 1;
     const int64_t lim = last_row + p.causal_offset + 1;
-    n_max = static_cast<int>(lim < 0 ? 0 : (lim < p.Lk ? lim : p.Lk));
+    n_max = static_cast<int>(lim < 0 ? 0 : (lim < p.kv_len ? lim : p.kv_len));
   }
   float m = -INFINITY, l = 0.f;
   for (int n0 = 0; n0 < n_max; n0 += kF32Keys) {
     __syncthreads();  // previous tile fully consumed (and sQ written, the first time)
     for (int i = tid; i < kF32Keys * D; i += kF32Rows) {
       const int r = i / D, c = i % D;
-      sK[i] = n0 + r < p.Lk ? kg[(n0 + r) * p.ks[2] + c] : 0.f;
+      sK[i] = n0 + r < p.kv_len ? kg[(n0 + r) * p.k_stride.row + c] : 0.f;
     }
     for (int i = tid; i < kF32Keys * Dv; i += kF32Rows) {
       const int r = i / Dv, c = i % Dv;
-      sV[i] = n0 + r < p.Lk ? vg[(n0 + r) * p.vs[2] + c] : 0.f;
+      sV[i] = n0 + r < p.kv_len ? vg[(n0 + r) * p.v_stride.row + c] : 0.f;
     }
     __syncthreads();
     float s[kF32Keys];
@@ -403,7 +410,8 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p)
 #pragma unroll
     for (int j = 0; j < kF32Keys; ++j) {
       const int col = n0 + j;
-      s[j] = (row < p.Lq && visible(p, row, col)) ? score_log2(p, s[j], b, h, row, col) : -INFINITY;
+      s[j] =
+          (row < p.q_len && visible(p, row, col)) ? score_log2(p, s[j], b, h, row, col) : -INFINITY;
       mx = fmaxf(mx, s[j]);
     }
     const float mn = fmaxf(m, mx);
@@ -427,16 +435,16 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const Params p)
   }
   __syncthreads();
   // Write out cooperatively (row-major, consecutive threads on consecutive columns).
-  float* og = static_cast<float*>(p.o) + b * p.os[0] + h * p.os[1];
+  float* og = static_cast<float*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
   const float inv = l > 0.f ? 1.f / l : 0.f;
   sQ[tid] = inv;  // sQ is free now: publish each row's 1/l
   __syncthreads();
   for (int i = tid; i < kF32Rows * Dv; i += kF32Rows) {
     const int r = i / Dv, c = i % Dv;
-    if (row0 + r < p.Lq) og[(row0 + r) * p.os[2] + c] = sO[r * (Dv + 1) + c] * sQ[r];
+    if (row0 + r < p.q_len) og[(row0 + r) * p.out_stride.row + c] = sO[r * (Dv + 1) + c] * sQ[r];
   }
-  if (p.lse != nullptr && row < p.Lq)
-    p.lse[(b * p.Hq + h) * p.Lq + row] = l > 0.f ? m * kLn2 + logf(l) : -INFINITY;
+  if (p.lse != nullptr && row < p.q_len)
+    p.lse[(b * p.q_heads + h) * p.q_len + row] = l > 0.f ? m * kLn2 + logf(l) : -INFINITY;
 }
 
 // ---- dispatch
@@ -450,18 +458,18 @@ int device_attribute(cudaDeviceAttr attr) {
 
 // A kernel asking for more shared memory than this GPU gives one block would fail at launch
 // with an opaque error: say which argument is too large instead.
-void require_shared_memory(size_t bytes, const AttentionArgs& a) {
+void require_shared_memory(size_t bytes, const KernelParams& p) {
   const int limit = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   if (bytes > static_cast<size_t>(limit))
     throw std::invalid_argument(
-        "q: head dims D=" + std::to_string(a.D) + ", Dv=" + std::to_string(a.Dv) + " need " +
-        std::to_string(bytes) + " bytes of shared memory a block in this dtype; this GPU allows " +
-        std::to_string(limit) + " (use smaller head dims, or float16/bfloat16)");
+        "q: head dims D=" + std::to_string(p.head_dim) + ", Dv=" + std::to_string(p.v_head_dim) +
+        " need " + std::to_string(bytes) +
+        " bytes of shared memory a block in this dtype; this GPU allows " + std::to_string(limit) +
+        " (use smaller head dims, or float16/bfloat16)");
 }
 
 template <typename T, int DP>
-void launch_mma(const Params& p, const AttentionArgs& a, cudaStream_t stream) {
-  const int B = a.B;
+void launch_mma(const KernelParams& p, int batch, cudaStream_t stream) {
   // Up to D = 128 a warp takes 32 rows (MT = 2), 4 warps a block; key tiles of 32 from D = 80
   // keep the score registers small enough to avoid spills. At D = 256 the output accumulators
   // alone take 128 registers, so 16 rows a warp (MT = 1).
@@ -473,85 +481,89 @@ void launch_mma(const Params& p, const AttentionArgs& a, cudaStream_t stream) {
   auto kernel = p.vec_ok ? attention_mma_kernel<T, DP, kBN, kWarps, kMT, false, true>
                          : attention_mma_kernel<T, DP, kBN, kWarps, kMT, false, false>;
   const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * kPitch * sizeof(T);  // Q, 2x(K, V)
-  require_shared_memory(smem, a);
+  require_shared_memory(smem, p);
   MMFAST_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
-  const dim3 grid((p.Lq + kBM - 1) / kBM, p.Hq, B);
+  const dim3 grid((p.q_len + kBM - 1) / kBM, p.q_heads, batch);
   kernel<<<grid, kWarps * 32, smem, stream>>>(p);
   MMFAST_CUDA_CHECK_LAUNCH("attention_mma_kernel");
 }
 
 template <typename T>
-void dispatch_mma(const Params& p, const AttentionArgs& a, cudaStream_t stream) {
+void dispatch_mma(const KernelParams& p, int batch, cudaStream_t stream) {
   // mma.sync with bf16 operands and cp.async need sm_80 (Ampere) or newer.
   if (device_attribute(cudaDevAttrComputeCapabilityMajor) < 8)
     throw std::runtime_error(
         "attention (CUDA): float16/bfloat16 need a GPU of compute capability 8.0 or newer");
-  const int d = p.D > p.Dv ? p.D : p.Dv;
-  if (d <= 32) return launch_mma<T, 32>(p, a, stream);
-  if (d <= 64) return launch_mma<T, 64>(p, a, stream);
-  if (d <= 80) return launch_mma<T, 80>(p, a, stream);
-  if (d <= 96) return launch_mma<T, 96>(p, a, stream);
-  if (d <= 128) return launch_mma<T, 128>(p, a, stream);
-  return launch_mma<T, 256>(p, a, stream);
+  const int d = p.head_dim > p.v_head_dim ? p.head_dim : p.v_head_dim;
+  if (d <= 32) return launch_mma<T, 32>(p, batch, stream);
+  if (d <= 64) return launch_mma<T, 64>(p, batch, stream);
+  if (d <= 80) return launch_mma<T, 80>(p, batch, stream);
+  if (d <= 96) return launch_mma<T, 96>(p, batch, stream);
+  if (d <= 128) return launch_mma<T, 128>(p, batch, stream);
+  return launch_mma<T, 256>(p, batch, stream);
 }
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
+// Row indices and lengths are int in the kernels (element offsets are int64).
+int narrow(int64_t v, const char* what) {
+  if (v > INT_MAX - 256)
+    throw std::invalid_argument(std::string(what) + " exceeds 2^31 - 257 on CUDA");
+  return static_cast<int>(v);
+}
+
 }  // namespace
 
-void attention(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.B <= 0 || a.Hq <= 0 || a.Lq <= 0) return;  // nothing to write
-  if (a.Hkv <= 0 || a.Hq % a.Hkv != 0) throw std::invalid_argument("attention: Hq % Hkv != 0");
-  if (a.D < 1 || a.D > 256 || a.Dv < 1 || a.Dv > 256)
-    throw std::invalid_argument("attention: head dims must be in [1, 256]");
-  if (a.B > 65535 || a.Hq > 65535)
-    throw std::invalid_argument("attention: B and Hq must be at most 65535 on CUDA");
-  Params p{};
+void attention(const AttentionParams& a, cudaStream_t stream) {
+  check_attention(a, Device::cuda);
+  if (a.batch == 0 || a.q_heads == 0 || a.q_len == 0) return;  // nothing to write
+  KernelParams p{};
   p.q = a.q;
   p.k = a.k;
   p.v = a.v;
-  p.o = a.o;
+  p.out = a.out;
   p.lse = a.lse;
   p.mask = a.mask;
-  p.mask_kind = a.mask == nullptr ? 0 : static_cast<int>(a.mask_kind);
-  for (int i = 0; i < 3; ++i) {
-    p.qs[i] = a.q_stride[i];
-    p.ks[i] = a.k_stride[i];
-    p.vs[i] = a.v_stride[i];
-    p.os[i] = a.o_stride[i];
-  }
-  for (int i = 0; i < 4; ++i) p.ms[i] = a.mask_stride[i];
-  p.Hq = a.Hq;
-  p.group = a.Hq / a.Hkv;
-  p.Lq = a.Lq;
-  p.Lk = a.Lk;
-  p.D = a.D;
-  p.Dv = a.Dv;
+  p.mask_kind = a.mask_kind;
+  p.q_stride = a.q_stride;
+  p.k_stride = a.k_stride;
+  p.v_stride = a.v_stride;
+  p.out_stride = a.out_stride;
+  p.mask_stride = a.mask_stride;
+  p.q_heads = static_cast<int>(a.q_heads);  // <= kCudaMaxGridYZ (check_attention)
+  p.group = static_cast<int>(a.q_heads / a.kv_heads);
+  p.q_len = narrow(a.q_len, "q: length");
+  p.kv_len = narrow(a.kv_len, "k: length");
+  p.head_dim = static_cast<int>(a.head_dim);  // <= kAttentionMaxHeadDim
+  p.v_head_dim = static_cast<int>(a.v_head_dim);
   p.causal = a.causal ? 1 : 0;
   p.causal_offset = a.causal_offset;
   p.scale = a.scale;
   p.softcap = a.softcap;
+  const int batch = static_cast<int>(a.batch);  // <= kCudaMaxGridYZ
 
   if (a.dtype == DType::f32) {
-    const size_t smem = sizeof(float) * (kF32Rows * (a.D + 1 + a.Dv + 1) + kF32Keys * (a.D + a.Dv));
-    require_shared_memory(smem, a);
+    const size_t smem =
+        sizeof(float) * static_cast<size_t>(kF32Rows * (p.head_dim + 1 + p.v_head_dim + 1) +
+                                            kF32Keys * (p.head_dim + p.v_head_dim));
+    require_shared_memory(smem, p);
     MMFAST_CUDA_CHECK(cudaFuncSetAttribute(
         attention_f32_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    const dim3 grid((a.Lq + kF32Rows - 1) / kF32Rows, a.Hq, a.B);
+    const dim3 grid((p.q_len + kF32Rows - 1) / kF32Rows, p.q_heads, batch);
     attention_f32_kernel<<<grid, kF32Rows, smem, stream>>>(p);
     MMFAST_CUDA_CHECK_LAUNCH("attention_f32_kernel");
     return;
   }
   // 16-byte copies need 8-element rows and 16-byte aligned row starts.
-  bool vec = a.D % 8 == 0 && a.Dv % 8 == 0 && aligned16(a.q) && aligned16(a.k) && aligned16(a.v);
-  for (int i = 0; i < 3; ++i)
-    vec = vec && a.q_stride[i] % 8 == 0 && a.k_stride[i] % 8 == 0 && a.v_stride[i] % 8 == 0;
+  bool vec = p.head_dim % 8 == 0 && p.v_head_dim % 8 == 0 && aligned16(a.q) && aligned16(a.k) &&
+             aligned16(a.v);
+  for (const RowStrides* st : {&a.q_stride, &a.k_stride, &a.v_stride})
+    vec = vec && st->batch % 8 == 0 && st->head % 8 == 0 && st->row % 8 == 0;
   p.vec_ok = vec ? 1 : 0;
-  if (a.dtype == DType::f16) return dispatch_mma<__half>(p, a, stream);
-  if (a.dtype == DType::bf16) return dispatch_mma<__nv_bfloat16>(p, a, stream);
-  throw std::invalid_argument("attention: unknown dtype code " +
-                              std::to_string(static_cast<int>(a.dtype)));
+  if (a.dtype == DType::f16) return dispatch_mma<__half>(p, batch, stream);
+  if (a.dtype == DType::bf16) return dispatch_mma<__nv_bfloat16>(p, batch, stream);
+  throw std::invalid_argument("q: unknown dtype code " + std::to_string(static_cast<int>(a.dtype)));
 }
 
 }  // namespace mmfast::cuda

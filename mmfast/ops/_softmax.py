@@ -1,4 +1,5 @@
-"""softmax / log_softmax over mmfast._C (argument checks and layout here, compute in C++)."""
+"""softmax / log_softmax: argument checks and layout here, compute in C++
+(csrc/softmax/softmax_cpu.cpp). CPU only: numpy arrays and torch CPU tensors."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import _C
-from ._arrays import from_numpy, to_numpy
+from .. import _C
+from ._arrays import from_numpy, host_array, host_out
 
 __all__ = ["log_softmax", "softmax"]
 
@@ -15,9 +16,7 @@ T = TypeVar("T")
 
 
 def _softmax(x: Any, axis: int, out: Any, log: bool) -> Any:
-    xa, kind = to_numpy(x, "x")
-    if xa.dtype != np.float32:
-        raise TypeError(f"x: expected float32, got {xa.dtype}")
+    xa, kind = host_array(x, "x")
     if xa.ndim == 0:
         raise ValueError("x: expected at least 1 dimension, got a scalar")
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
@@ -29,15 +28,7 @@ def _softmax(x: Any, axis: int, out: Any, log: bool) -> Any:
     if out is None:
         oa = np.empty(xa.shape, dtype=np.float32)
     else:
-        oa, okind = to_numpy(out, "out")
-        if okind != kind:
-            raise TypeError(f"out: expected a {kind.framework} array like x")
-        if oa.dtype != np.float32:
-            raise TypeError(f"out: expected float32, got {oa.dtype}")
-        if oa.shape != xa.shape:
-            raise ValueError(f"out: shape {oa.shape} does not match x's {xa.shape}")
-        if not oa.flags.writeable:
-            raise ValueError("out: array is read-only")
+        oa = host_out(out, kind, xa.shape, "x")
         if np.shares_memory(oa, xa) and not (
             oa.__array_interface__["data"] == xa.__array_interface__["data"]
             and oa.strides == xa.strides

@@ -1,8 +1,9 @@
-"""Array interchange for mmfast.ops: numpy arrays in and out, torch CPU tensors zero-copy.
+"""Host arrays for mmfast.ops: numpy arrays in and out, torch CPU tensors zero-copy.
 
 torch is never imported here: a tensor is recognised by its type's module, converted with
 DLPack (``np.from_dlpack``, which shares memory), and results are handed back through
 ``torch.from_dlpack`` taken from ``sys.modules`` (torch is loaded if the caller passed a tensor).
+The checks every op makes of its inputs and of a caller's ``out`` live here, once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ArrayKind", "from_numpy", "to_numpy"]
+__all__ = ["ArrayKind", "from_numpy", "host_array", "host_out", "to_numpy"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,29 @@ def from_numpy(a: np.ndarray, kind: ArrayKind) -> Any:
     if kind.framework == "torch":
         return sys.modules["torch"].from_dlpack(a)
     return a
+
+
+def host_array(x: Any, name: str, ndim: int | None = None) -> tuple[np.ndarray, ArrayKind]:
+    """A float32 numpy view of `x` (numpy array or torch CPU tensor) with `ndim` dimensions if
+    given; TypeError / ValueError naming `name` otherwise."""
+    a, kind = to_numpy(x, name)
+    if a.dtype != np.float32:
+        raise TypeError(f"{name}: expected float32, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got {a.ndim} {a.shape}")
+    return a, kind
+
+
+def host_out(out: Any, kind: ArrayKind, shape: tuple[int, ...], like: str) -> np.ndarray:
+    """The caller's ``out``: the same kind as the input named `like`, float32, of `shape`,
+    writable. (Whether it may overlap the inputs is each op's own rule.)"""
+    oa, okind = to_numpy(out, "out")
+    if okind != kind:
+        raise TypeError(f"out: expected a {kind.framework} array like {like}")
+    if oa.dtype != np.float32:
+        raise TypeError(f"out: expected float32, got {oa.dtype}")
+    if oa.shape != shape:
+        raise ValueError(f"out: expected shape {shape}, got {oa.shape}")
+    if not oa.flags.writeable:
+        raise ValueError("out: array is read-only")
+    return oa

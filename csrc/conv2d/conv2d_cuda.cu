@@ -20,7 +20,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda/conv2d_cuda.h"
+#include "conv2d/conv2d_cuda.h"
 #include "cuda/cuda_check.h"
 #include "cuda/device_common.cuh"
 
@@ -29,12 +29,14 @@ namespace {
 
 using namespace dev;  // NOLINT: the shared device helpers
 
-// Shape of one call, passed by value to every kernel.
+// The kernels' view of Conv2dShape (conv2d/conv2d.h), passed by value to every kernel: the same
+// names, narrowed to int (make_shape checks they fit), plus what the kernels derive from them.
+// The bottom and right pads are implied by OH and OW.
 struct ConvShape {
   int N, C, H, W, M, KH, KW, OH, OW;
-  int sh, sw, dh, dw, pt, pl;
-  int G, Cg, Mg;  // groups, input / output channels per group
-  int OHW, P;     // OH*OW, N*OH*OW
+  int stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
+  int groups, Cg, Mg;  // groups, input / output channels per group
+  int OHW, P;          // OH*OW, N*OH*OW
   bool relu;
 };
 
@@ -183,7 +185,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS)
   const int g = q.g_base + static_cast<int>(blockIdx.z);
   const int p0 = (static_cast<int>(blockIdx.x) / q.mtiles) * BM;
   const int m0 = (static_cast<int>(blockIdx.x) % q.mtiles) * BN;
-  const int Ctot = s.G * q.Cp, CW = q.CW, NCC = q.Cp / (8 * CW);
+  const int Ctot = s.groups * q.Cp, CW = q.CW, NCC = q.Cp / (8 * CW);
   const int kt_begin = static_cast<int>(blockIdx.y) * q.kt_per_split;
   const int ktiles = min((q.Kp + kBK - 1) / kBK - kt_begin, q.kt_per_split);  // >= 1
 
@@ -199,8 +201,8 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS)
       const int n = p / s.OHW, rem = p - n * s.OHW;
       const int oh = rem / s.OW, ow = rem - oh * s.OW;
       a_base[i] = static_cast<int64_t>(n) * s.H * s.W * Ctot + static_cast<int64_t>(g) * q.Cp;
-      a_ih0[i] = oh * s.sh - s.pt;
-      a_iw0[i] = ow * s.sw - s.pl;
+      a_ih0[i] = oh * s.stride_h - s.pad_top;
+      a_iw0[i] = ow * s.stride_w - s.pad_left;
     } else {
       a_base[i] = 0;
       a_ih0[i] = INT_MIN / 2;  // fails every bounds check
@@ -234,7 +236,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, MIN_BLOCKS)
     const int64_t c_off = (k_c * CW + k_cw) * 8;
 #pragma unroll
     for (int i = 0; i < AR; ++i) {
-      const int ih = a_ih0[i] + k_h * s.dh, iw = a_iw0[i] + k_w * s.dw;
+      const int ih = a_ih0[i] + k_h * s.dilation_h, iw = a_iw0[i] + k_w * s.dilation_w;
       const bool ok = k_c < NCC && static_cast<unsigned>(ih) < static_cast<unsigned>(s.H) &&
                       static_cast<unsigned>(iw) < static_cast<unsigned>(s.W);
       const T* src =
@@ -421,8 +423,8 @@ __global__ void __launch_bounds__(kFNT, 2)
       const int n = p / s.OHW, rem = p - n * s.OHW;
       const int oh = rem / s.OW, ow = rem - oh * s.OW;
       a_base[i] = (static_cast<int64_t>(n) * s.C + static_cast<int64_t>(g) * s.Cg) * HW;
-      a_ih0[i] = oh * s.sh - s.pt;
-      a_iw0[i] = ow * s.sw - s.pl;
+      a_ih0[i] = oh * s.stride_h - s.pad_top;
+      a_iw0[i] = ow * s.stride_w - s.pad_left;
     } else {
       a_base[i] = 0;
       a_ih0[i] = INT_MIN / 2;
@@ -451,7 +453,7 @@ __global__ void __launch_bounds__(kFNT, 2)
       const int64_t coff = static_cast<int64_t>(c) * HW;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int ih = a_ih0[i] + kh * s.dh, iw = a_iw0[i] + kw * s.dw;
+        const int ih = a_ih0[i] + kh * s.dilation_h, iw = a_iw0[i] + kw * s.dilation_w;
         if (static_cast<unsigned>(ih) < static_cast<unsigned>(s.H) &&
             static_cast<unsigned>(iw) < static_cast<unsigned>(s.W))
           a_reg[i] = __ldg(x + a_base[i] + coff + ih * s.W + iw);
@@ -540,14 +542,14 @@ __global__ void __launch_bounds__(kDwThreads)
   const T* xp = x + (static_cast<int64_t>(n) * s.C + c) * s.H * s.W;
   const T* wp = w + static_cast<int64_t>(m) * s.KH * s.KW;
   const int oh = pix / s.OW, ow = pix - oh * s.OW;
-  const int ih0 = oh * s.sh - s.pt, iw0 = ow * s.sw - s.pl;
+  const int ih0 = oh * s.stride_h - s.pad_top, iw0 = ow * s.stride_w - s.pad_left;
   float acc = 0.f;
   for (int kh = 0; kh < s.KH; ++kh) {
-    const int ih = ih0 + kh * s.dh;
+    const int ih = ih0 + kh * s.dilation_h;
     if (static_cast<unsigned>(ih) >= static_cast<unsigned>(s.H)) continue;
     const T* xr = xp + static_cast<int64_t>(ih) * s.W;
     for (int kw = 0; kw < s.KW; ++kw) {
-      const int iw = iw0 + kw * s.dw;
+      const int iw = iw0 + kw * s.dilation_w;
       if (static_cast<unsigned>(iw) < static_cast<unsigned>(s.W))
         acc = fmaf(to_f32(xr[iw]), to_f32(wp[kh * s.KW + kw]), acc);
     }
@@ -567,27 +569,34 @@ void require(bool ok, const char* what) {
   if (!ok) fail(what);
 }
 
-constexpr int kMaxGridYZ = 65535;
+constexpr int kMaxGridYZ = static_cast<int>(kCudaMaxGridYZ);
 
 std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
 
-ConvShape make_shape(const Conv2dArgs& a) {
-  // Pixel and per-plane indices are int in the kernels; element offsets are int64.
-  const int64_t P = static_cast<int64_t>(a.N) * a.OH * a.OW;
+// Narrows a checked Conv2dShape to the kernels' int view. Pixel and per-plane indices are int in
+// the kernels; element offsets are int64.
+ConvShape make_shape(const Conv2dShape& a, bool relu) {
+  for (int64_t v : {a.N, a.C, a.H, a.W, a.M, a.KH, a.KW, a.OH, a.OW, a.stride_h, a.stride_w,
+                    a.dilation_h, a.dilation_w, a.pad_top, a.pad_left, a.groups})
+    require(v <= INT_MAX, "a size, stride, dilation or pad exceeds 2^31 - 1");
+  const int64_t P = a.N * a.OH * a.OW;
   require(P <= INT_MAX - 256, "N*OH*OW exceeds 2^31 - 257");
-  require(static_cast<int64_t>(a.H) * a.W <= INT_MAX, "H*W exceeds 2^31 - 1");
-  require(static_cast<int64_t>(a.C / a.groups) * a.KH * a.KW <= INT_MAX - 64,
-          "C/groups*KH*KW exceeds 2^31 - 65");
+  require(a.H * a.W <= INT_MAX, "H*W exceeds 2^31 - 1");
+  require(a.C / a.groups * a.KH * a.KW <= INT_MAX - 64, "C/groups*KH*KW exceeds 2^31 - 65");
   require(P * a.M <= (int64_t{1} << 62) / 4, "output too large");
   ConvShape s{};
-  s.N = a.N, s.C = a.C, s.H = a.H, s.W = a.W, s.M = a.M, s.KH = a.KH, s.KW = a.KW;
-  s.OH = a.OH, s.OW = a.OW;
-  s.sh = a.stride_h, s.sw = a.stride_w, s.dh = a.dil_h, s.dw = a.dil_w;
-  s.pt = a.pad_top, s.pl = a.pad_left;
-  s.G = a.groups, s.Cg = a.C / a.groups, s.Mg = a.M / a.groups;
-  s.OHW = a.OH * a.OW;
+  s.N = static_cast<int>(a.N), s.C = static_cast<int>(a.C), s.H = static_cast<int>(a.H);
+  s.W = static_cast<int>(a.W), s.M = static_cast<int>(a.M);
+  s.KH = static_cast<int>(a.KH), s.KW = static_cast<int>(a.KW);
+  s.OH = static_cast<int>(a.OH), s.OW = static_cast<int>(a.OW);
+  s.stride_h = static_cast<int>(a.stride_h), s.stride_w = static_cast<int>(a.stride_w);
+  s.dilation_h = static_cast<int>(a.dilation_h), s.dilation_w = static_cast<int>(a.dilation_w);
+  s.pad_top = static_cast<int>(a.pad_top), s.pad_left = static_cast<int>(a.pad_left);
+  s.groups = static_cast<int>(a.groups);
+  s.Cg = s.C / s.groups, s.Mg = s.M / s.groups;
+  s.OHW = s.OH * s.OW;
   s.P = static_cast<int>(P);
-  s.relu = a.relu;
+  s.relu = relu;
   return s;
 }
 
@@ -596,7 +605,7 @@ int grid_x(int64_t blocks) {
   return static_cast<int>(blocks);
 }
 
-bool uses_mma(const Conv2dArgs& a) { return a.dtype != DType::f32 && a.C / a.groups > 1; }
+bool uses_mma(DType dtype, const ConvShape& s) { return dtype != DType::f32 && s.Cg > 1; }
 
 // Workspace layout of the tensor-core path: xt (N, H, W, G, Cp), then wt (M, Kp), then with
 // split-K the fp32 partials (splits, N, M, OH, OW); each part 256-byte aligned.
@@ -604,22 +613,21 @@ struct MmaLayout {
   int Cp, CW;
   int64_t Kp, xt_elems, wt_elems;
 };
-MmaLayout mma_layout(const Conv2dArgs& a) {
+MmaLayout mma_layout(const ConvShape& s) {
   MmaLayout l{};
-  const int Cg = a.C / a.groups;
-  l.Cp = (Cg + 7) / 8 * 8;
+  l.Cp = (s.Cg + 7) / 8 * 8;
   const int vecs = l.Cp / 8;
   l.CW = vecs % 4 == 0 ? 4 : (vecs % 2 == 0 ? 2 : 1);
-  l.Kp = static_cast<int64_t>(a.KH) * a.KW * l.Cp;
-  l.xt_elems = static_cast<int64_t>(a.N) * a.H * a.W * a.groups * l.Cp;
-  l.wt_elems = static_cast<int64_t>(a.M) * l.Kp;
+  l.Kp = static_cast<int64_t>(s.KH) * s.KW * l.Cp;
+  l.xt_elems = static_cast<int64_t>(s.N) * s.H * s.W * s.groups * l.Cp;
+  l.wt_elems = static_cast<int64_t>(s.M) * l.Kp;
   return l;
 }
-std::size_t mma_workspace_bytes(const Conv2dArgs& a, int splits) {
-  const MmaLayout l = mma_layout(a);
+std::size_t mma_workspace_bytes(const ConvShape& s, int splits) {
+  const MmaLayout l = mma_layout(s);
   std::size_t bytes = align256(static_cast<std::size_t>(l.xt_elems) * 2) +
                       align256(static_cast<std::size_t>(l.wt_elems) * 2);
-  if (splits > 1) bytes += align256(static_cast<std::size_t>(splits) * a.N * a.M * a.OH * a.OW * 4);
+  if (splits > 1) bytes += align256(static_cast<std::size_t>(splits) * s.N * s.M * s.OH * s.OW * 4);
   return bytes;
 }
 
@@ -655,8 +663,8 @@ MmaPlan plan_mma(const ConvShape& s, int64_t Kp, int sms) {
   double best_us = 0.0;
   for (int c = 0; c < kNumMmaConfigs; ++c) {
     const MmaConfig& cfg = kMmaConfigs[c];
-    const int64_t tiles =
-        static_cast<int64_t>((s.P + cfg.bm - 1) / cfg.bm) * ((s.Mg + cfg.bn - 1) / cfg.bn) * s.G;
+    const int64_t tiles = static_cast<int64_t>((s.P + cfg.bm - 1) / cfg.bm) *
+                          ((s.Mg + cfg.bn - 1) / cfg.bn) * s.groups;
     for (int sp = 1; sp <= (cfg.bm * cfg.bn >= 128 * 64 ? kMaxSplits : 1); ++sp) {
       const int per = (ktiles + sp - 1) / sp;
       const int splits = (ktiles + per - 1) / per;  // no empty split
@@ -693,8 +701,8 @@ void launch_mma(const T* xt, const T* wt, const T* bias, T* y, const ConvShape& 
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   q.mtiles = (s.Mg + BN - 1) / BN;
   const int blocks = grid_x(static_cast<int64_t>((s.P + BM - 1) / BM) * q.mtiles);
-  for (int g0 = 0; g0 < s.G; g0 += kMaxGridYZ) {
-    const int gz = std::min(kMaxGridYZ, s.G - g0);
+  for (int g0 = 0; g0 < s.groups; g0 += kMaxGridYZ) {
+    const int gz = std::min(kMaxGridYZ, s.groups - g0);
     q.g_base = g0;
     kernel<<<dim3(blocks, splits, gz), WARPS_M * WARPS_N * 32, smem, stream>>>(xt, wt, bias, y, s,
                                                                                q);
@@ -703,16 +711,16 @@ void launch_mma(const T* xt, const T* wt, const T* bias, T* y, const ConvShape& 
 }
 
 template <typename T>
-void run_mma_plan(const Conv2dArgs& a, const ConvShape& s, const MmaPlan& plan,
+void run_mma_plan(const Conv2dParams& a, const ConvShape& s, const MmaPlan& plan,
                   cudaStream_t stream) {
   int dev = 0, cc_major = 0;
   MMFAST_CUDA_CHECK(cudaGetDevice(&dev));
   MMFAST_CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev));
   require(cc_major >= 8, "f16/bf16 convolution needs a GPU of compute capability 8.0 or newer");
 
-  const MmaLayout l = mma_layout(a);
+  const MmaLayout l = mma_layout(s);
   require(l.Kp <= INT_MAX - kBK, "KH*KW*C/groups too large");
-  require(static_cast<int64_t>(a.groups) * l.Cp <= static_cast<int64_t>(kMaxGridYZ) * 64,
+  require(static_cast<int64_t>(s.groups) * l.Cp <= static_cast<int64_t>(kMaxGridYZ) * 64,
           "C too large for the NHWC transpose grid");
   require(a.workspace != nullptr, "workspace is null (conv2d_workspace_bytes > 0)");
   auto* ws = static_cast<unsigned char*>(a.workspace);
@@ -724,20 +732,20 @@ void run_mma_plan(const Conv2dArgs& a, const ConvShape& s, const MmaPlan& plan,
                                     align256(l.wt_elems * sizeof(uint16_t)));
 
   // x (N, C, H, W) -> xt (N, H, W, G*Cp)
-  const int HW = a.H * a.W, Ctot = a.groups * l.Cp;
+  const int HW = s.H * s.W, Ctot = s.groups * l.Cp;
   // 64x64 tiles: a 256-wide hw tile (512-byte row reads) measured slower on the H100.
   const int hw_tiles = (HW + 63) / 64;
   if (HW > 0) {  // an empty image (all of its output is padding) has nothing to move
     nchw_to_nhwc_kernel<64, 64>
-        <<<dim3(grid_x(static_cast<int64_t>(hw_tiles) * a.N), (Ctot + 63) / 64), 256, 0, stream>>>(
-            static_cast<const uint16_t*>(a.x), xt, a.C, HW, s.Cg, l.Cp, Ctot, hw_tiles);
+        <<<dim3(grid_x(static_cast<int64_t>(hw_tiles) * s.N), (Ctot + 63) / 64), 256, 0, stream>>>(
+            static_cast<const uint16_t*>(a.x), xt, s.C, HW, s.Cg, l.Cp, Ctot, hw_tiles);
     MMFAST_CUDA_CHECK_LAUNCH("nchw_to_nhwc_kernel");
   }
   // w (M, Cg, KH, KW) -> wt (M, Kp)
-  const int64_t wthreads = static_cast<int64_t>(a.M) * l.Cp;
+  const int64_t wthreads = static_cast<int64_t>(s.M) * l.Cp;
   reorder_weights_kernel<<<static_cast<int>(std::min<int64_t>((wthreads + 255) / 256, 65536)), 256,
-                           0, stream>>>(static_cast<const uint16_t*>(a.w), wt, wthreads, s.Cg, l.Cp,
-                                        a.KH * a.KW, l.CW);
+                           0, stream>>>(static_cast<const uint16_t*>(a.weight), wt, wthreads, s.Cg,
+                                        l.Cp, s.KH * s.KW, l.CW);
   MMFAST_CUDA_CHECK_LAUNCH("reorder_weights_kernel");
 
   const T* xtt = reinterpret_cast<const T*>(xt);
@@ -771,44 +779,52 @@ void run_mma_plan(const Conv2dArgs& a, const ConvShape& s, const MmaPlan& plan,
 }
 
 template <typename T>
-void run_mma_path(const Conv2dArgs& a, const ConvShape& s, cudaStream_t stream) {
-  run_mma_plan<T>(a, s, plan_mma(s, mma_layout(a).Kp, device_sms()), stream);
+void run_mma_path(const Conv2dParams& a, const ConvShape& s, cudaStream_t stream) {
+  run_mma_plan<T>(a, s, plan_mma(s, mma_layout(s).Kp, device_sms()), stream);
 }
 
 // ---- fp32 and depthwise paths
 
-void run_f32_path(const Conv2dArgs& a, const ConvShape& s, cudaStream_t stream) {
+void run_f32_path(const Conv2dParams& a, const ConvShape& s, cudaStream_t stream) {
   const int mtiles = (s.Mg + kFBN - 1) / kFBN;
   const int blocks = grid_x(static_cast<int64_t>((s.P + kFBM - 1) / kFBM) * mtiles);
-  for (int g0 = 0; g0 < s.G; g0 += kMaxGridYZ) {
-    const int gz = std::min(kMaxGridYZ, s.G - g0);
+  for (int g0 = 0; g0 < s.groups; g0 += kMaxGridYZ) {
+    const int gz = std::min(kMaxGridYZ, s.groups - g0);
     conv2d_f32_kernel<<<dim3(blocks, 1, gz), kFNT, 0, stream>>>(
-        static_cast<const float*>(a.x), static_cast<const float*>(a.w),
+        static_cast<const float*>(a.x), static_cast<const float*>(a.weight),
         static_cast<const float*>(a.bias), static_cast<float*>(a.y), s, mtiles, g0);
     MMFAST_CUDA_CHECK_LAUNCH("conv2d_f32_kernel");
   }
 }
 
 template <typename T>
-void run_depthwise_path(const Conv2dArgs& a, const ConvShape& s, cudaStream_t stream) {
+void run_depthwise_path(const Conv2dParams& a, const ConvShape& s, cudaStream_t stream) {
   const int tiles = (s.OHW + kDwThreads - 1) / kDwThreads;
   const int blocks = grid_x(static_cast<int64_t>(s.N) * s.M * tiles);
   conv2d_depthwise_kernel<T><<<blocks, kDwThreads, 0, stream>>>(
-      static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<const T*>(a.bias),
+      static_cast<const T*>(a.x), static_cast<const T*>(a.weight), static_cast<const T*>(a.bias),
       static_cast<T*>(a.y), s, tiles);
   MMFAST_CUDA_CHECK_LAUNCH("conv2d_depthwise_kernel");
 }
 
 }  // namespace
 
-std::size_t conv2d_workspace_bytes(const Conv2dArgs& a) {
-  if (!uses_mma(a)) return 0;
-  const ConvShape s = make_shape(a);
-  return mma_workspace_bytes(a, plan_mma(s, mma_layout(a).Kp, device_sms()).splits);
+std::size_t conv2d_workspace_bytes(const Conv2dShape& shape, DType dtype) {
+  check_conv2d_shape(shape);
+  const ConvShape s = make_shape(shape, false);
+  if (!uses_mma(dtype, s)) return 0;
+  return mma_workspace_bytes(s, plan_mma(s, mma_layout(s).Kp, device_sms()).splits);
 }
 
-void conv2d(const Conv2dArgs& a, cudaStream_t stream) {
-  const ConvShape s = make_shape(a);
+void conv2d(const Conv2dParams& a, cudaStream_t stream) {
+  check_conv2d(a, Device::cuda);
+  if (a.shape.N * a.shape.M * a.shape.OH * a.shape.OW == 0) return;  // nothing to write
+  const ConvShape s = make_shape(a.shape, a.relu);
+  // A workspace sized elsewhere (another device, another geometry) must not be overrun.
+  const std::size_t need = conv2d_workspace_bytes(a.shape, a.dtype);
+  if (a.workspace_bytes < need || (need > 0 && a.workspace == nullptr))
+    throw std::invalid_argument("workspace: " + std::to_string(a.workspace_bytes) +
+                                " bytes given, " + std::to_string(need) + " needed");
   if (s.Cg == 1) {
     switch (a.dtype) {
       case DType::f32:

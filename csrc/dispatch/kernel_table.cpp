@@ -1,12 +1,16 @@
 // This variant's table of kernels (compiled once per variant, like every file here).
+#include "dispatch/kernel_table.h"
+
 #include "common/variant.h"
 
 namespace mmfast {
 namespace MMFAST_VARIANT {
 
 void softmax(const SoftmaxParams& p);
-void conv2d(const Conv2dParams& p);
+void conv2d(const Conv2dParams& p, const Conv2dCpuPlan& plan);
 void attention(const AttentionParams& p);
+
+const KernelTable& kernel_table();
 
 #define MMFAST_STR2(x) #x
 #define MMFAST_STR(x) MMFAST_STR2(x)

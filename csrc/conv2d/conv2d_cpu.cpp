@@ -1,4 +1,4 @@
-// Convolution kernels (see kernels/conv2d.h for the phase-plane implicit GEMM).
+// Convolution kernels (see conv2d/conv2d_cpu.h for the phase-plane implicit GEMM).
 //
 // Per image, one of three paths (bias and ReLU applied when a tile is written to the output):
 //  - spatial GEMM: fill the zero-padded phase planes (parallel over channels), then
@@ -9,7 +9,7 @@
 //    channels (the "cols" weight layout); no garbage columns, K blocked to keep weights in L2;
 //  - depthwise (one input channel per group): per channel, its planes are filled into a
 //    per-thread buffer and a stencil runs over the output rows, vectorised along ow.
-#include "kernels/conv2d.h"
+#include "conv2d/conv2d_cpu.h"
 
 #include <cstring>
 
@@ -21,6 +21,9 @@ namespace {
 
 constexpr int W = VecF::kWidth;
 constexpr int MR = kConvMR;
+
+// x, the packed weights, bias and y are float32 here (check_conv2d refuses other dtypes).
+inline const float* f32(const void* ptr) { return static_cast<const float*>(ptr); }
 #if defined(__AVX512F__)
 // 8 x 3 zmm accumulators + 3 B vectors + the broadcast: 28 of 32 registers.
 constexpr int kNV = 3;
@@ -35,33 +38,32 @@ static_assert(NR <= kConvMaxNR, "tile wider than the workspace slack");
 
 // Channel c's phase planes (the used ones), each Hq x Wq, at dst: for phase slot (a, b),
 // dst[slot*Hq*Wq + i*Wq + j] = xpad[c, i*SH + a, j*SW + b] (0 in the padding).
-void fill_channel(const Conv2dParams& p, int64_t n, int64_t c, float* dst) {
+void fill_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c, float* dst) {
   const Conv2dShape& s = p.shape;
-  const Conv2dGeometry& g = p.geom;
-  const float* xc = p.x + n * p.xs_n + c * p.xs_c;
+  const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
   for (int64_t slot = 0; slot < g.nphases; ++slot) {
     const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
     {
       float* ph = dst + slot * g.phase_stride;
       // Plane columns j read input column j*SW + b - PL: valid for j in [j0, j1).
-      const int64_t lead = s.PL - b;
-      const int64_t j0 = lead <= 0 ? 0 : (lead + s.SW - 1) / s.SW;
+      const int64_t lead = s.pad_left - b;
+      const int64_t j0 = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
       const int64_t last = s.W - 1 + lead;
-      int64_t j1 = last < 0 ? 0 : last / s.SW + 1;
+      int64_t j1 = last < 0 ? 0 : last / s.stride_w + 1;
       if (j1 > g.Wq) j1 = g.Wq;
       for (int64_t i = 0; i < g.Hq; ++i) {
         float* row = ph + i * g.Wq;
-        const int64_t r = i * s.SH + a - s.PT;
+        const int64_t r = i * s.stride_h + a - s.pad_top;
         if (r < 0 || r >= s.H || j1 <= j0) {
           std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(float));
           continue;
         }
-        const float* xr = xc + r * p.xs_h + (j0 * s.SW + b - s.PL) * p.xs_w;
+        const float* xr = xc + r * p.x_stride.h + (j0 * s.stride_w + b - s.pad_left) * p.x_stride.w;
         std::memset(row, 0, static_cast<size_t>(j0) * sizeof(float));
-        if (s.SW == 1 && p.xs_w == 1) {
+        if (s.stride_w == 1 && p.x_stride.w == 1) {
           std::memcpy(row + j0, xr, static_cast<size_t>(j1 - j0) * sizeof(float));
         } else {
-          const int64_t step = s.SW * p.xs_w;
+          const int64_t step = s.stride_w * p.x_stride.w;
           for (int64_t j = j0; j < j1; ++j) row[j] = xr[(j - j0) * step];
         }
         std::memset(row + j1, 0, static_cast<size_t>(g.Wq - j1) * sizeof(float));
@@ -71,12 +73,11 @@ void fill_channel(const Conv2dParams& p, int64_t n, int64_t c, float* dst) {
 }
 
 // All channels' planes of image n (the GEMM paths read across channels).
-void fill_planes(const Conv2dParams& p, int64_t n, float* planes) {
+void fill_planes(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, float* planes) {
   const Conv2dShape& s = p.shape;
-  const Conv2dGeometry& g = p.geom;
   const int64_t grain = g.plane_stride >= 4096 ? 1 : 4096 / g.plane_stride + 1;
   parallel_for(s.C, grain, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) fill_channel(p, n, c, planes + c * g.plane_stride);
+    for (int64_t c = c0; c < c1; ++c) fill_channel(p, g, n, c, planes + c * g.plane_stride);
   });
   // Slack read (and dropped) by the last tiles: keep it finite.
   const int64_t used = s.C * g.plane_stride;
@@ -156,32 +157,32 @@ inline void store_run(const float* src, float* dst, int64_t len, int64_t ys_w, f
 
 // Writes the valid part of a tile of virtual positions [p0, p0 + cols) for output channels
 // m0 .. m0 + rows - 1: position p' is output (p' / Wq, p' % Wq) when p' % Wq < OW.
-void store_tile(const Conv2dParams& p, int64_t n, const float* tile, int64_t tile_stride,
-                int64_t p0, int64_t cols, int64_t m0, int64_t rows) {
-  const Conv2dGeometry& g = p.geom;
-  float* yn = p.y + n * p.ys_n;
+void store_tile(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const float* tile,
+                int64_t tile_stride, int64_t p0, int64_t cols, int64_t m0, int64_t rows) {
+  const Conv2dShape& s = p.shape;
+  float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
   const int64_t oh_first = p0 / g.Wq, oh_last = (p0 + cols - 1) / g.Wq;
-  for (int64_t oh = oh_first; oh <= oh_last && oh < g.OH; ++oh) {
+  for (int64_t oh = oh_first; oh <= oh_last && oh < s.OH; ++oh) {
     const int64_t row0 = oh * g.Wq;
     const int64_t ow_begin = (p0 > row0 ? p0 : row0) - row0;
-    const int64_t end = p0 + cols < row0 + g.OW ? p0 + cols : row0 + g.OW;
+    const int64_t end = p0 + cols < row0 + s.OW ? p0 + cols : row0 + s.OW;
     const int64_t len = end - row0 - ow_begin;
     if (len <= 0) continue;
     const int64_t j = row0 + ow_begin - p0;
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t m = m0 + i;
-      float* dst = yn + m * p.ys_c + oh * p.ys_h + ow_begin * p.ys_w;
-      store_run(tile + i * tile_stride + j, dst, len, p.ys_w, p.bias ? p.bias[m] : 0.0f, p.relu);
+      float* dst = yn + m * p.y_stride.c + oh * p.y_stride.h + ow_begin * p.y_stride.w;
+      store_run(tile + i * tile_stride + j, dst, len, p.y_stride.w, p.bias ? f32(p.bias)[m] : 0.0f,
+                p.relu);
     }
   }
 }
 
 // planes: the phase planes, or (1x1 direct mode) the image itself with channel stride
 // plane_stride, whose rows must not be read past the end (direct).
-void conv_gemm(const Conv2dParams& p, int64_t n, const float* planes, int64_t plane_stride,
-               bool direct) {
+void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const float* planes,
+               int64_t plane_stride, bool direct) {
   const Conv2dShape& s = p.shape;
-  const Conv2dGeometry& g = p.geom;
   const int64_t k = g.Cg * g.ntaps;
   const int64_t n_tiles = (g.virtual_cols + NR - 1) / NR;
   // Enough (group, tile) tasks to balance the threads: each task runs every panel of its
@@ -206,7 +207,7 @@ void conv_gemm(const Conv2dParams& p, int64_t n, const float* planes, int64_t pl
       const float* b = planes + grp * g.Cg * plane_stride + p0;
       const bool masked = direct && nv * W > cols;
       for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
-        const float* a = p.packed_w + (grp * g.m_blocks + mb) * MR * k;
+        const float* a = f32(p.weight) + (grp * g.m_blocks + mb) * MR * k;
         const int64_t* tap = g.tap_offset;
         if (masked) {
           if (nv >= kNV)
@@ -226,7 +227,7 @@ void conv_gemm(const Conv2dParams& p, int64_t n, const float* planes, int64_t pl
         const int64_t m0 = mb * MR;
         const int64_t rows = g.Mg - m0 < MR ? g.Mg - m0 : MR;
         const int64_t tile_stride = (nv >= kNV ? kNV : (nv == 2 && kNV > 2 ? 2 : 1)) * W;
-        store_tile(p, n, tile, tile_stride, p0, cols, grp * g.Mg + m0, rows);
+        store_tile(p, g, n, tile, tile_stride, p0, cols, grp * g.Mg + m0, rows);
       }
     }
   });
@@ -277,14 +278,14 @@ void microkernel_cols(const float* a, const float* planes, const int64_t* pos, i
 
 // Lanes used by each path, to pick one: spatial wastes garbage columns and tail vectors,
 // channel wastes tail positions and tail channel vectors.
-bool prefer_channel_path(const Conv2dGeometry& g) {
-  const double useful = static_cast<double>(g.OH * g.OW);
+bool prefer_channel_path(const Conv2dShape& s, const Conv2dCpuPlan& g) {
+  const double useful = static_cast<double>(s.OH * s.OW);
   const int64_t s_tiles = (g.virtual_cols + NR - 1) / NR;
   const int64_t s_last = g.virtual_cols - (s_tiles - 1) * NR;
   const double s_cols = static_cast<double>((s_tiles - 1) * NR + (s_last + W - 1) / W * W);
   const double s_eff =
       useful / s_cols * static_cast<double>(g.Mg) / static_cast<double>(g.m_blocks * MR);
-  const int64_t c_rows = (g.OH * g.OW + kPosRows - 1) / kPosRows * kPosRows;
+  const int64_t c_rows = (s.OH * s.OW + kPosRows - 1) / kPosRows * kPosRows;
   const double c_eff = useful / static_cast<double>(c_rows) * static_cast<double>(g.Mg) /
                        static_cast<double>((g.Mg + W - 1) / W * W);
   // The channel path pays a transposing store; ask for a clear gain.
@@ -293,12 +294,11 @@ bool prefer_channel_path(const Conv2dGeometry& g) {
 
 // Images n0 .. n0 + count - 1 as one GEMM: position q is image n0 + q / (OH*OW), whose planes
 // start at planes + (q / (OH*OW)) * image_stride.
-void conv_gemm_cols(const Conv2dParams& p, int64_t n0, int64_t count, const float* planes,
-                    int64_t image_stride, int64_t plane_stride) {
+void conv_gemm_cols(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n0, int64_t count,
+                    const float* planes, int64_t image_stride, int64_t plane_stride) {
   const Conv2dShape& s = p.shape;
-  const Conv2dGeometry& g = p.geom;
   const int64_t k = g.Cg * g.ntaps;
-  const int64_t hw = g.OH * g.OW;
+  const int64_t hw = s.OH * s.OW;
   const int64_t positions = count * hw;
   const int64_t pblocks = (positions + kPosRows - 1) / kPosRows;
   const int64_t panels = (g.Mg + kConvNC - 1) / kConvNC;
@@ -308,7 +308,7 @@ void conv_gemm_cols(const Conv2dParams& p, int64_t n0, int64_t count, const floa
   const int64_t pgroups = (pblocks + kGroupBlocks - 1) / kGroupBlocks;
   const int64_t c_block = g.ntaps >= 512 ? 1 : 512 / g.ntaps;
   const int64_t tasks = s.groups * panels * pgroups;
-  float* yn = p.y + n0 * p.ys_n;
+  float* yn = static_cast<float*>(p.y) + n0 * p.y_stride.n;
   parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float tiles[kGroupBlocks][kPosRows * kConvNC];
     int64_t pos[kGroupBlocks][kPosRows];
@@ -327,10 +327,10 @@ void conv_gemm_cols(const Conv2dParams& p, int64_t n0, int64_t count, const floa
           int64_t q = pb * kPosRows + i;
           if (q >= positions) q = positions - 1;
           const int64_t img = q / hw, qq = q % hw;
-          pos[pb - pb0][i] = img * image_stride + (qq / g.OW) * g.Wq + qq % g.OW;
+          pos[pb - pb0][i] = img * image_stride + (qq / s.OW) * g.Wq + qq % s.OW;
         }
       }
-      const float* a_panel = p.packed_w_cols + (grp * panels + panel) * kConvNC * k;
+      const float* a_panel = f32(p.weight_cols) + (grp * panels + panel) * kConvNC * k;
       const float* gplanes = planes + grp * g.Cg * plane_stride;
       for (int64_t c0 = 0; c0 < g.Cg; c0 += c_block) {
         const int64_t c1 = c0 + c_block < g.Cg ? c0 + c_block : g.Cg;
@@ -357,12 +357,13 @@ void conv_gemm_cols(const Conv2dParams& p, int64_t n0, int64_t count, const floa
         int64_t yoff[kPosRows];
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t q = pb * kPosRows + i, qq = q % hw;
-          yoff[i] = (q / hw) * p.ys_n + (qq / g.OW) * p.ys_h + (qq % g.OW) * p.ys_w;
+          yoff[i] =
+              (q / hw) * p.y_stride.n + (qq / s.OW) * p.y_stride.h + (qq % s.OW) * p.y_stride.w;
         }
         for (int64_t j = 0; j < width; ++j) {
           const int64_t m = grp * g.Mg + m0 + j;
-          const float bias = p.bias ? p.bias[m] : 0.0f;
-          float* ym = yn + m * p.ys_c;
+          const float bias = p.bias ? f32(p.bias)[m] : 0.0f;
+          float* ym = yn + m * p.y_stride.c;
           for (int64_t i = 0; i < rows; ++i) {
             float r = tile[i * kConvNC + j] + bias;
             if (p.relu) r = r > 0.0f ? r : 0.0f;
@@ -412,45 +413,45 @@ inline void depthwise_run(const float* src, const int64_t* tap, const float* w, 
 // One input channel per group (Cg == 1), Mg outputs each (channel multiplier). Each task fills
 // its channel's planes into this thread's slice of the workspace (cache-resident) and runs
 // every output channel of the group over it.
-void conv_depthwise(const Conv2dParams& p, int64_t n) {
+void conv_depthwise(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) {
   const Conv2dShape& s = p.shape;
-  const Conv2dGeometry& g = p.geom;
   const int64_t ntaps = g.ntaps;
-  float* yn = p.y + n * p.ys_n;
+  float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
   parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) {
     const int tid = current_thread_index();
-    float* plane = p.workspace + (tid < p.nthreads ? tid : 0) * g.channel_floats;
+    float* plane =
+        static_cast<float*>(p.workspace) + (tid < g.nthreads ? tid : 0) * g.channel_floats;
     float w[kConvMaxTaps];
     // Slack past the planes, read by vectors that straddle the end: keep it finite.
     std::memset(plane + g.plane_stride, 0,
                 static_cast<size_t>(g.channel_floats - g.plane_stride) * sizeof(float));
     for (int64_t c = c0; c < c1; ++c) {
-      fill_channel(p, n, c, plane);
+      fill_channel(p, g, n, c, plane);
       for (int64_t j = 0; j < g.Mg; ++j) {
         const int64_t m = c * g.Mg + j;
-        const float* panel = p.packed_w + (c * g.m_blocks + j / MR) * MR * ntaps;
+        const float* panel = f32(p.weight) + (c * g.m_blocks + j / MR) * MR * ntaps;
         for (int64_t t = 0; t < ntaps; ++t) w[t] = panel[t * MR + j % MR];
-        const float bias = p.bias ? p.bias[m] : 0.0f;
-        for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const float bias = p.bias ? f32(p.bias)[m] : 0.0f;
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
           const float* src = plane + oh * g.Wq;
-          float* dst = yn + m * p.ys_c + oh * p.ys_h;
+          float* dst = yn + m * p.y_stride.c + oh * p.y_stride.h;
           int64_t ow = 0;
-          for (; ow + 4 * W <= g.OW; ow += 4 * W)
-            depthwise_run<4>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, 4 * W, p.ys_w,
-                             bias, p.relu);
-          const int64_t left = g.OW - ow;
+          for (; ow + 4 * W <= s.OW; ow += 4 * W)
+            depthwise_run<4>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.y_stride.w, 4 * W,
+                             p.y_stride.w, bias, p.relu);
+          const int64_t left = s.OW - ow;
           if (left > 3 * W)
-            depthwise_run<4>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, left, p.ys_w,
-                             bias, p.relu);
+            depthwise_run<4>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.y_stride.w, left,
+                             p.y_stride.w, bias, p.relu);
           else if (left > 2 * W)
-            depthwise_run<3>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, left, p.ys_w,
-                             bias, p.relu);
+            depthwise_run<3>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.y_stride.w, left,
+                             p.y_stride.w, bias, p.relu);
           else if (left > W)
-            depthwise_run<2>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, left, p.ys_w,
-                             bias, p.relu);
+            depthwise_run<2>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.y_stride.w, left,
+                             p.y_stride.w, bias, p.relu);
           else if (left > 0)
-            depthwise_run<1>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.ys_w, left, p.ys_w,
-                             bias, p.relu);
+            depthwise_run<1>(src + ow, g.tap_offset, w, ntaps, dst + ow * p.y_stride.w, left,
+                             p.y_stride.w, bias, p.relu);
         }
       }
     }
@@ -459,41 +460,43 @@ void conv_depthwise(const Conv2dParams& p, int64_t n) {
 
 }  // namespace
 
-void conv2d(const Conv2dParams& p) {
+void conv2d(const Conv2dParams& p, const Conv2dCpuPlan& g) {
 #if defined(__AVX512F__)
-  const bool cols = !p.geom.depthwise && p.packed_w_cols && p.path != 1 &&
-                    (p.path == 2 || prefer_channel_path(p.geom));
+  const bool cols = !g.depthwise && p.weight_cols && g.path != 1 &&
+                    (g.path == 2 || prefer_channel_path(p.shape, g));
 #endif
   // 1x1, stride 1, no padding, rows contiguous: the image is its own (only) phase plane, so
   // the GEMM reads it in place — no copy.
   const Conv2dShape& s = p.shape;
-  const bool direct = s.KH == 1 && s.KW == 1 && s.SH == 1 && s.SW == 1 && s.PT == 0 && s.PL == 0 &&
-                      s.PB == 0 && s.PR == 0 && p.xs_w == 1 && (p.xs_h == s.W || s.H == 1);
+  const bool direct = s.KH == 1 && s.KW == 1 && s.stride_h == 1 && s.stride_w == 1 &&
+                      s.pad_top == 0 && s.pad_left == 0 && s.pad_bottom == 0 && s.pad_right == 0 &&
+                      p.x_stride.w == 1 && (p.x_stride.h == s.W || s.H == 1);
 #if defined(__AVX512F__)
   if (cols) {
-    const int64_t batch = p.batch_images > 0 ? p.batch_images : 1;
+    const int64_t batch = g.batch_images > 0 ? g.batch_images : 1;
     for (int64_t n0 = 0; n0 < s.N; n0 += batch) {
       const int64_t count = s.N - n0 < batch ? s.N - n0 : batch;
       if (direct) {
-        conv_gemm_cols(p, n0, count, p.x + n0 * p.xs_n, p.xs_n, p.xs_c);
+        conv_gemm_cols(p, g, n0, count, f32(p.x) + n0 * p.x_stride.n, p.x_stride.n, p.x_stride.c);
         continue;
       }
       for (int64_t i = 0; i < count; ++i)
-        fill_planes(p, n0 + i, p.workspace + i * p.geom.planes_floats);
-      conv_gemm_cols(p, n0, count, p.workspace, p.geom.planes_floats, p.geom.plane_stride);
+        fill_planes(p, g, n0 + i, static_cast<float*>(p.workspace) + i * g.planes_floats);
+      conv_gemm_cols(p, g, n0, count, static_cast<float*>(p.workspace), g.planes_floats,
+                     g.plane_stride);
     }
     return;
   }
 #endif
   for (int64_t n = 0; n < s.N; ++n) {
-    if (p.geom.depthwise) {
-      conv_depthwise(p, n);
+    if (g.depthwise) {
+      conv_depthwise(p, g, n);
       continue;
     }
-    const float* planes = direct ? p.x + n * p.xs_n : p.workspace;
-    const int64_t plane_stride = direct ? p.xs_c : p.geom.plane_stride;
-    if (!direct) fill_planes(p, n, p.workspace);
-    conv_gemm(p, n, planes, plane_stride, direct);
+    const float* planes = direct ? f32(p.x) + n * p.x_stride.n : static_cast<float*>(p.workspace);
+    const int64_t plane_stride = direct ? p.x_stride.c : g.plane_stride;
+    if (!direct) fill_planes(p, g, n, static_cast<float*>(p.workspace));
+    conv_gemm(p, g, n, planes, plane_stride, direct);
   }
 }
 

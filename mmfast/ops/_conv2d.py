@@ -1,18 +1,35 @@
-"""conv2d / Conv2d over mmfast._C: ONNX Conv semantics, float32, NCHW.
+"""conv2d / Conv2d: ONNX Conv semantics, NCHW. The argument checks (once, for both devices),
+then the CPU path (numpy / torch CPU, float32 -> mmfast._C, csrc/conv2d/conv2d_cpu.cpp, with
+the weights packed once) or the CUDA path (torch CUDA / CuPy, float32 / float16 / bfloat16 ->
+mmfast._C_cuda, csrc/conv2d/conv2d_cuda.cu).
 
-Arguments are checked and normalised here (names in every message); the C++ layer checks the
-invariants again and runs the kernel with the GIL released.
+Both paths fill the same parameter set (csrc/conv2d/conv2d.h), whose invariants the C++ side
+checks again before a kernel reads it.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
-from . import _C
-from ._arrays import ArrayKind, from_numpy, to_numpy
-from ._cuda_ops import cuda_conv2d, is_cuda_array
+from .. import _C
+from .._cuda import cuda_kernels
+from ._arrays import from_numpy, host_array, host_out
+from ._cuda_arrays import (
+    CudaArray,
+    cuda_array,
+    cuda_contiguous,
+    cuda_dtype,
+    cuda_empty,
+    cuda_is_c_contiguous,
+    cuda_out,
+    cuda_stream,
+    is_cuda_array,
+    overlaps,
+    same_place,
+)
 
 __all__ = ["Conv2d", "conv2d", "conv2d_output_shape", "resolve_padding"]
 
@@ -96,15 +113,6 @@ def conv2d_output_shape(
     return oh, ow
 
 
-def _float32(a: Any, name: str, ndim: int) -> tuple[np.ndarray, ArrayKind]:
-    arr, kind = to_numpy(a, name)
-    if arr.dtype != np.float32:
-        raise TypeError(f"{name}: expected float32, got {arr.dtype}")
-    if arr.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions, got {arr.ndim} {arr.shape}")
-    return arr, kind
-
-
 class Conv2d:
     """A 2-D convolution with its weights packed once, for repeated inference.
 
@@ -112,7 +120,9 @@ class Conv2d:
     int or (h, w), positive. padding: see :func:`resolve_padding` (auto_pad modes are resolved
     per input size). groups divides C and M (groups == C is depthwise; M = k*C gives a channel
     multiplier k). activation: None or "relu" (fused). Call with x (N, C, H, W) float32 ->
-    (N, M, OH, OW), as a numpy array or a torch CPU tensor like x.
+    (N, M, OH, OW), as a numpy array or a torch CPU tensor like x. With weights on the GPU
+    (a torch CUDA tensor or CuPy array, float32 / float16 / bfloat16), call it with CUDA arrays
+    of the weights' dtype and device.
     """
 
     def __init__(
@@ -128,15 +138,15 @@ class Conv2d:
     ) -> None:
         self._cuda_weight: Any = None
         self._cuda_bias: Any = None
+        w: np.ndarray | None = None
         if is_cuda_array(weight):
             # GPU weights: kept as given (the CUDA kernels reorder them per call, on the GPU).
             shape = tuple(int(d) for d in weight.shape)
             if len(shape) != 4:
                 raise ValueError(f"weight: expected 4 dimensions, got {len(shape)} {shape}")
-            w = None
             self._cuda_weight, self._cuda_bias = weight, bias
         else:
-            w, _ = _float32(weight, "weight", 4)
+            w, _ = host_array(weight, "weight", 4)
             shape = tuple(int(d) for d in w.shape)
         if 0 in shape:
             raise ValueError(f"weight: has an empty dimension {shape}")
@@ -146,8 +156,11 @@ class Conv2d:
         m, cg, kh, kw = shape
         if m % self.groups:
             raise ValueError(f"groups: {self.groups} does not divide the {m} output channels")
-        if kh * kw > 256:
-            raise ValueError(f"weight: kernels of more than 256 taps are not supported ({kh}x{kw})")
+        if kh * kw > _C.CONV_MAX_TAPS:
+            raise ValueError(
+                f"weight: kernels of more than {_C.CONV_MAX_TAPS} taps are not supported "
+                f"({kh}x{kw})"
+            )
         self.out_channels, self.in_channels = m, cg * self.groups
         self.kernel_size = (kh, kw)
         self.stride = _pair(stride, "stride", 1)
@@ -155,7 +168,6 @@ class Conv2d:
         # Validate the padding spec now (auto_pad modes are resolved per input size later).
         resolve_padding(padding, (1, 1), self.kernel_size, self.stride, self.dilation)
         self.padding = padding
-        self._stride_list, self._dilation_list = list(self.stride), list(self.dilation)
         self._geometry_cache: dict[tuple[int, int], tuple[list[int], tuple[int, int]]] = {}
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
@@ -164,7 +176,7 @@ class Conv2d:
         if w is None:
             return  # bias is checked against x by the CUDA path (dtype and device)
         if bias is not None:
-            b, _ = _float32(bias, "bias", 1)
+            b, _ = host_array(bias, "bias", 1)
             if b.shape[0] != m:
                 raise ValueError(f"bias: expected {m} values (weight's M), got {b.shape[0]}")
             self.bias = np.ascontiguousarray(b).copy()
@@ -197,35 +209,23 @@ class Conv2d:
         _, (oh, ow) = self._geometry(h, w)
         return (n, self.out_channels, oh, ow)
 
-    def _cuda_geometry(
-        self, n: int, c: int, h: int, w: int, m: int, cg: int, kh: int, kw: int
-    ) -> tuple[tuple[int, int], tuple[int, int], list[int], tuple[int, int]]:
-        """The checks of __call__ for the CUDA path (shapes only; dtype/device are its own)."""
-        if (m, cg * self.groups, kh, kw) != (
-            self.out_channels,
-            self.in_channels,
-            *self.kernel_size,
-        ):
-            raise ValueError("weight: shape changed since this Conv2d was made")
-        self._check_channels(c)
-        pads, out_hw = self._geometry(h, w)
-        self._check_output(h, w, pads, out_hw)
-        return self.stride, self.dilation, pads, out_hw
-
-    def _check_channels(self, c: int) -> None:
+    def _output(self, x_shape: tuple[int, ...]) -> tuple[list[int], tuple[int, int, int, int]]:
+        """The checks every device shares, for an input of shape (N, C, H, W): its channels and
+        a non-empty output. Returns the pads and the output shape (N, M, OH, OW)."""
+        n, c, h, w = x_shape
         if c != self.in_channels:
             raise ValueError(
                 f"x: has {c} channels but weight expects {self.in_channels} "
                 f"(C/groups = {self.in_channels // self.groups}, groups = {self.groups})"
             )
-
-    def _check_output(self, h: int, w: int, pads: list[int], out_hw: tuple[int, int]) -> None:
-        if out_hw[0] <= 0 or out_hw[1] <= 0:
+        pads, (oh, ow) = self._geometry(h, w)
+        if oh <= 0 or ow <= 0:
             raise ValueError(
                 f"x: the kernel {self.kernel_size} (dilation {self.dilation}) is larger than "
                 f"the padded input ({h + pads[0] + pads[2]}, {w + pads[1] + pads[3]}): "
                 "empty output"
             )
+        return pads, (n, self.out_channels, oh, ow)
 
     def __call__(self, x: Any, *, out: Any = None) -> Any:
         if is_cuda_array(x) or self._cuda_weight is not None:
@@ -233,31 +233,18 @@ class Conv2d:
                 raise TypeError("x: this Conv2d's weights are on the GPU; pass a CUDA array")
             if self._cuda_weight is None:
                 raise TypeError("x: a CUDA array, but this Conv2d's weights are on the CPU")
-            return cuda_conv2d(
-                x,
-                self._cuda_weight,
-                self._cuda_bias,
-                geometry=self._cuda_geometry,
-                groups=self.groups,
-                relu=self.activation == "relu",
-                out=out,
-            )
-        xa, kind = _float32(x, "x", 4)
-        n, c, h, w = (int(d) for d in xa.shape)
-        self._check_channels(c)
-        pads, (oh, ow) = self._geometry(h, w)
-        self._check_output(h, w, pads, (oh, ow))
-        shape = (n, self.out_channels, oh, ow)
+            return self._call_cuda(x, out)
+        return self._call_cpu(x, out)
+
+    # ---- CPU: numpy arrays and torch CPU tensors -> mmfast._C -----------------------------------
+
+    def _call_cpu(self, x: Any, out: Any) -> Any:
+        xa, kind = host_array(x, "x", 4)
+        pads, shape = self._output(xa.shape)
         if out is None:
             oa = np.empty(shape, dtype=np.float32)
         else:
-            oa, okind = _float32(out, "out", 4)
-            if okind != kind:
-                raise TypeError(f"out: expected a {kind.framework} array like x")
-            if oa.shape != shape:
-                raise ValueError(f"out: expected shape {shape}, got {oa.shape}")
-            if not oa.flags.writeable:
-                raise ValueError("out: array is read-only")
+            oa = host_out(out, kind, shape, "x")
             # may_share_memory is a cheap bounds test; the exact test only when it says maybe
             if np.may_share_memory(oa, xa) and np.shares_memory(oa, xa):
                 raise ValueError("out: overlaps x (convolution cannot run in place)")
@@ -268,16 +255,95 @@ class Conv2d:
                 self._packed_cols,
                 self.bias,
                 oa,
-                self.out_channels,
-                self.kernel_size[0],
-                self.kernel_size[1],
-                self._stride_list,
-                self._dilation_list,
-                pads,
-                self.groups,
-                self.activation == "relu",
+                M=self.out_channels,
+                KH=self.kernel_size[0],
+                KW=self.kernel_size[1],
+                stride=self.stride,
+                dilation=self.dilation,
+                pads=pads,
+                groups=self.groups,
+                relu=self.activation == "relu",
             )
         return from_numpy(oa, kind) if out is None else out
+
+    # ---- CUDA: torch CUDA tensors and CuPy arrays -> mmfast._C_cuda -----------------------------
+
+    def _call_cuda(self, x: Any, out: Any) -> Any:
+        xa = cuda_array(x, "x")
+        mod = cuda_kernels()
+        wa = cuda_array(self._cuda_weight, "weight")
+        same_place(wa, xa, "weight", "x")
+        dtype = cuda_dtype(xa, "x")
+        if wa.dtype != xa.dtype:
+            raise TypeError(f"weight: dtype {wa.dtype} differs from x's {xa.dtype}")
+        if len(xa.shape) != 4:
+            raise ValueError(f"x: expected 4 dimensions, got {len(xa.shape)} {xa.shape}")
+        if len(wa.shape) != 4:
+            raise ValueError(f"weight: expected 4 dimensions, got {len(wa.shape)} {wa.shape}")
+        m, cg, kh, kw = wa.shape
+        if (m, cg * self.groups, kh, kw) != (
+            self.out_channels,
+            self.in_channels,
+            *self.kernel_size,
+        ):
+            raise ValueError("weight: shape changed since this Conv2d was made")
+        pads, oshape = self._output(xa.shape)
+        ba = None
+        if self._cuda_bias is not None:
+            ba = cuda_array(self._cuda_bias, "bias")
+            same_place(ba, xa, "bias", "x")
+            if ba.dtype != xa.dtype:
+                raise TypeError(f"bias: dtype {ba.dtype} differs from x's {xa.dtype}")
+            if ba.shape != (m,):
+                raise ValueError(f"bias: expected shape ({m},), got {ba.shape}")
+            ba = cuda_contiguous(ba, "bias")
+        xa, wa = cuda_contiguous(xa, "x"), cuda_contiguous(wa, "weight")
+        if out is None:
+            oa = cuda_array(cuda_empty(xa, oshape, xa.dtype), "out")
+        else:
+            oa = cuda_out(out, xa, oshape, xa.dtype)
+            if not cuda_is_c_contiguous(oa):
+                raise ValueError("out: must be C-contiguous")
+            for name, a in (("x", xa), ("weight", wa), ("bias", ba)):
+                if a is not None and overlaps(oa, a):
+                    raise ValueError(f"out: overlaps {name} (convolution cannot run in place)")
+        n, c, h, w = xa.shape
+        if n * m * oshape[2] * oshape[3] == 0:
+            return oa.obj if out is None else out
+        if c * h * w == 0:
+            # Nothing to read (every tap lands in padding): the output is the bias (after ReLU).
+            _fill_bias(oa, ba, self.activation == "relu")
+            return oa.obj if out is None else out
+        shapes = {
+            "x_shape": xa.shape,
+            "weight_shape": wa.shape,
+            "out_shape": oshape,
+            "stride": self.stride,
+            "dilation": self.dilation,
+            "pads": pads,
+            "groups": self.groups,
+            "dtype": getattr(mod.DType, dtype),
+        }
+        nbytes = int(mod.conv2d_workspace_bytes(**shapes, device=xa.device))
+        ws = cuda_array(cuda_empty(xa, (nbytes,), "uint8"), "workspace") if nbytes else None
+        mod.conv2d(
+            x=xa.ptr,
+            weight=wa.ptr,
+            bias=ba.ptr if ba is not None else 0,
+            out=oa.ptr,
+            workspace=ws.ptr if ws is not None else 0,
+            workspace_bytes=nbytes,
+            x_stride=_dense_strides(xa.shape),
+            out_stride=_dense_strides(oshape),
+            relu=self.activation == "relu",
+            device=xa.device,
+            stream=cuda_stream(xa),
+            **shapes,
+        )
+        # The caller's allocator may hand the workspace to another op only after the stream
+        # passes this point: torch's caching allocator and CuPy's pool are both stream-ordered.
+        del ws
+        return oa.obj if out is None else out
 
     def __repr__(self) -> str:
         return (
@@ -286,6 +352,33 @@ class Conv2d:
             f"groups={self.groups}, bias={self.bias is not None or self._cuda_bias is not None}, "
             f"activation={self.activation!r})"
         )
+
+
+def _dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a C-contiguous array of `shape`."""
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return tuple(reversed(strides))
+
+
+def _fill_bias(o: CudaArray, bias: CudaArray | None, relu: bool) -> None:
+    """o[n, m, :, :] = bias[m] (0 without a bias), then ReLU: with the caller's framework, on
+    its current stream."""
+    if o.framework == "torch":
+        if bias is None:
+            o.obj.zero_()
+        else:
+            o.obj.copy_(bias.obj.view(1, -1, 1, 1).expand_as(o.obj))
+            if relu:
+                o.obj.clamp_(min=0)
+        return
+    cupy = sys.modules["cupy"]
+    with cupy.cuda.Device(o.device):
+        o.obj[...] = 0 if bias is None else bias.obj.reshape(1, -1, 1, 1)
+        if relu:
+            cupy.maximum(o.obj, 0, out=o.obj)
 
 
 def conv2d(
@@ -317,7 +410,7 @@ def conv2d(
         if len(shape) != 4:
             raise ValueError(f"x: expected 4 dimensions, got {len(shape)} {shape}")
     else:
-        shape = _float32(x, "x", 4)[0].shape
+        shape = host_array(x, "x", 4)[0].shape
     conv = Conv2d(
         weight,
         bias,

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/kernel_table.h"
+#include "dispatch/kernel_table.h"
 
 namespace mmfast {
 

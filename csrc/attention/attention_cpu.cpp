@@ -18,6 +18,7 @@
 // plain element-wise vector arithmetic across the rows of Sᵀ, with no horizontal reductions.
 #include <cstdlib>
 
+#include "attention/attention.h"
 #include "common/simd.h"
 
 namespace mmfast {
@@ -38,6 +39,9 @@ constexpr int BK = 96;        // keys per block: 16 microkernel rows; Sᵀ is 24
 constexpr float kInf = __builtin_inff();
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.693147180559945309f;
+
+// q, k, v, out and an additive mask are float32 here (check_attention refuses other dtypes).
+inline const float* f32(const void* ptr) { return static_cast<const float*>(ptr); }
 
 // 2^x for x <= 0: x = n + r with |r| <= 1/2, 2^r by Cephes exp2f's degree-6 polynomial (< 1 ulp
 // on [-1/2, 1/2]), 2^n built in the exponent bits. The softmax works in base 2 (log2(e) is
@@ -174,12 +178,12 @@ template <int N>
 void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, int64_t h,
                      int64_t i0) {
   constexpr int BQ = N * W;  // queries in this tile (N vectors)
-  const int64_t nq = p.lq - i0 < BQ ? p.lq - i0 : BQ;
-  const int64_t hk = h / (p.hq / p.hkv);  // GQA / MQA: the kv head this query head reads
-  const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
-  const float* k = p.k + b * p.k_sb + hk * p.k_sh;
-  const float* v = p.v + b * p.v_sb + hk * p.v_sh;
-  const int64_t d = p.d, dv = p.dv;
+  const int64_t nq = p.q_len - i0 < BQ ? p.q_len - i0 : BQ;
+  const int64_t hk = h / (p.q_heads / p.kv_heads);  // GQA / MQA: the kv head this query head reads
+  const float* q = f32(p.q) + b * p.q_stride.batch + h * p.q_stride.head + i0 * p.q_stride.row;
+  const float* k = f32(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
+  const float* v = f32(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
+  const int64_t d = p.head_dim, dv = p.v_head_dim;
 
   // Qᵀ, scaled, lanes past nq zero. Scores are kept in base 2 (s·log2(e), so exp becomes exp2):
   // log2(e) is folded into the scale, or, with a softcap (which acts on the natural scores),
@@ -188,7 +192,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
   const float qscale = capped ? p.scale : p.scale * kLog2e;
   for (int64_t x = 0; x < d; ++x) {
     float* row = ws.qt + x * BQ;
-    for (int64_t i = 0; i < nq; ++i) row[i] = qscale * q[i * p.q_sl + x];
+    for (int64_t i = 0; i < nq; ++i) row[i] = qscale * q[i * p.q_stride.row + x];
     for (int64_t i = nq; i < BQ; ++i) row[i] = 0.0f;
   }
   for (int64_t i = 0; i < dv * BQ; ++i) ws.ot[i] = 0.0f;
@@ -200,7 +204,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
 
   // Causal: the last query of the block sees keys j <= i0 + nq - 1 + offset; later key blocks
   // are skipped entirely, earlier ones need no causal mask.
-  int64_t kend = p.lk;
+  int64_t kend = p.kv_len;
   if (p.causal) {
     const int64_t last = i0 + nq - 1 + p.causal_offset + 1;
     kend = last < kend ? (last > 0 ? last : 0) : kend;
@@ -212,7 +216,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     const int64_t nk = kend - j0 < BK ? kend - j0 : BK;
     float* st = ws.st;
     // S = (scale·log2(e)·Q)·Kᵀ for this key block.
-    qk_block<N>(k + j0 * p.k_sl, p.k_sl, ws.qt, d, st, nk);
+    qk_block<N>(k + j0 * p.k_stride.row, p.k_stride.row, ws.qt, d, st, nk);
 
     // S = softcap·tanh(S / softcap), before the mask (ONNX Attention / FlashAttention order).
     if (capped)
@@ -223,18 +227,19 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
         }
 
     // Masks: strided in the query direction, so element by element (rare path).
-    if (p.mask_add || p.mask_keep) {
-      const int64_t off = b * p.m_sb + h * p.m_sh + i0 * p.m_sq + j0 * p.m_sk;
-      if (p.mask_add) {
+    if (p.mask_kind != MaskKind::none) {
+      const int64_t off = b * p.mask_stride.batch + h * p.mask_stride.head +
+                          i0 * p.mask_stride.query + j0 * p.mask_stride.key;
+      if (p.mask_kind == MaskKind::additive) {
         for (int64_t i = 0; i < nq; ++i) {
-          const float* mrow = p.mask_add + off + i * p.m_sq;
-          for (int64_t r = 0; r < nk; ++r) st[r * BQ + i] += kLog2e * mrow[r * p.m_sk];
+          const float* mrow = f32(p.mask) + off + i * p.mask_stride.query;
+          for (int64_t r = 0; r < nk; ++r) st[r * BQ + i] += kLog2e * mrow[r * p.mask_stride.key];
         }
       } else {
         for (int64_t i = 0; i < nq; ++i) {
-          const uint8_t* mrow = p.mask_keep + off + i * p.m_sq;
+          const uint8_t* mrow = static_cast<const uint8_t*>(p.mask) + off + i * p.mask_stride.query;
           for (int64_t r = 0; r < nk; ++r)
-            if (!mrow[r * p.m_sk]) st[r * BQ + i] = -kInf;
+            if (!mrow[r * p.mask_stride.key]) st[r * BQ + i] = -kInf;
         }
       }
     }
@@ -258,7 +263,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     // P = 2^(S - m_new), l = alpha·l + Σ_j P. A lane with no unmasked key yet keeps m = -inf;
     // its reference is taken as 0 so that P = 2^-inf = 0 and alpha = 0, never NaN. Only blocks
     // that can hold -inf (a mask, the causal diagonal) pay for the exact zeros.
-    const bool masked = diagonal || p.mask_add || p.mask_keep;
+    const bool masked = diagonal || p.mask_kind != MaskKind::none;
     VecF alpha[N];
     for (int c = 0; c < N; ++c) {
       VecF mx = m[c];
@@ -285,7 +290,7 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     }
 
     // O = alpha·O + P·V.
-    pv_block<N>(v + j0 * p.v_sl, p.v_sl, st, nk, dv, alpha, ws.ot);
+    pv_block<N>(v + j0 * p.v_stride.row, p.v_stride.row, st, nk, dv, alpha, ws.ot);
   }
 
   // out = O / l (0 where l = 0: every key masked), lse = ln(2)·m + ln(l) (-inf there).
@@ -294,15 +299,16 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     l[c].store(ws.l + c * W);
     m[c].store(ws.m + c * W);
   }
-  float* lse = p.lse ? p.lse + b * p.lse_sb + h * p.lse_sh + i0 : nullptr;
+  float* lse = p.lse ? p.lse + (b * p.q_heads + h) * p.q_len + i0 : nullptr;
   for (int64_t i = 0; i < nq; ++i) {
     const float li = ws.l[i];
     if (lse) lse[i] = li > 0.0f ? kLn2 * ws.m[i] + __builtin_logf(li) : -kInf;
     linv[i] = li > 0.0f ? 1.0f / li : 0.0f;
   }
-  float* out = p.out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
+  float* out = static_cast<float*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
+               i0 * p.out_stride.row;
   for (int64_t i = 0; i < nq; ++i) {
-    float* orow = out + i * p.o_sl;
+    float* orow = out + i * p.out_stride.row;
     const float s = linv[i];
     for (int64_t c = 0; c < dv; ++c) orow[c] = ws.ot[c * BQ + i] * s;
   }
@@ -327,10 +333,10 @@ inline float dot(const float* a, const float* b, int64_t n) {
 
 void attention_rows(const AttentionParams& p, const Workspace& ws, int64_t b, int64_t h, int64_t i0,
                     int64_t nq) {
-  const int64_t hk = h / (p.hq / p.hkv);
-  const float* k = p.k + b * p.k_sb + hk * p.k_sh;
-  const float* v = p.v + b * p.v_sb + hk * p.v_sh;
-  const int64_t d = p.d, dv = p.dv;
+  const int64_t hk = h / (p.q_heads / p.kv_heads);
+  const float* k = f32(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
+  const float* v = f32(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
+  const int64_t d = p.head_dim, dv = p.v_head_dim;
   const bool capped = p.softcap > 0.0f;
   const float qscale = capped ? p.scale : p.scale * kLog2e;
   const VecF cap2 = VecF::set1(p.softcap * kLog2e), inv_cap = VecF::set1(1.0f / p.softcap);
@@ -339,10 +345,10 @@ void attention_rows(const AttentionParams& p, const Workspace& ws, int64_t b, in
   float* o = ws.ot;   // (Dv,) unnormalised output
   for (int64_t i = 0; i < nq; ++i) {
     const int64_t qi = i0 + i;
-    const float* q = p.q + b * p.q_sb + h * p.q_sh + qi * p.q_sl;
+    const float* q = f32(p.q) + b * p.q_stride.batch + h * p.q_stride.head + qi * p.q_stride.row;
     for (int64_t x = 0; x < d; ++x) qs[x] = qscale * q[x];
     for (int64_t c = 0; c < dv; ++c) o[c] = 0.0f;
-    int64_t kend = p.lk;  // causal: keys j <= qi + offset only
+    int64_t kend = p.kv_len;  // causal: keys j <= qi + offset only
     if (p.causal) {
       const int64_t last = qi + p.causal_offset + 1;
       kend = last < kend ? (last > 0 ? last : 0) : kend;
@@ -350,19 +356,20 @@ void attention_rows(const AttentionParams& p, const Workspace& ws, int64_t b, in
     float m = -kInf, l = 0.0f;
     for (int64_t j0 = 0; j0 < kend; j0 += BK) {
       const int64_t nk = kend - j0 < BK ? kend - j0 : BK;
-      const float* kb = k + j0 * p.k_sl;
-      for (int64_t r = 0; r < nk; ++r) sc[r] = dot(qs, kb + r * p.k_sl, d);  // S = q·Kᵀ
+      const float* kb = k + j0 * p.k_stride.row;
+      for (int64_t r = 0; r < nk; ++r) sc[r] = dot(qs, kb + r * p.k_stride.row, d);  // S = q·Kᵀ
       if (capped)
         for (int64_t r = 0; r < nk; r += W) {
           const int t = nk - r < W ? static_cast<int>(nk - r) : W;
           (cap2 * tanh(VecF::load_partial(sc + r, t, 0.0f) * inv_cap)).store_partial(sc + r, t);
         }
-      const int64_t off = b * p.m_sb + h * p.m_sh + qi * p.m_sq + j0 * p.m_sk;
-      if (p.mask_add)
-        for (int64_t r = 0; r < nk; ++r) sc[r] += kLog2e * p.mask_add[off + r * p.m_sk];
-      if (p.mask_keep)
+      const int64_t off = b * p.mask_stride.batch + h * p.mask_stride.head +
+                          qi * p.mask_stride.query + j0 * p.mask_stride.key;
+      if (p.mask_kind == MaskKind::additive)
+        for (int64_t r = 0; r < nk; ++r) sc[r] += kLog2e * f32(p.mask)[off + r * p.mask_stride.key];
+      if (p.mask_kind == MaskKind::boolean)
         for (int64_t r = 0; r < nk; ++r)
-          if (!p.mask_keep[off + r * p.m_sk]) sc[r] = -kInf;
+          if (!static_cast<const uint8_t*>(p.mask)[off + r * p.mask_stride.key]) sc[r] = -kInf;
       // Online softmax, as in attention_block (reference 0 while every key is masked).
       VecF vmx = VecF::set1(m);
       for (int64_t r = 0; r < nk; r += W) {
@@ -383,59 +390,63 @@ void attention_rows(const AttentionParams& p, const Workspace& ws, int64_t b, in
       l = l * alpha + vsum.reduce_add();
       m = ref;
       // o = alpha·o + P·V, along Dv.
-      const float* vb = v + j0 * p.v_sl;
+      const float* vb = v + j0 * p.v_stride.row;
       const VecF va = VecF::set1(alpha);
       int64_t c = 0;
       for (; c + W <= dv; c += W) {
         VecF acc = VecF::load(o + c) * va;
         for (int64_t r = 0; r < nk; ++r)
-          acc = fmadd(VecF::set1(sc[r]), VecF::load(vb + r * p.v_sl + c), acc);
+          acc = fmadd(VecF::set1(sc[r]), VecF::load(vb + r * p.v_stride.row + c), acc);
         acc.store(o + c);
       }
       if (c < dv) {
         const int t = static_cast<int>(dv - c);
         VecF acc = VecF::load_partial(o + c, t, 0.0f) * va;
         for (int64_t r = 0; r < nk; ++r)
-          acc = fmadd(VecF::set1(sc[r]), VecF::load_partial(vb + r * p.v_sl + c, t, 0.0f), acc);
+          acc = fmadd(VecF::set1(sc[r]), VecF::load_partial(vb + r * p.v_stride.row + c, t, 0.0f),
+                      acc);
         acc.store_partial(o + c, t);
       }
     }
-    float* orow = p.out + b * p.o_sb + h * p.o_sh + qi * p.o_sl;
+    float* orow = static_cast<float*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
+                  qi * p.out_stride.row;
     const float linv = l > 0.0f ? 1.0f / l : 0.0f;
     for (int64_t c = 0; c < dv; ++c) orow[c] = o[c] * linv;
     if (p.lse)
-      p.lse[b * p.lse_sb + h * p.lse_sh + qi] = l > 0.0f ? kLn2 * m + __builtin_logf(l) : -kInf;
+      p.lse[(b * p.q_heads + h) * p.q_len + qi] = l > 0.0f ? kLn2 * m + __builtin_logf(l) : -kInf;
   }
 }
 
 // The outputs of task t, set to NaN (only when the workspace cannot be allocated).
 void fill_nan(const AttentionParams& p, int64_t nqb, int64_t bh, int64_t t) {
-  const int64_t i0 = (nqb - 1 - t / bh) * kBQ, r = t % bh, b = r / p.hq, h = r % p.hq;
-  const int64_t nq = p.lq - i0 < kBQ ? p.lq - i0 : kBQ;
+  const int64_t i0 = (nqb - 1 - t / bh) * kBQ, r = t % bh, b = r / p.q_heads, h = r % p.q_heads;
+  const int64_t nq = p.q_len - i0 < kBQ ? p.q_len - i0 : kBQ;
   for (int64_t i = 0; i < nq; ++i) {
-    float* orow = p.out + b * p.o_sb + h * p.o_sh + (i0 + i) * p.o_sl;
-    for (int64_t c = 0; c < p.dv; ++c) orow[c] = __builtin_nanf("");
-    if (p.lse) p.lse[b * p.lse_sb + h * p.lse_sh + i0 + i] = __builtin_nanf("");
+    float* orow = static_cast<float*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
+                  (i0 + i) * p.out_stride.row;
+    for (int64_t c = 0; c < p.v_head_dim; ++c) orow[c] = __builtin_nanf("");
+    if (p.lse) p.lse[(b * p.q_heads + h) * p.q_len + i0 + i] = __builtin_nanf("");
   }
 }
 
 }  // namespace
 
 void attention(const AttentionParams& p) {
-  if (p.b <= 0 || p.hq <= 0 || p.lq <= 0) return;
-  const int64_t nqb = (p.lq + kBQ - 1) / kBQ;
-  const int64_t bh = p.b * p.hq;
+  if (p.batch <= 0 || p.q_heads <= 0 || p.q_len <= 0) return;
+  const int64_t nqb = (p.q_len + kBQ - 1) / kBQ;
+  const int64_t bh = p.batch * p.q_heads;
   // Tasks go from the last query block to the first: under a causal mask the last blocks see
   // the most keys, and the pool hands tasks out in order, so the big ones start first.
   // A chunk of tasks is at least ~4 MFLOP (~40 µs): waking a worker for less costs more than it
   // saves (a one-token decode step over 8 heads runs inline).
-  const double task_flops = 2.0 * static_cast<double>(p.lq < kBQ ? p.lq : kBQ) *
-                                static_cast<double>(p.lk) * static_cast<double>(p.d + p.dv) +
+  const double task_flops = 2.0 * static_cast<double>(p.q_len < kBQ ? p.q_len : kBQ) *
+                                static_cast<double>(p.kv_len) *
+                                static_cast<double>(p.head_dim + p.v_head_dim) +
                             2e4;
   const int64_t grain = static_cast<int64_t>(4e6 / task_flops) + 1;
   parallel_for(bh * nqb, grain, [&p, nqb, bh](int64_t begin, int64_t end) {
     // 64-byte aligned (a zmm load never splits a cache line); size rounded up for aligned_alloc.
-    const int64_t floats = (p.d + BK + p.dv + 3) * kBQ;
+    const int64_t floats = (p.head_dim + BK + p.v_head_dim + 3) * kBQ;
     const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
     float* buf = static_cast<float*>(std::aligned_alloc(64, bytes));
     if (!buf) {
@@ -445,9 +456,9 @@ void attention(const AttentionParams& p) {
     }
     Workspace ws;
     ws.qt = buf;
-    ws.st = ws.qt + p.d * kBQ;
+    ws.st = ws.qt + p.head_dim * kBQ;
     ws.ot = ws.st + BK * kBQ;
-    ws.m = ws.ot + p.dv * kBQ;
+    ws.m = ws.ot + p.v_head_dim * kBQ;
     ws.l = ws.m + kBQ;
     ws.iota = ws.l + kBQ;
     for (int i = 0; i < kBQ; ++i) ws.iota[i] = static_cast<float>(i);
@@ -455,13 +466,13 @@ void attention(const AttentionParams& p) {
       const int64_t qb = nqb - 1 - t / bh, r = t % bh;
       // A block of a few queries (a decode step, a short tail) runs row by row; one of at most
       // W queries one vector wide; a full one kNR vectors wide.
-      const int64_t nq = p.lq - qb * kBQ < kBQ ? p.lq - qb * kBQ : kBQ;
+      const int64_t nq = p.q_len - qb * kBQ < kBQ ? p.q_len - qb * kBQ : kBQ;
       if (nq <= kRowMax)
-        attention_rows(p, ws, r / p.hq, r % p.hq, qb * kBQ, nq);
+        attention_rows(p, ws, r / p.q_heads, r % p.q_heads, qb * kBQ, nq);
       else if (nq <= W)
-        attention_block<1>(p, ws, r / p.hq, r % p.hq, qb * kBQ);
+        attention_block<1>(p, ws, r / p.q_heads, r % p.q_heads, qb * kBQ);
       else
-        attention_block<kNR>(p, ws, r / p.hq, r % p.hq, qb * kBQ);
+        attention_block<kNR>(p, ws, r / p.q_heads, r % p.q_heads, qb * kBQ);
     }
     std::free(buf);
   });
