@@ -1,7 +1,8 @@
 """Greedy and beam-search decoding in numpy over an exported decoder step (torch-free).
 
-Mirrors ``mmfast_export.decoding`` (the PyTorch reference) step for step, so the ONNX runtime
-reproduces its captions token for token: same EOS handling (a finished sequence extends only
+Mirrors ``mmfast_export.decoding`` (the PyTorch reference) step for step, a deliberate pair
+kept line for line alike (change both together), so the ONNX runtime reproduces its captions
+token for token: same EOS handling (a finished sequence extends only
 with <eos> at no cost), same GNMT length penalty, same selection order. Log-probabilities come
 from mmfast's own log_softmax kernel.
 

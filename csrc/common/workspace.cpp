@@ -1,5 +1,6 @@
 #include "common/workspace.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -21,6 +22,8 @@ float* thread_workspace(size_t floats) {
   if (floats <= b.capacity) return b.data;
   // Grow by at least 1.5x so a sequence of slightly larger calls doesn't reallocate each time.
   size_t want = floats > b.capacity + b.capacity / 2 ? floats : b.capacity + b.capacity / 2;
+  // A size whose byte count would wrap around is refused, never rounded into a small buffer.
+  if (want > (SIZE_MAX - 63) / sizeof(float)) throw std::bad_alloc();
   const size_t bytes = ((want * sizeof(float) + 63) / 64) * 64;
   void* p = std::aligned_alloc(64, bytes);
   if (!p) throw std::bad_alloc();

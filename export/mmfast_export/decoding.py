@@ -1,6 +1,10 @@
 """Greedy and beam-search decoding over a captioner's ``step`` (batched, EOS handling, length
 penalty). The reference the ONNX runtime must reproduce token for token.
 
+A deliberate pair with ``mmfast.decoding`` (its numpy port, which the torch-free runtime runs):
+the two are kept line for line alike so a reader can check one against the other, and
+tests/test_decoding.py proves they give the same tokens. Change both together.
+
 A model provides ``encode(images) -> state`` (a dict of batch-first tensors) and
 ``step(tokens (B,), state) -> (logits (B, V), state, attention (B, N))``.
 """

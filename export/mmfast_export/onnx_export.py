@@ -24,7 +24,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from mmfast.bundle import write_manifest
+from mmfast.tokenizer import WORD_LEVEL
 
 from .runs import load_run
 
@@ -70,10 +71,11 @@ class GraphSpec:
     input_names: list[str]
     output_names: list[str]
     dynamic: dict[str, dict[int, str]]  # input name -> {axis: symbolic name}
+    # example(batch) -> the inputs at that batch size (export traces at 2, validation at 1, 3)
+    example: Callable[[int], tuple[torch.Tensor, ...]] = field(repr=False)
     atol: float = 1e-4
     rtol: float = 1e-4
     notes: str = ""
-    example: Callable[[int], tuple[torch.Tensor, ...]] = field(repr=False, default=None)  # type: ignore[assignment]
 
 
 # ----------------------------------------------------------------------- caption_lstm
@@ -491,7 +493,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         "graphs": graphs,
         "preprocess": cfg["preprocess"],
         "vocab": "vocab.txt",
-        "special_tokens": {"pad": 0, "bos": 1, "eos": 2, "unk": 3},
+        "special_tokens": asdict(WORD_LEVEL),  # our own models' word-level vocabulary
         "decoder": {
             "state_updates": STATE_UPDATES.get(kind, {}),
             "max_len": int(cfg["model"].get("max_len", 0)) or None,
