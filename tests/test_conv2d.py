@@ -409,6 +409,25 @@ def test_native_layer_rejects_bad_calls():
         _C.conv2d(x, packed, None, None, out, **{**args, "dilation": [5, 5]})
 
 
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kw,match",
+    [
+        # sizes that overflow 64-bit arithmetic used to size a too-small workspace (heap overflow)
+        ((1, 1, 1, 2), (1, 1, 2, 2), {"dilation": (2**61, 1), "padding": (2**61, 0, 0, 0)},
+         "workspace is too large"),
+        ((1, 1, 1, 2), (1, 1, 3, 3), {"dilation": (2**62, 1), "padding": "same_lower"},
+         "overflows a 64-bit integer"),
+        ((1, 2, 4, 4), (2, 1, 3, 3), {"dilation": (1, 2**62), "groups": 2,
+                                      "padding": (0, 2**62, 0, 2**62)},
+         "padding: the padded input's size overflows a 64-bit integer"),
+    ],
+)  # fmt: skip
+def test_sizes_that_overflow_are_refused(x_shape, w_shape, kw, match):
+    x, w = np.ones(x_shape, np.float32), np.ones(w_shape, np.float32)
+    with pytest.raises(ValueError, match=match):
+        ops.conv2d(x, w, **kw)
+
+
 def test_empty_batch_and_torch_roundtrip():
     y = ops.conv2d(np.zeros((0, 3, 5, 5), np.float32), np.ones((2, 3, 3, 3), np.float32))
     assert y.shape == (0, 2, 3, 3)
