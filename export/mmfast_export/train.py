@@ -3,7 +3,9 @@
 CPU-friendly and reproducible: one seed fixes the initial weights, each epoch's order (a
 generator seeded with ``(seed, epoch)``) and dropout (the torch RNG, saved with every
 checkpoint). A checkpoint is written after every epoch; ``resume`` continues from the last one
-and gives the same weights as an uninterrupted run. An evaluation on the test split ends the run.
+and gives the same weights as an uninterrupted run (for the retriever only with one thread: the
+CPU backward of its re-ranker's gather adds in a thread-dependent order). An evaluation on the
+test split ends the run.
 """
 
 from __future__ import annotations
