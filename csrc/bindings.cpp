@@ -65,6 +65,16 @@ void softmax(const py::array& x, py::array out, bool log) {
 // conv2d's GEMM path: 0 auto, 1 spatial, 2 channel (a testing/benchmarking hook).
 std::atomic<int> g_conv_path{0};
 
+// An optional array argument: None, or a numpy array (refused otherwise: a converted temporary
+// would be freed while the kernel still points into it). The caller keeps the result alive.
+std::optional<py::array> optional_array(const py::object& o, const char* name) {
+  if (o.is_none()) return std::nullopt;
+  if (!py::isinstance<py::array>(o))
+    throw py::type_error(std::string(name) + ": expected a numpy array or None, got " +
+                         std::string(py::str(py::type::of(o).attr("__name__"))));
+  return py::reinterpret_borrow<py::array>(o);
+}
+
 // Checks a float32 (or, for masks, bool) array of N dimensions whose byte strides are multiples
 // of its item size, and returns its strides in elements.
 template <int N>
@@ -164,14 +174,13 @@ void conv2d(const py::array& x, const py::array& packed, const py::object& packe
   s.groups = groups;
   s.OH = out.shape(2), s.OW = out.shape(3);
   element_strides<1>(packed, "packed");
-  std::optional<py::array> cols, b;
-  if (!packed_cols.is_none()) {
-    cols = py::reinterpret_borrow<py::array>(packed_cols);
+  const std::optional<py::array> cols = optional_array(packed_cols, "packed_cols");
+  const std::optional<py::array> b = optional_array(bias, "bias");
+  if (cols) {
     element_strides<1>(*cols, "packed_cols");
     p.weight_cols = cols->data();
   }
-  if (!bias.is_none()) {
-    b = py::reinterpret_borrow<py::array>(bias);
+  if (b) {
     const std::array<int64_t, 1> bs = element_strides<1>(*b, "bias");
     MMFAST_CHECK(b->shape(0) <= 1 || bs[0] == 1, "bias: must be contiguous");
     p.bias = b->data();
@@ -230,16 +239,18 @@ void attention(const py::array& q, const py::array& k, const py::array& v, py::a
   require_shape(k, "k", {p.batch, p.kv_heads, p.kv_len, p.head_dim}, dim_names);
   require_shape(v, "v", {p.batch, p.kv_heads, p.kv_len, p.v_head_dim}, dim_names);
   require_shape(out, "out", {p.batch, p.q_heads, p.q_len, p.v_head_dim});
-  if (!mask.is_none()) {
-    const py::array m = mask.cast<py::array>();
+  const std::optional<py::array> mask_a = optional_array(mask, "attn_mask");
+  std::optional<py::array> lse_a = optional_array(lse, "lse");
+  if (mask_a) {
+    const py::array& m = *mask_a;
     require_shape(m, "attn_mask", {p.batch, p.q_heads, p.q_len, p.kv_len});
     const std::array<int64_t, 4> ms = element_strides<4>(m, "attn_mask", /*allow_bool=*/true);
     p.mask = m.data();
     p.mask_kind = m.itemsize() == 4 ? mmfast::MaskKind::additive : mmfast::MaskKind::boolean;
     p.mask_stride = {ms[0], ms[1], ms[2], ms[3]};
   }
-  if (!lse.is_none()) {
-    py::array la = lse.cast<py::array>();
+  if (lse_a) {
+    py::array& la = *lse_a;
     element_strides<3>(la, "lse");
     require_shape(la, "lse", {p.batch, p.q_heads, p.q_len});
     MMFAST_CHECK(la.flags() & py::array::c_style, "lse: must be C-contiguous");

@@ -19,7 +19,7 @@ def attention(
     k: npt.NDArray[np.float32],
     v: npt.NDArray[np.float32],
     out: npt.NDArray[np.float32],
-    mask: npt.NDArray[np.float32] | npt.NDArray[np.bool_] | None,
+    mask: npt.NDArray[np.float32] | npt.NDArray[np.bool_] | npt.NDArray[np.uint8] | None,
     lse: npt.NDArray[np.float32] | None,
     causal: bool,
     causal_offset: int,

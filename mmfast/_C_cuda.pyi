@@ -4,18 +4,22 @@ The kernels take device addresses as ints and the fields of each op's parameter 
 (csrc/attention/attention.h, csrc/conv2d/conv2d.h); mmfast.ops is the checked entry point.
 """
 
-import enum
-from typing import Any
+from typing import Any, ClassVar
 
-class DType(enum.Enum):
-    f32 = 0
-    f16 = 1
-    bf16 = 2
+# pybind11 enums (not enum.Enum): members are class attributes, `.value` is the int code.
+class DType:
+    f32: ClassVar[DType]
+    f16: ClassVar[DType]
+    bf16: ClassVar[DType]
+    @property
+    def value(self) -> int: ...
 
-class MaskKind(enum.Enum):
-    none = 0
-    boolean = 1
-    additive = 2
+class MaskKind:
+    none: ClassVar[MaskKind]
+    boolean: ClassVar[MaskKind]
+    additive: ClassVar[MaskKind]
+    @property
+    def value(self) -> int: ...
 
 def status() -> dict[str, Any]: ...
 def attention(

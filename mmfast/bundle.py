@@ -224,13 +224,9 @@ def _parse(tp: Any, value: object, path: str) -> Any:
     if origin is types.UnionType:  # X | None: null, or what X takes
         (inner,) = [a for a in args if a is not type(None)]
         return None if value is None else _parse(inner, value, path)
-    if tp is PreprocessConfig and isinstance(value, dict):  # its own reader, with its checks
-        try:
-            return PreprocessConfig.from_dict(value)
-        except (TypeError, ValueError) as e:
-            raise _Invalid(f"{path!r}: {e}") from None
     if is_dataclass(tp) and isinstance(value, dict):
-        return _parse_section(tp, value, path)
+        # PreprocessConfig has defaults for training's sake; a bundle spells out every key
+        return _parse_section(tp, value, path, require_all=tp is PreprocessConfig)
     if origin is dict and isinstance(value, dict):
         return {k: _parse(args[1], v, f"{path}[{k}]") for k, v in value.items()}
     if origin is tuple and isinstance(value, list):  # tuple[X, ...]
@@ -244,9 +240,9 @@ def _parse(tp: Any, value: object, path: str) -> Any:
     raise _Invalid(f"{path!r} must be {_expected(tp)}, got {_json_type(value)}")
 
 
-def _parse_section(cls: Any, value: Mapping[str, Any], path: str) -> Any:
+def _parse_section(cls: Any, value: Mapping[str, Any], path: str, require_all: bool = False) -> Any:
     """A JSON object -> the dataclass `cls`: every field's key is required unless the field
-    has a default, and no other key is allowed."""
+    has a default (or `require_all`), and no other key is allowed."""
     names = {f.name for f in fields(cls)}
     for key in value:
         if key not in names:
@@ -255,7 +251,7 @@ def _parse_section(cls: Any, value: Mapping[str, Any], path: str) -> Any:
     for f in fields(cls):
         if f.name in value:
             kwargs[f.name] = _parse(_hints(cls)[f.name], value[f.name], _join(path, f.name))
-        elif f.default is MISSING and f.default_factory is MISSING:
+        elif require_all or (f.default is MISSING and f.default_factory is MISSING):
             raise _Invalid(f"missing required key {_join(path, f.name)!r}")
     try:
         return cls(**kwargs)

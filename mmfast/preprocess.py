@@ -58,6 +58,8 @@ class PreprocessConfig:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.resample != "bilinear_antialias":
             raise ValueError(f"unsupported resample {self.resample!r}")
+        if self.version != 1:
+            raise ValueError(f"preprocessing version {self.version} is not 1 (this mmfast's)")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -7,7 +7,7 @@ Special tokens are defined here once: :class:`SpecialTokens` names them and hold
 A vocabulary this module builds starts with ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>``
 (:data:`SPECIALS`), so their ids are :data:`WORD_LEVEL` (0-3). A bundle's manifest records the
 ids of its vocabulary (``special_tokens``); the runtime's tokenizer and decoding take them from
-there, so a vocabulary with other ids (GPT-2's bos = eos = 50256, say) decodes correctly.
+there, so a vocabulary with other ids decodes correctly.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ __all__ = ["SPECIALS", "WORD_LEVEL", "SpecialTokens", "Tokenizer", "split_words"
 class SpecialTokens:
     """Ids of the special tokens of a vocabulary (a bundle's manifest ``special_tokens``).
 
-    Two may share an id (GPT-2: bos = eos). A word-level vocabulary holds field ``x`` as the
-    token ``<x>``.
+    The decoding (:mod:`mmfast.decoding`) lets two share an id (GPT-2: bos = eos = 50256, for
+    the Hugging Face tokenizers); a word-level vocabulary (:class:`Tokenizer`) holds each field
+    ``x`` as its own token ``<x>`` at its id, and reading a bundle's vocabulary refuses ids that
+    say otherwise (``BundleFormatError`` naming the file).
     """
 
     pad: int  # fills a batch's shorter sequences; never generated

@@ -499,3 +499,16 @@ def test_onnx_attention_cases(case: Any):
 def test_onnx_cases_were_found():
     pytest.importorskip("onnx")
     assert len(ONNX_CASES) >= 30
+
+
+def test_native_layer_refuses_non_arrays_for_mask_and_lse():
+    # A nested list used to become a temporary array freed before the kernel read (mask) or
+    # wrote (lse) it.
+    out = np.empty((1, 4, 5, 8), np.float32)
+    base = dict(causal=False, causal_offset=0, scale=1.0, softcap=0.0)
+    with pytest.raises(TypeError, match="lse: expected a numpy array or None, got list"):
+        _C.attention(Q4, K4, V4, out, None, [[[0.0] * 5] * 4], **base)
+    with pytest.raises(TypeError, match="attn_mask: expected a numpy array or None, got list"):
+        _C.attention(Q4, K4, V4, out, [[[[True] * 6] * 5] * 4], None, **base)
+    with pytest.raises(ValueError, match="causal_offset: out of range"):
+        _C.attention(Q4, K4, V4, out, None, None, **{**base, "causal_offset": 2**63 - 1})

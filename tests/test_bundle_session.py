@@ -16,6 +16,7 @@ from mmfast.bundle import (
     load_bundle,
     write_manifest,
 )
+from mmfast.preprocess import PreprocessConfig
 from mmfast.session import Session, resolve_providers
 
 onnx = pytest.importorskip("onnx")
@@ -50,7 +51,7 @@ def bundle_dir(tmp_path):
         "config": {"a": 1},
         "opset": 17,
         "graphs": {"model.onnx": graph},
-        "preprocess": {"size": 8},
+        "preprocess": PreprocessConfig(size=8).to_dict(),
         "vocab": "vocab.txt",
         "special_tokens": {"pad": 0, "bos": 1, "eos": 2, "unk": 3},
         "retrieval": {"logit_scale": 10, "rerank": False, "max_len": 4},

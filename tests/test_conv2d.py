@@ -481,3 +481,21 @@ def test_one_by_one_reads_nothing_past_the_input(variant, conv_path, c, m, hw):
     w = np.random.default_rng(8).standard_normal((m, c, 1, 1)).astype(np.float32)
     check(x, w, None)
     del keep
+
+
+def test_native_layer_refuses_non_arrays_for_optional_buffers():
+    # A list used to be borrowed as an array (segfault), or converted into a temporary the
+    # kernel would still read after it was freed.
+    from mmfast import _C
+
+    x = np.zeros((1, 4, 6, 6), np.float32)
+    w = np.zeros((4, 4, 3, 3), np.float32)
+    packed = _C.conv2d_pack(w, 1, _C.CONV_PANEL_ROWS)
+    out = np.zeros((1, 4, 4, 4), np.float32)
+    args = dict(
+        M=4, KH=3, KW=3, stride=[1, 1], dilation=[1, 1], pads=[0, 0, 0, 0], groups=1, relu=False
+    )
+    with pytest.raises(TypeError, match="bias: expected a numpy array or None, got list"):
+        _C.conv2d(x, packed, None, [1.0, 2.0, 3.0, 4.0], out, **args)
+    with pytest.raises(TypeError, match="packed_cols: expected a numpy array or None"):
+        _C.conv2d(x, packed, [0.0] * 10, None, out, **args)

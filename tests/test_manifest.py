@@ -115,10 +115,13 @@ UNKNOWN = [  # at any depth
     ("caption_lstm", "decoder.beam_size"),
     ("retrieval", "graphs[text_tower.onnx].shapes"),
     ("vqa", "special_tokens.sep"),
+    ("caption_lstm", "preprocess.crop"),
 ]
 MISSING = [
     ("caption_lstm", "vocab"),
     ("caption_lstm", "decoder.state_updates"),
+    ("caption_lstm", "preprocess.size"),  # every preprocessing key is spelled out in a bundle
+    ("retrieval", "preprocess.mean"),
     ("caption_lstm", "decoder.max_len"),  # required, may be null
     ("caption_lstm", "graphs[encoder.onnx].atol"),
     ("vqa", "special_tokens.eos"),
@@ -152,8 +155,23 @@ WRONG = [  # kind, key, value, what the message says
         "'task' must be one of caption, retrieval, vqa, got 'detect'",
     ),
     ("caption_lstm", "special_tokens.pad", -1, "'special_tokens': pad: expected a token id"),
-    ("caption_lstm", "preprocess.crop", 1, "'preprocess': unknown preprocessing keys: ['crop']"),
-    ("caption_lstm", "preprocess.size", "big", "'preprocess': invalid literal for int()"),
+    (
+        "caption_lstm",
+        "preprocess.size",
+        "big",
+        "'preprocess.size' must be an integer, got a string",
+    ),
+    (
+        "caption_lstm",
+        "preprocess.size",
+        True,
+        "'preprocess.size' must be an integer, got a boolean",
+    ),
+    ("caption_lstm", "preprocess.size", 32.9, "'preprocess.size' must be an integer, got a number"),
+    ("caption_lstm", "preprocess.mean", "123", "'preprocess.mean' must be a list, got a string"),
+    ("caption_lstm", "preprocess.std", [1, 2], "'preprocess': mean and std need 3 values"),
+    ("caption_lstm", "preprocess.extra", [["a", 1]], "'preprocess.extra' must be an object"),
+    ("caption_lstm", "preprocess.version", 2, "'preprocess': preprocessing version 2 is not 1"),
     # the files it names must be listed
     (
         "caption_lstm",
@@ -268,7 +286,7 @@ def chain_captioner(root: Path, special_tokens: SpecialTokens) -> Path:
                 "encoder.onnx": graph(["images"], ["h"]),
                 "decoder_step.onnx": graph(["tokens", "h"], ["logits", "h_out", "attention"]),
             },
-            "preprocess": {"size": 8},
+            "preprocess": PreprocessConfig(size=8).to_dict(),
             "vocab": "vocab.txt",
             "special_tokens": vars(special_tokens),
             "decoder": {"state_updates": {"h": "h_out"}, "max_len": None},

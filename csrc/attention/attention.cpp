@@ -28,6 +28,10 @@ void check_attention(const AttentionParams& p, Device device) {
           "v: head dim " + std::to_string(p.v_head_dim) + " is outside [1, " +
               std::to_string(kAttentionMaxHeadDim) + "]");
   require(std::isfinite(p.scale), "scale: must be finite");
+  // Row + offset must not overflow; any |offset| past the lengths already means "every key" or
+  // "no key", so the bound costs nothing.
+  require(p.causal_offset >= -(int64_t{1} << 62) && p.causal_offset <= (int64_t{1} << 62),
+          "causal_offset: out of range");
   require(std::isfinite(p.softcap) && p.softcap >= 0.0f, "softcap: must be finite and >= 0");
   require((p.mask == nullptr) == (p.mask_kind == MaskKind::none),
           "attn_mask: a mask needs a kind (boolean or additive) and a kind needs a mask");

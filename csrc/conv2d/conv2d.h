@@ -54,8 +54,9 @@ struct Conv2dParams {
   void* y = nullptr;           // (N, M, OH, OW); any strides on the CPU, C-contiguous on CUDA
   NchwStrides y_stride;
   bool relu = false;  // fused ReLU after the bias (NaN stays NaN)
-  // Scratch the caller provides: conv2d_cpu_workspace_floats() floats (64-byte aligned) on the
-  // CPU, cuda::conv2d_workspace_bytes() bytes (256-byte aligned) on CUDA; null when none.
+  // Scratch the caller provides, null when none: on CUDA cuda::conv2d_workspace_bytes() bytes
+  // (256-byte aligned; the launcher checks workspace_bytes); on the CPU the plan's
+  // workspace_floats (64-byte aligned; the binding allocates it from the plan it passes along).
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
@@ -66,8 +67,9 @@ struct Conv2dParams {
 // within int64. Does not require a non-empty output.
 void check_conv2d_shape(const Conv2dShape& s);
 
-// check_conv2d_shape(), then: OH, OW as conv2d_output_size() gives them and positive, and on
-// CUDA the int32 index limits of its kernels and C-contiguous x and y.
+// check_conv2d_shape(), then: OH, OW as conv2d_output_size() gives them and positive; the CPU
+// kernel's float32; on CUDA C-contiguous x and y (the launcher adds its int32 index limits);
+// non-null pointers where the sizes say something is read or written.
 void check_conv2d(const Conv2dParams& p, Device device);
 
 }  // namespace mmfast

@@ -26,7 +26,7 @@ constexpr int kConvMR = 8;
 // Upper bound of the microkernel's columns (AVX-512: 3 vectors of 16); sizes the slack.
 constexpr int kConvMaxNR = 48;
 // Output channels per panel of the channel-vectorised layout (AVX-512 path for small images:
-// 8 output positions x 3 vectors of 16 channels), see conv2d.cpp.
+// 8 output positions x 3 vectors of 16 channels), see conv2d_cpu.cpp.
 constexpr int kConvNC = 48;
 
 // How one call runs on the CPU: the phase-plane geometry, the threads and images the workspace

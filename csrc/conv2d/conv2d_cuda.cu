@@ -579,11 +579,17 @@ ConvShape make_shape(const Conv2dShape& a, bool relu) {
   for (int64_t v : {a.N, a.C, a.H, a.W, a.M, a.KH, a.KW, a.OH, a.OW, a.stride_h, a.stride_w,
                     a.dilation_h, a.dilation_w, a.pad_top, a.pad_left, a.groups})
     require(v <= INT_MAX, "a size, stride, dilation or pad exceeds 2^31 - 1");
-  const int64_t P = a.N * a.OH * a.OW;
+  // Every factor is below 2^31 now, so each product of two fits in int64.
+  const int64_t P = a.N * a.OH <= INT_MAX ? a.N * a.OH * a.OW : INT64_MAX;
   require(P <= INT_MAX - 256, "N*OH*OW exceeds 2^31 - 257");
   require(a.H * a.W <= INT_MAX, "H*W exceeds 2^31 - 1");
-  require(a.C / a.groups * a.KH * a.KW <= INT_MAX - 64, "C/groups*KH*KW exceeds 2^31 - 65");
+  require(a.C / a.groups * a.KH <= INT_MAX && a.C / a.groups * a.KH * a.KW <= INT_MAX - 64,
+          "C/groups*KH*KW exceeds 2^31 - 65");
   require(P * a.M <= (int64_t{1} << 62) / 4, "output too large");
+  // The kernels compute input rows and columns as oh * stride - pad + kh * dilation in int.
+  require((a.OH - 1) * a.stride_h + (a.KH - 1) * a.dilation_h <= INT_MAX &&
+              (a.OW - 1) * a.stride_w + (a.KW - 1) * a.dilation_w <= INT_MAX,
+          "the strided and dilated extent of the output exceeds 2^31 - 1");
   ConvShape s{};
   s.N = static_cast<int>(a.N), s.C = static_cast<int>(a.C), s.H = static_cast<int>(a.H);
   s.W = static_cast<int>(a.W), s.M = static_cast<int>(a.M);
@@ -818,7 +824,7 @@ std::size_t conv2d_workspace_bytes(const Conv2dShape& shape, DType dtype) {
 
 void conv2d(const Conv2dParams& a, cudaStream_t stream) {
   check_conv2d(a, Device::cuda);
-  if (a.shape.N * a.shape.M * a.shape.OH * a.shape.OW == 0) return;  // nothing to write
+  if (a.shape.N == 0 || a.shape.M == 0) return;  // nothing to write (OH, OW >= 1: checked)
   const ConvShape s = make_shape(a.shape, a.relu);
   // A workspace sized elsewhere (another device, another geometry) must not be overrun.
   const std::size_t need = conv2d_workspace_bytes(a.shape, a.dtype);

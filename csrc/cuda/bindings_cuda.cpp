@@ -69,8 +69,12 @@ mmfast::Conv2dShape conv_shape(const Int4& x_shape, const Int4& weight_shape, co
   // The shapes of the three tensors must agree with the one shape the struct holds.
   if (weight_shape[1] != s.C / groups)
     throw std::invalid_argument("weight: (M, C/groups, KH, KW) does not match x's channels");
-  if (out_shape[0] != s.N || out_shape[1] != s.M)
-    throw std::invalid_argument("out: shape does not match (N, M, OH, OW)");
+  mmfast::Conv2dShape want = s;
+  if (!mmfast::conv2d_output_size(want) || out_shape[0] != s.N || out_shape[1] != s.M ||
+      want.OH != s.OH || want.OW != s.OW)
+    throw std::invalid_argument("out: shape does not match (N, M, OH, OW) = (" +
+                                std::to_string(s.N) + ", " + std::to_string(s.M) + ", " +
+                                std::to_string(want.OH) + ", " + std::to_string(want.OW) + ")");
   return s;
 }
 

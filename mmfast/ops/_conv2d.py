@@ -320,7 +320,7 @@ class Conv2d:
             "out_shape": oshape,
             "stride": self.stride,
             "dilation": self.dilation,
-            "pads": pads,
+            "pads": tuple(pads),
             "groups": self.groups,
             "dtype": getattr(mod.DType, dtype),
         }
@@ -333,8 +333,8 @@ class Conv2d:
             out=oa.ptr,
             workspace=ws.ptr if ws is not None else 0,
             workspace_bytes=nbytes,
-            x_stride=_dense_strides(xa.shape),
-            out_stride=_dense_strides(oshape),
+            x_stride=xa.strides,
+            out_stride=oa.strides,
             relu=self.activation == "relu",
             device=xa.device,
             stream=cuda_stream(xa),
@@ -352,15 +352,6 @@ class Conv2d:
             f"groups={self.groups}, bias={self.bias is not None or self._cuda_bias is not None}, "
             f"activation={self.activation!r})"
         )
-
-
-def _dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Element strides of a C-contiguous array of `shape`."""
-    strides, step = [], 1
-    for d in reversed(shape):
-        strides.append(step)
-        step *= d
-    return tuple(reversed(strides))
 
 
 def _fill_bias(o: CudaArray, bias: CudaArray | None, relu: bool) -> None:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmfast.tokenizer import WORD_LEVEL
+
 from .encoder import ConvEncoder, EncoderConfig
 
 __all__ = ["LSTMCaptioner", "LSTMCaptionerConfig"]
@@ -93,4 +95,4 @@ class LSTMCaptioner(nn.Module):
 
 def caption_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over non-pad targets. logits (M, T, V), targets (M, T)."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=WORD_LEVEL.pad)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmfast.tokenizer import WORD_LEVEL
+
 __all__ = ["SelfAttentionBlock", "TextEncoder", "TextEncoderConfig"]
 
 
@@ -50,7 +52,7 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: TextEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=0)
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=WORD_LEVEL.pad)
         self.pos = nn.Embedding(cfg.max_len, cfg.dim)
         self.blocks = nn.ModuleList(
             SelfAttentionBlock(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers)
@@ -59,7 +61,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         t = tokens.shape[1]
-        mask = tokens != 0  # (B, T)
+        mask = tokens != WORD_LEVEL.pad  # (B, T)
         pos = torch.arange(t, device=tokens.device)
         x = self.tok(tokens) + self.pos(pos)[None]  # (B, T, D)
         for blk in self.blocks:

@@ -16,7 +16,7 @@ from ..models.captioner_lstm import LSTMCaptioner, LSTMCaptionerConfig
 from ..models.captioner_transformer import TransformerCaptioner, TransformerCaptionerConfig
 from ..models.encoder import EncoderConfig
 from .base import Defaults, Task, TaskSetup
-from .data import caption_tokenizer, chunks, epoch_generator, pad
+from .data import PAD_ID, caption_tokenizer, chunks, epoch_generator, pad
 
 __all__ = ["CaptionTask"]
 
@@ -76,7 +76,7 @@ class CaptionTask(Task[torch.Tensor, Captioner]):
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         images, tokens, img_index = self._batch(self.data["train"], self.train_ids, batch)
         logits, _ = self.model(images, tokens[:, :-1], img_index)  # (C, T-1, V)
-        return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=0)
+        return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=PAD_ID)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -87,9 +87,9 @@ class CaptionTask(Task[torch.Tensor, Captioner]):
             logits, _ = self.model(images, tokens[:, :-1], img_index)
             tgt = tokens[:, 1:].flatten()
             total += float(
-                F.cross_entropy(logits.flatten(0, 1), tgt, ignore_index=0, reduction="sum")
+                F.cross_entropy(logits.flatten(0, 1), tgt, ignore_index=PAD_ID, reduction="sum")
             )
-            count += int((tgt != 0).sum())
+            count += int((tgt != PAD_ID).sum())
         hyps = self.decode(self.data["val"], limit=200)
         refs = {i: self.data["val"].captions[i] for i in hyps}
         sc = caption_scores(refs, hyps)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from mmfast.tokenizer import Tokenizer
+from mmfast.tokenizer import WORD_LEVEL, Tokenizer
 
 from ..coco import CaptionData
 
@@ -20,10 +20,14 @@ def caption_tokenizer(data: CaptionData, resume: Path | None) -> Tokenizer:
     return Tokenizer.build(c for caps in data.captions for c in caps)
 
 
+# Our own models' vocabularies are word-level: <pad> has the id WORD_LEVEL.pad (0).
+PAD_ID = WORD_LEVEL.pad
+
+
 def pad(seqs: list[list[int]], length: int | None = None) -> torch.Tensor:
-    """Token id lists -> (N, T) long, zero-padded (0 = <pad>); T = ``length`` or the longest."""
+    """Token id lists -> (N, T) long, padded with PAD_ID; T = ``length`` or the longest."""
     t = length or max(len(s) for s in seqs)
-    out = torch.zeros(len(seqs), t, dtype=torch.long)
+    out = torch.full((len(seqs), t), PAD_ID, dtype=torch.long)
     for i, s in enumerate(seqs):
         s = s[:t]
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
