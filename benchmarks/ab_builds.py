@@ -8,11 +8,11 @@ not change results ("no behaviour change") and for before/after speed in the sam
 The baseline is a copy of another build's `mmfast/` package directory (its Python files and its
 built `_C*.so`) under any other name, importable from its parent directory; it uses relative
 imports only, so both builds load side by side, each with its own thread pool. Making one from
-a git revision:
+the commit before a change (with `make build` done there, in a worktree or before you edit):
 
-    git worktree add /tmp/ab/src REV && python -m venv /tmp/ab/venv ...   # or, simpler:
-    git worktree add /tmp/ab/src REV && (cd /tmp/ab/src && pip wheel --no-deps -w /tmp/ab .)
-    unzip -q /tmp/ab/mmfast-*.whl 'mmfast/*' -d /tmp/ab/w && mv /tmp/ab/w/mmfast /tmp/ab/mmfast_base
+    mkdir -p /tmp/ab && git archive REV mmfast | tar -x -C /tmp/ab
+    mv /tmp/ab/mmfast /tmp/ab/mmfast_base
+    cp .venv/lib/python3*/site-packages/mmfast/_C*.so /tmp/ab/mmfast_base/   # REV's build
 
 Timing: the two builds run in turn within every repeat (shared-machine noise hits both alike),
 each call into a preallocated output; reported are the medians and after/before = this build's
