@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup build demo test test-fast lint format bench clean
+.PHONY: setup build demo test test-fast lint format bench sanitize fuzz clean
 
 setup: $(VENV)/.deps-installed build
 
@@ -44,6 +44,16 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# mmfast._C with ASan + UBSan (its own build dir and venv), then the kernel tests and the fuzz
+# sample on it; any report fails. CI runs it (about 7 minutes on 2 cores).
+sanitize: setup
+	PY=$(BIN)/python bash tests/sanitize.sh
+
+# The long fuzz run (>= 10^5 inputs over the targets; about an hour on 2 cores).
+fuzz: setup
+	MMFAST_FUZZ_EXAMPLES=$${MMFAST_FUZZ_EXAMPLES:-17000} $(BIN)/python -m pytest -q \
+	  -p no:cacheprovider tests/test_fuzz.py tests/test_fuzz_inputs.py
 
 lint: setup
 	$(BIN)/ruff check .

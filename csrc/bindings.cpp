@@ -41,6 +41,8 @@ void check_rows(const py::array& a, const char* name, bool writable) {
                n + ": the last dimension must be contiguous");
   MMFAST_CHECK(a.shape(0) <= 1 || a.strides(0) % static_cast<py::ssize_t>(sizeof(float)) == 0,
                n + ": row stride is not a multiple of 4 bytes");
+  MMFAST_CHECK(reinterpret_cast<uintptr_t>(a.data()) % sizeof(float) == 0,
+               n + ": data must be aligned to 4 bytes");
   if (writable) MMFAST_CHECK(a.writeable(), n + ": array is read-only");
 }
 
@@ -89,6 +91,8 @@ std::array<int64_t, N> element_strides(const py::array& a, const char* name,
   MMFAST_CHECK(a.ndim() == N, std::string(name) + ": expected " + std::to_string(N) +
                                   " dimensions, got " + std::to_string(a.ndim()));
   const py::ssize_t item = a.itemsize();
+  MMFAST_CHECK(reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(item) == 0,
+               std::string(name) + ": data must be aligned to its item size");
   std::array<int64_t, N> st{};
   for (int i = 0; i < N; ++i) {
     MMFAST_CHECK(a.strides(i) % item == 0,
@@ -201,10 +205,22 @@ void conv2d(const py::array& x, const py::array& packed, const py::object& packe
                  "packed_cols: size does not match the convolution's weights");
   if (b) require_shape(*b, "bias", {M});
   if (s.N == 0 || M == 0) return;
+  // The workspace is sized for this pool's threads, and the kernel runs on the same pool even
+  // if set_num_threads() swaps in another meanwhile.
+  const mmfast::PoolScope pool;
   mmfast::Conv2dCpuPlan plan;
-  mmfast::conv2d_cpu_plan(s, mmfast::get_num_threads(), p.weight_cols != nullptr,
-                          g_conv_path.load(), plan);
-  p.workspace = mmfast::thread_workspace(static_cast<size_t>(plan.workspace_floats));
+  mmfast::conv2d_cpu_plan(s, pool.num_threads(), p.weight_cols != nullptr, g_conv_path.load(),
+                          plan);
+  const mmfast::WorkspaceTrim trim;  // a one-off huge workspace is freed after the call
+  try {
+    p.workspace = mmfast::thread_workspace(static_cast<size_t>(plan.workspace_floats));
+  } catch (const std::bad_alloc&) {
+    PyErr_Format(PyExc_MemoryError,
+                 "conv2d: cannot allocate its %.2f GiB workspace (the padded input's planes; "
+                 "check padding, dilation and the image size)",
+                 static_cast<double>(plan.workspace_floats) * 4.0 / (1 << 30));
+    throw py::error_already_set();
+  }
   p.workspace_bytes = static_cast<size_t>(plan.workspace_floats) * sizeof(float);
   const mmfast::KernelTable& k = mmfast::kernels();
   py::gil_scoped_release release;
@@ -312,6 +328,8 @@ PYBIND11_MODULE(_C, m) {
 
   // Limits, defined once in the ops' headers (the Python layer checks against these).
   m.attr("ATTENTION_MAX_HEAD_DIM") = mmfast::kAttentionMaxHeadDim;
+  m.attr("ATTENTION_MIN_SOFTCAP") = mmfast::kAttentionMinSoftcap;
+  m.attr("ATTENTION_MAX_SOFTCAP") = mmfast::kAttentionMaxSoftcap;
   m.attr("CONV_MAX_TAPS") = mmfast::kConvMaxTaps;
   m.attr("CUDA_MAX_GRID_YZ") = mmfast::kCudaMaxGridYZ;
 
@@ -339,6 +357,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_variant", &mmfast::set_variant, py::arg("name"),
         "Use another compiled variant (ValueError if unknown or unsupported by this CPU).");
   m.def("get_num_threads", &mmfast::get_num_threads, "Threads the CPU kernels use.");
+  m.def("_thread_workspace_bytes", &mmfast::thread_workspace_bytes,
+        "Testing hook: bytes of scratch the calling thread keeps between kernel calls.");
   m.def(
       "set_num_threads",
       [](int n) {

@@ -156,6 +156,24 @@ def test_attention_strided_inputs_out_and_stream():
 
 @cuda
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lq", [3, 130])
+def test_attention_nan_scores_give_nan_rows(dtype, lq):
+    # As on the CPU (tests/test_reliability.py) and in PyTorch: a NaN score makes its row's
+    # output and lse NaN; it is not reported as a fully masked row (zeros, lse = -inf).
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (_rand((1, 2, n, 64), dtype, gen) for n in (lq, 50, 50))
+    clean, clean_lse = attention(q, k, v, return_lse=True)
+    q[0, 1, 1, 5] = float("nan")
+    out, lse = attention(q, k, v, return_lse=True)
+    assert torch.isnan(out[0, 1, 1]).all() and torch.isnan(lse[0, 1, 1])
+    keep = torch.ones(out.shape[:3], dtype=torch.bool, device=out.device)
+    keep[0, 1, 1] = False
+    assert torch.equal(out[keep], clean[keep]) and torch.equal(lse[keep], clean_lse[keep])
+
+
+@cuda
+@pytest.mark.cuda
 def test_attention_cuda_bad_inputs():
     q = torch.zeros((1, 2, 8, 64), dtype=torch.float16, device="cuda")
     with pytest.raises(TypeError, match="k: dtype"):

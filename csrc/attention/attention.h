@@ -13,6 +13,12 @@ namespace mmfast {
 // head-dim bucket, and the CPU kernel's per-task workspace bound (<= 157 KiB).
 constexpr int64_t kAttentionMaxHeadDim = 256;
 
+// A softcap (s -> softcap * tanh(s / softcap)) is 0 (off) or in this range: 1 / softcap and
+// softcap * log2(e) must be finite float32 numbers (a denormal softcap turned zero scores into
+// NaN). The smallest normal float32, and half the largest.
+constexpr float kAttentionMinSoftcap = 1.17549435e-38f;
+constexpr float kAttentionMaxSoftcap = 1.70141173e38f;
+
 enum class MaskKind : int {
   none = 0,
   boolean = 1,   // uint8 (bool storage): 0 = masked out

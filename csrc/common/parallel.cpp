@@ -37,6 +37,8 @@ int default_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+}  // namespace
+
 // Work is handed out as chunks claimed from one atomic word: job id (24 bits), next chunk
 // (20 bits) and chunk count (20 bits). A worker can only claim a chunk of the job it woke for
 // while that job still has unclaimed chunks, and the caller waits for every chunk to be *done*
@@ -152,44 +154,70 @@ class Pool {
   int64_t grain_ = 1;
 };
 
-std::mutex g_pool_mu;
-Pool* g_pool = nullptr;  // leaked on purpose at exit: joining threads during teardown hangs
+namespace {
+
+// The current pool. Every user holds a reference for as long as it runs on it, so
+// set_num_threads() can swap in a new pool at any time: the old one finishes the jobs running
+// on it and is destroyed (its workers joined) when its last user lets go. Heap-allocated and
+// never destroyed at exit: joining threads during interpreter teardown hangs.
+std::mutex& g_pool_mu = *new std::mutex;
+std::shared_ptr<Pool>& g_pool = *new std::shared_ptr<Pool>;
 int g_requested = 0;
+// The pool a PoolScope pinned for this thread (null: use the current one).
+thread_local std::shared_ptr<Pool>* tl_pinned = nullptr;
 
 void child_after_fork() {
-  // The worker threads do not exist in the child: forget the pool (leak it) and the lock
-  // state, and build a fresh one on first use.
+  // The worker threads do not exist in the child: forget the pool (leak it, never run its
+  // destructor: it would join threads that are not there) and the lock state, and build a
+  // fresh one on first use.
   new (&g_pool_mu) std::mutex();
-  g_pool = nullptr;
+  new (&g_pool) std::shared_ptr<Pool>();
+  tl_pinned = nullptr;
 }
 
-Pool& pool() {
+std::shared_ptr<Pool> current_pool() {
+  if (tl_pinned) return *tl_pinned;
   std::lock_guard<std::mutex> lk(g_pool_mu);
   if (!g_pool) {
     static std::once_flag once;
     std::call_once(once, [] { pthread_atfork(nullptr, nullptr, child_after_fork); });
-    g_pool = new Pool(g_requested > 0 ? g_requested : default_threads());
+    g_pool = std::make_shared<Pool>(g_requested > 0 ? g_requested : default_threads());
   }
-  return *g_pool;
+  return g_pool;
 }
 
 }  // namespace
 
+PoolScope::PoolScope() : pool_(current_pool()), previous_(tl_pinned) {
+  tl_pinned = &pool_;
+}
+
+PoolScope::~PoolScope() { tl_pinned = previous_; }
+
+int PoolScope::num_threads() const { return pool_->size(); }
+
 void parallel_for_raw(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
-  pool().run(n, grain, fn, ctx);
+  const std::shared_ptr<Pool> pool = current_pool();  // alive until this job is done
+  pool->run(n, grain, fn, ctx);
 }
 
-int get_num_threads() { return pool().size(); }
+int get_num_threads() { return current_pool()->size(); }
 
 int current_thread_index() { return tl_thread_index; }
 
 void set_num_threads(int n) {
-  std::lock_guard<std::mutex> lk(g_pool_mu);
-  g_requested = std::max(1, n);
-  delete g_pool;
-  g_pool = new Pool(g_requested);
+  auto fresh = std::make_shared<Pool>(std::max(1, n));
+  std::shared_ptr<Pool> old;
+  {
+    std::lock_guard<std::mutex> lk(g_pool_mu);
+    g_requested = std::max(1, n);
+    old = std::move(g_pool);
+    g_pool = std::move(fresh);
+  }
+  // `old` is released here, outside the lock: if no job runs on it, its workers are joined now;
+  // otherwise by the last job's caller when that job is done.
 }
 
 }  // namespace mmfast

@@ -33,4 +33,15 @@ float* thread_workspace(size_t floats) {
   return b.data;
 }
 
+WorkspaceTrim::~WorkspaceTrim() {
+  Buffer& b = tl_buffer;
+  if (b.capacity * sizeof(float) > kKeepWorkspaceBytes) {
+    std::free(b.data);
+    b.data = nullptr;
+    b.capacity = 0;
+  }
+}
+
+size_t thread_workspace_bytes() { return tl_buffer.capacity * sizeof(float); }
+
 }  // namespace mmfast

@@ -10,4 +10,19 @@ namespace mmfast {
 // own, so concurrent callers (GIL released) never share scratch. Throws std::bad_alloc.
 float* thread_workspace(size_t floats);
 
+// While one lives, the calling thread's workspace is kept; when it is destroyed, a workspace
+// grown past kKeepWorkspaceBytes is freed, so a one-off huge call (an absurd padding, a giant
+// image) does not pin that memory to the thread for good.
+constexpr size_t kKeepWorkspaceBytes = size_t{32} << 20;
+class WorkspaceTrim {
+ public:
+  WorkspaceTrim() = default;
+  ~WorkspaceTrim();
+  WorkspaceTrim(const WorkspaceTrim&) = delete;
+  WorkspaceTrim& operator=(const WorkspaceTrim&) = delete;
+};
+
+// Bytes the calling thread's workspace holds now (tests and diagnostics).
+size_t thread_workspace_bytes();
+
 }  // namespace mmfast

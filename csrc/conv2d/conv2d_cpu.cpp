@@ -149,7 +149,7 @@ inline void store_run(const float* src, float* dst, int64_t len, int64_t ys_w, f
   } else {
     for (int64_t j = 0; j < len; ++j) {
       float r = src[j] + bias;
-      if (relu) r = r > 0.0f ? r : 0.0f;
+      if (relu) r = r < 0.0f ? 0.0f : r;  // NaN stays NaN, as on the vector path
       dst[j * ys_w] = r;
     }
   }
@@ -366,7 +366,7 @@ void conv_gemm_cols(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n0, i
           float* ym = yn + m * p.y_stride.c;
           for (int64_t i = 0; i < rows; ++i) {
             float r = tile[i * kConvNC + j] + bias;
-            if (p.relu) r = r > 0.0f ? r : 0.0f;
+            if (p.relu) r = r < 0.0f ? 0.0f : r;  // NaN stays NaN
             ym[yoff[i]] = r;
           }
         }

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _C
 from .._cuda import cuda_kernels
-from ._arrays import from_numpy, host_array, host_out, to_numpy
+from ._arrays import from_numpy, host_array, host_out, overlap, to_numpy
 from ._cuda_arrays import (
     CudaArray,
     cuda_array,
@@ -117,6 +117,9 @@ def _scalars(
     softcap_f = _real(softcap, "softcap")
     if not math.isfinite(softcap_f) or softcap_f < 0:
         raise ValueError(f"softcap: must be finite and >= 0, got {softcap_f}")
+    lo, hi = _C.ATTENTION_MIN_SOFTCAP, _C.ATTENTION_MAX_SOFTCAP
+    if softcap_f != 0 and not lo <= softcap_f <= hi:
+        raise ValueError(f"softcap: must be 0 (off) or in [{lo:.3g}, {hi:.3g}], got {softcap_f}")
     if not isinstance(return_lse, (bool, np.bool_)):
         raise TypeError(f"return_lse: expected a bool, got {type(return_lse).__name__}")
     return _Scalars(
@@ -201,12 +204,14 @@ def attention(
 
 
 def _kernel_layout(a: np.ndarray) -> np.ndarray:
-    """`a` itself when the kernel can read it (contiguous last dim, strides in whole floats),
-    else a C-contiguous copy."""
-    ok = (a.shape[-1] <= 1 or a.strides[-1] == a.itemsize) and all(
-        st % a.itemsize == 0 for st in a.strides
+    """`a` itself when the kernel can read it (aligned, contiguous last dim, strides in whole
+    floats), else a C-contiguous copy."""
+    ok = (
+        a.flags.aligned
+        and (a.shape[-1] <= 1 or a.strides[-1] == a.itemsize)
+        and all(st % a.itemsize == 0 for st in a.strides)
     )
-    return a if ok else np.ascontiguousarray(a)
+    return a if ok else np.array(a, order="C")
 
 
 def _attention_cpu(q: Any, k: Any, v: Any, attn_mask: Any, out: Any, s: _Scalars) -> Any:
@@ -226,22 +231,26 @@ def _attention_cpu(q: Any, k: Any, v: Any, attn_mask: Any, out: Any, s: _Scalars
         _check_mask_shape(ma.shape, dims)
         # A view with zero strides where it broadcasts: never materialised.
         full = (dims.batch, dims.q_heads, dims.q_len, dims.kv_len)
-        if any(st % ma.itemsize for st in ma.strides):
-            ma = np.ascontiguousarray(ma)
+        if not ma.flags.aligned or any(st % ma.itemsize for st in ma.strides):
+            ma = np.array(ma, order="C")
         mask4 = np.broadcast_to(ma, full)
 
     oshape = (dims.batch, dims.q_heads, dims.q_len, dims.v_head_dim)
+    undecided = False
     if out is None:
         oa = np.empty(oshape, dtype=np.float32)
     else:
         oa = host_out(out, kind, oshape, "q")
         for name, a in (("q", qa), ("k", ka), ("v", va)):
-            if np.shares_memory(oa, a):
+            shared = overlap(oa, a)
+            if shared:
                 raise ValueError(f"out: overlaps {name}")
+            undecided |= shared is None
     lse = np.empty(oshape[:3], dtype=np.float32) if s.return_lse else None
 
     if oa.size or (lse is not None and lse.size):
-        o_k = _kernel_layout(oa)
+        # Where an overlap could not be ruled out cheaply, the kernel writes a fresh buffer.
+        o_k = np.empty(oshape, np.float32) if undecided else _kernel_layout(oa)
         _C.attention(
             _kernel_layout(qa),
             _kernel_layout(ka),

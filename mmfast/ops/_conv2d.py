@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _C
 from .._cuda import cuda_kernels
-from ._arrays import from_numpy, host_array, host_out
+from ._arrays import aligned, from_numpy, host_array, host_out, overlap
 from ._cuda_arrays import (
     CudaArray,
     cuda_array,
@@ -241,20 +241,24 @@ class Conv2d:
     def _call_cpu(self, x: Any, out: Any) -> Any:
         xa, kind = host_array(x, "x", 4)
         pads, shape = self._output(xa.shape)
+        shared: bool | None = False
         if out is None:
             oa = np.empty(shape, dtype=np.float32)
         else:
             oa = host_out(out, kind, shape, "x")
-            # may_share_memory is a cheap bounds test; the exact test only when it says maybe
-            if np.may_share_memory(oa, xa) and np.shares_memory(oa, xa):
+            shared = overlap(oa, xa)
+            if shared:
                 raise ValueError("out: overlaps x (convolution cannot run in place)")
+        # The kernel writes a fresh buffer where an overlap could not be ruled out cheaply, or
+        # where `out` is not aligned to whole floats; it reads an aligned copy of such an x.
+        o_k = oa if out is None or (shared is False and oa.flags.aligned) else np.empty_like(oa)
         if oa.size:
             _C.conv2d(
-                xa,
+                aligned(xa),
                 self._packed,
                 self._packed_cols,
                 self.bias,
-                oa,
+                o_k,
                 M=self.out_channels,
                 KH=self.kernel_size[0],
                 KW=self.kernel_size[1],
@@ -264,6 +268,8 @@ class Conv2d:
                 groups=self.groups,
                 relu=self.activation == "relu",
             )
+            if o_k is not oa:
+                oa[...] = o_k
         return from_numpy(oa, kind) if out is None else out
 
     # ---- CUDA: torch CUDA tensors and CuPy arrays -> mmfast._C_cuda -----------------------------

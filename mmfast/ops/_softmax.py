@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .. import _C
-from ._arrays import from_numpy, host_array, host_out
+from ._arrays import aligned, from_numpy, host_array, host_out, overlap
 
 __all__ = ["log_softmax", "softmax"]
 
@@ -25,24 +25,29 @@ def _softmax(x: Any, axis: int, out: Any, log: bool) -> Any:
         raise ValueError(f"axis: {axis} is out of range for {xa.ndim} dimensions")
     axis = int(axis) % xa.ndim
 
+    undecided = False
     if out is None:
         oa = np.empty(xa.shape, dtype=np.float32)
     else:
         oa = host_out(out, kind, xa.shape, "x")
-        if np.shares_memory(oa, xa) and not (
+        same = (
             oa.__array_interface__["data"] == xa.__array_interface__["data"]
             and oa.strides == xa.strides
-        ):
+        )
+        shared = False if same else overlap(oa, xa)
+        if shared:
             raise ValueError("out: overlaps x partially (in-place needs the very same array)")
+        undecided = shared is None
 
     if xa.size == 0:
         return from_numpy(oa, kind) if out is None else out
 
     # The kernel works on rows of a 2-D array whose last dim is contiguous: move `axis` last
     # and make the copies only when the layout needs them.
-    x2 = np.ascontiguousarray(np.moveaxis(xa, axis, -1)).reshape(-1, xa.shape[axis])
+    x2 = aligned(np.ascontiguousarray(np.moveaxis(xa, axis, -1))).reshape(-1, xa.shape[axis])
     o_moved = np.moveaxis(oa, axis, -1)
-    direct = o_moved.flags.c_contiguous
+    # A fresh buffer where `out` is strided, not aligned, or may overlap x (undecided).
+    direct = o_moved.flags.c_contiguous and o_moved.flags.aligned and not undecided
     o2 = o_moved.reshape(-1, xa.shape[axis]) if direct else np.empty_like(x2)
     _C.softmax(x2, o2, log)
     if not direct:
