@@ -12,7 +12,8 @@ they are checked:
   graph's bytes (read once and handed to ORT, so the key is of what ORT optimised), the
   onnxruntime version, the providers, the optimisation level and the CPU (ORT_ENABLE_ALL's
   layout transforms are hardware specific). A replaced graph, whatever its mtime, has
-  another key, so the old optimisation is never served for it;
+  another key, so the old optimisation is never served for it. (A graph's external data
+  file, which mmfast's exporter never writes, is not part of the key);
 - an entry starts with its key and the optimised model's sha256 (:func:`_entry_header`): a
   truncated or edited entry, or one copied from another graph, fails the check, is ignored
   with a warning and rebuilt, as is one ORT refuses. Never fatal;

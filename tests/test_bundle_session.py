@@ -409,7 +409,7 @@ def test_a_read_only_bundle_uses_its_cache_or_none(tmp_path, monkeypatch, caplog
     cached_output(model, cache)
     (entry,) = cache.iterdir()
     whole = entry.read_bytes()
-    monkeypatch.setattr(session_mod.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(session_mod.os, "access", lambda *args, **kwargs: False)
     for damaged in (False, True):
         entry.write_bytes(whole[:100] if damaged else whole)
         before = entry.read_bytes()
