@@ -13,8 +13,18 @@ The manifest is read once, into a typed :class:`Manifest`; its dataclasses are t
 Loading checks everything before any session is built and raises a :class:`BundleError`
 subclass naming the problem: missing or unreadable manifest, a format newer than this runtime,
 a missing, unknown or mistyped key (named with its path, e.g. ``decoder.state_updates``), a
-file the manifest names but does not list, a missing file, a file whose sha256 differs
+file the manifest names but does not list, a file name that could leave the bundle (absolute,
+``..``, not a normalised relative POSIX path), a file that resolves outside the bundle once
+symlinks are followed or is not a regular file, a missing file, a file whose sha256 differs
 (corrupt or edited). :func:`write_manifest` runs the same checks before it writes.
+
+The trust model (README, "Bundle trust model"): every file the manifest names is a regular file
+inside the bundle directory, and its sha256 is checked before anything parses it. A symlink is
+allowed when it resolves to a regular file inside the bundle (its bytes are the bundle's and are
+hashed like any other); one leaving the bundle is refused with the same error whether or not its
+target exists, and no message says where a link leads or quotes a file other than the manifest.
+Derived files (ONNX Runtime's optimised graphs, :mod:`mmfast.session`) live in
+:data:`CACHE_DIR`, are never listed, and are checked on their own.
 """
 
 from __future__ import annotations
@@ -25,13 +35,14 @@ import types
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, get_args, get_origin, get_type_hints
 
 from .preprocess import PreprocessConfig
 from .tokenizer import SpecialTokens
 
 __all__ = [
+    "CACHE_DIR",
     "FORMAT_VERSION",
     "TASK_SECTIONS",
     "Bundle",
@@ -51,6 +62,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+CACHE_DIR = ".ort-cache"  # the runtime's derived files in a bundle; never listed in `files`
 
 
 class BundleError(ValueError):
@@ -59,7 +71,7 @@ class BundleError(ValueError):
 
 class BundleFormatError(BundleError):
     """The manifest is missing, unreadable, from a newer format, or breaks the schema (a missing,
-    unknown or mistyped key)."""
+    unknown or mistyped key); or a file it lists is not a regular file inside the bundle."""
 
 
 class BundleMissingFileError(BundleError):
@@ -160,8 +172,13 @@ class Manifest:
                 raise _Invalid(f"missing required key {name!r} (a {self.task} bundle needs it)")
         named: dict[str, str | None] = {"vocab": self.vocab, "answers": self.answers}
         named.update({f"graphs[{g}]": g for g in self.graphs})
+        named.update({f"files[{f}]": f for f in self.files})
         for key, file in named.items():
-            if file is not None and file not in self.files:
+            if file is None:
+                continue
+            if problem := _not_inside(file):
+                raise _Invalid(f"{key!r} names {file!r}, {problem}")
+            if file not in self.files:
                 raise _Invalid(f"{key!r} names {file!r}, which 'files' does not list")
 
     @classmethod
@@ -185,6 +202,19 @@ class Manifest:
         except _Invalid as e:
             raise BundleFormatError(f"{source}: {e}") from None
         return manifest
+
+
+def _not_inside(name: str) -> str | None:
+    """Why `name` is not a normalised relative POSIX path that stays inside the bundle (read
+    lexically: symlinks are load_bundle's), or None if it is."""
+    parts = name.split("/")
+    if name.startswith("/") or PureWindowsPath(name).anchor:  # "/x", "C:x", "\\x", "//host/x"
+        return "an absolute path (a bundle's files are relative paths inside it)"
+    if ".." in parts:
+        return "which leaves the bundle ('..')"
+    if "\\" in name or "\0" in name or any(p in ("", ".") for p in parts):
+        return "which is not a normalised relative POSIX path ('a/b.onnx')"
+    return None
 
 
 # ------------------------------------------------------------------------------ the parser
@@ -285,16 +315,19 @@ class Bundle:
 def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Write manifest.json for `bundle_dir`, recording the sha256 of every other file in it.
 
-    `manifest` holds everything but ``format_version`` and ``files``, which this fills in.
+    `manifest` holds everything but ``format_version`` and ``files``, which this fills in
+    (:data:`CACHE_DIR`, the runtime's derived files, is left out).
     What would be written is first read back through :meth:`Manifest.from_dict`, so a
     manifest :func:`load_bundle` would refuse is never written (BundleFormatError).
     """
     root = Path(bundle_dir)
-    files = {
-        p.relative_to(root).as_posix(): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    base = _real(root, ".")
+    files = {}
+    for p in sorted(root.rglob("*")):
+        name = p.relative_to(root).as_posix()
+        if p.is_file() and p.name != MANIFEST and not name.startswith(f"{CACHE_DIR}/"):
+            _check_inside(root, base, name)
+            files[name] = sha256_file(p)
     full = {"format_version": FORMAT_VERSION, **manifest, "files": files}
     out = root / MANIFEST
     text = json.dumps(full, indent=2, sort_keys=True) + "\n"
@@ -303,11 +336,35 @@ def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
     return out
 
 
+def _real(root: Path, name: str) -> Path:
+    """root/name with every symlink followed (as far as the path exists)."""
+    try:
+        return (root / name).resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        raise BundleFormatError(f"{root}: {name} cannot be resolved (a symlink loop)") from None
+
+
+def _check_inside(root: Path, base: Path, name: str) -> None:
+    """BundleFormatError unless root/name, symlinks followed, lies inside `base` (root's real
+    path). The same error whether or not a link's target exists, and never where it leads."""
+    if not _real(root, name).is_relative_to(base):
+        raise BundleFormatError(
+            f"{root}: {name} resolves outside the bundle (a symlink leaving it)"
+        )
+
+
 def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
-    """Read and check a bundle directory; see the module docstring for what is checked."""
+    """Read and check a bundle directory; see the module docstring for what is checked.
+
+    Every file is checked (inside the bundle, a regular file, its sha256) before this returns,
+    so before anything parses it; the pipelines open the files by path afterwards (a bundle
+    directory that someone else can write while it is in use is outside the trust model).
+    """
     root = Path(path)
     if not root.is_dir():
         raise BundleFormatError(f"{root}: not a bundle directory (it does not exist)")
+    base = _real(root, ".")
+    _check_inside(root, base, MANIFEST)
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleFormatError(f"{root}: no {MANIFEST} (not an mmfast bundle?)")
@@ -317,9 +374,12 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         raise BundleFormatError(f"{mpath}: unreadable manifest ({e})") from e
     manifest = Manifest.from_dict(data, mpath)
     for name, digest in manifest.files.items():
+        _check_inside(root, base, name)
         fpath = root / name
-        if not fpath.is_file():
+        if not fpath.exists():
             raise BundleMissingFileError(f"{root}: {name} is listed in the manifest but missing")
+        if not fpath.is_file():  # a directory, a FIFO, a device
+            raise BundleFormatError(f"{root}: {name} is listed in the manifest but not a file")
         if verify_hashes and sha256_file(fpath) != digest:
             raise BundleCorruptError(
                 f"{root}: {name} does not match the sha256 recorded at export (corrupt or modified)"

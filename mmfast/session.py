@@ -4,12 +4,32 @@ fallback, deliberate threading, graph optimisation with a reusable optimised mod
 Threading: on small machines ORT's intra-op threads spin between runs and fight the Python
 decoding loop (measured on the 2-core dev machine: turning spinning off halved beam-search
 time of a peer's exported captioner), so spinning is off by default.
+
+The optimised-model cache (``optimized_dir``) holds derived files, trusted no further than
+they are checked:
+
+- an entry is named by a key over everything its content depends on: the sha256 of the
+  graph's bytes (read once and handed to ORT, so the key is of what ORT optimised), the
+  onnxruntime version, the providers, the optimisation level and the CPU (ORT_ENABLE_ALL's
+  layout transforms are hardware specific). A replaced graph, whatever its mtime, has
+  another key, so the old optimisation is never served for it. (A graph's external data
+  file, which mmfast's exporter never writes, is not part of the key);
+- an entry starts with its key and the optimised model's sha256 (:func:`_entry_header`): a
+  truncated or edited entry, or one copied from another graph, fails the check, is ignored
+  with a warning and rebuilt, as is one ORT refuses. Never fatal;
+- ORT writes the optimised model to a temporary file of its own, which is renamed into place,
+  so concurrent first loads each see a whole entry or none;
+- a cache that cannot be written (a read-only bundle) is read if whole and otherwise skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import platform
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +37,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from . import _C
+
 __all__ = ["Session", "resolve_providers"]
 
 log = logging.getLogger("mmfast")
+
+_OPTIMIZATION = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+_CACHE_FORMAT = "mmfast ORT optimised model, format 1"
 
 
 def resolve_providers(device: str) -> list[str]:
@@ -47,12 +73,61 @@ def _writable_dir(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
+def _cache_key(model: bytes, providers: Sequence[str]) -> str:
+    """What an optimised model depends on, hashed: the graph, ORT, providers, level, CPU."""
+    facts = {
+        "format": _CACHE_FORMAT,
+        "graph_sha256": hashlib.sha256(model).hexdigest(),
+        "onnxruntime": ort.__version__,
+        "providers": list(providers),
+        "graph_optimization_level": str(_OPTIMIZATION),
+        "machine": platform.machine(),
+        "cpu_features": sorted(k for k, v in _C.cpu_features().items() if v),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def _entry_header(key: str, model: bytes) -> bytes:
+    """A cache entry is this header, then the model."""
+    return f"{_CACHE_FORMAT}\nkey {key}\nsha256 {hashlib.sha256(model).hexdigest()}\n".encode()
+
+
+def _read_entry(entry: Path, key: str) -> bytes | None:
+    """The optimised model cached at `entry` for `key`; None (with a warning, unless there is
+    none) when it cannot be read, was built for another key or fails its sha256."""
+    try:
+        blob = entry.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("optimised-model cache %s: unreadable (%s); ignored", entry, e.strerror)
+        return None
+    n = len(_entry_header(key, b""))  # the header's length does not depend on the model
+    model = blob[n:]
+    if blob[:n] != _entry_header(key, model):
+        log.warning("optimised-model cache %s: truncated or modified; ignored", entry)
+        return None
+    return model
+
+
+def _write_entry(entry: Path, key: str, written: Path) -> None:
+    """Store the optimised model ORT wrote to `written` (a temporary file next to `entry`) as
+    the cache entry `entry` for `key`, atomically. A failure is logged, never raised."""
+    try:
+        model = written.read_bytes()
+        written.write_bytes(_entry_header(key, model) + model)
+        os.replace(written, entry)  # atomic: readers see the old entry, none, or this one
+    except OSError as e:
+        log.warning("optimised-model cache %s: not saved (%s)", entry, e.strerror)
+
+
 class Session:
     """One ONNX graph, ready to run. Thread-safe: ORT sessions may be run concurrently.
 
     model: path of the .onnx file. threads: intra-op threads (None: ORT's default, all cores).
     optimized_dir: if given, the graph optimised for this machine is saved there on first load
-    and reused afterwards (skips optimisation at start-up).
+    and reused afterwards (skips optimisation at start-up); an entry that fails its check is
+    ignored and rebuilt, an unwritable directory skipped (see the module docstring).
     """
 
     def __init__(
@@ -68,28 +143,65 @@ class Session:
             raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
         self.path = Path(model)
         self.providers = resolve_providers(device)
-        so = ort.SessionOptions()
-        if threads is not None:
-            so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        so.log_severity_level = 3
-        load_path = self.path
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimized_dir is not None:
-            tag = "cuda" if self.providers[0].startswith("CUDA") else "cpu"
-            opt = Path(optimized_dir) / f"{self.path.stem}.{tag}.opt.onnx"
-            if opt.is_file() and opt.stat().st_mtime >= self.path.stat().st_mtime:
-                load_path = opt
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            elif _writable_dir(opt.parent):
-                so.optimized_model_filepath = str(opt)
-            # else: a read-only bundle (a container image, say): optimise at every start
-        self._sess = ort.InferenceSession(str(load_path), so, providers=self.providers)
+        self._threads, self._spinning = threads, spinning
+        if optimized_dir is None:
+            self._sess = self._session(str(self.path), optimize=True)
+        else:
+            self._sess = self._cached_session(Path(optimized_dir))
         self.device = "cuda" if self._sess.get_providers()[0].startswith("CUDA") else "cpu"
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
+
+    def _session(self, model: str | bytes, *, optimize: bool, save_to: Path | None = None) -> Any:
+        """An ORT session of `model` (a path, or the graph's bytes); `optimize`: ORT's full
+        graph optimisation (off for a model the cache already holds optimised); `save_to`:
+        where ORT writes the optimised model."""
+        so = ort.SessionOptions()
+        if self._threads is not None:
+            so.intra_op_num_threads = self._threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self._spinning else "0"
+        )
+        # a graph given as bytes finds external data (if any) next to its file, as from a path
+        so.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(self.path.parent)
+        )
+        so.log_severity_level = 3
+        so.graph_optimization_level = (
+            _OPTIMIZATION if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        if save_to is not None:
+            so.optimized_model_filepath = str(save_to)
+        return ort.InferenceSession(model, so, providers=self.providers)
+
+    def _cached_session(self, cache: Path) -> Any:
+        """A session built from the cache's entry for this graph, or from the graph, saving
+        the optimised model as the entry (see the module docstring)."""
+        source = self.path.read_bytes()
+        key = _cache_key(source, self.providers)
+        entry = cache / f"{self.path.stem}.{key[:32]}.opt"
+        optimized = _read_entry(entry, key)
+        if optimized is not None:
+            try:
+                return self._session(optimized, optimize=False)
+            except Exception as e:  # ORT's errors derive from Exception only
+                log.warning("optimised-model cache %s: refused by ORT (%s); ignored", entry, e)
+        if not _writable_dir(cache):
+            return self._session(source, optimize=True)  # a read-only bundle: no cache
+        written = cache / f".{entry.name}.{uuid.uuid4().hex}.tmp"  # one per writer
+        try:
+            sess = self._session(source, optimize=True, save_to=written)
+        except Exception:
+            # the graph's own error, or ORT failed to write (a full disk): try without saving
+            sess = self._session(source, optimize=True)
+            log.warning("optimised-model cache %s: ORT could not write it", entry)
+        else:
+            _write_entry(entry, key, written)
+        finally:
+            written.unlink(missing_ok=True)
+        return sess
 
     def run(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None

@@ -66,8 +66,12 @@ class Tokenizer:
         for f in fields(special_tokens):
             i, want = getattr(special_tokens, f.name), f"<{f.name}>"
             if i >= len(tokens) or tokens[i] != want:
-                got = repr(tokens[i]) if i < len(tokens) else f"{len(tokens)} tokens"
-                raise ValueError(f"the vocabulary must hold {want} at id {i}, it holds {got}")
+                # where the token is, never what the file holds there: no message quotes a file
+                got = f"at id {tokens.index(want)}" if want in tokens else "nowhere"
+                raise ValueError(
+                    f"the vocabulary must hold {want} at id {i}, it holds it {got} "
+                    f"({len(tokens)} tokens)"
+                )
         if len(set(tokens)) != len(tokens):
             raise ValueError("duplicate tokens in the vocabulary")
         self.itos: list[str] = list(tokens)
@@ -134,5 +138,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path, special_tokens: SpecialTokens = WORD_LEVEL) -> Tokenizer:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:  # its message would quote the bytes
+            raise ValueError(f"the vocabulary is not UTF-8 text (at byte {e.start})") from None
         return cls([ln for ln in lines if ln != ""], special_tokens)

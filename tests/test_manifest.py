@@ -172,7 +172,9 @@ WRONG = [  # kind, key, value, what the message says
     ("caption_lstm", "preprocess.std", [1, 2], "'preprocess': mean and std need 3 values"),
     ("caption_lstm", "preprocess.extra", [["a", 1]], "'preprocess.extra' must be an object"),
     ("caption_lstm", "preprocess.version", 2, "'preprocess': preprocessing version 2 is not 1"),
-    # the files it names must be listed
+    # the files it names must be listed, and inside the bundle
+    ("caption_lstm", "vocab", "../vocab.txt", "'vocab' names '../vocab.txt', which leaves the"),
+    ("vqa", "answers", "/etc/passwd", "'answers' names '/etc/passwd', an absolute path"),
     (
         "caption_lstm",
         "vocab",
@@ -310,9 +312,11 @@ def test_captioner_decodes_with_the_manifests_special_tokens(beam, tmp_path):
 def test_a_vocabulary_disagreeing_with_the_special_tokens_is_refused(tmp_path):
     root = chain_captioner(tmp_path / "b", WORD_LEVEL)
     with pytest.raises(
-        BundleFormatError, match=r"vocab\.txt: the vocabulary must hold <pad> at id 0"
-    ):
+        BundleFormatError,
+        match=r"vocab\.txt: the vocabulary must hold <pad> at id 0, it holds it at",
+    ) as e:
         Captioner.load(root)
+    assert "'red'" not in str(e.value)  # where <pad> is, never what the file holds there
 
 
 def test_texts_are_padded_with_the_pad_id():

@@ -88,9 +88,13 @@ def test_tokenizer_takes_the_special_ids_it_is_given(tmp_path: Path) -> None:
     assert tok.encode("red square circle") == [5, 0, 1, 2, 4]
     assert tok.decode([5, 0, 3, 2, 4, 0]) == "red circle"  # skips <bos>, <pad>; stops at <eos>
     assert tok.decode([0, 99]) == "red <unk>"  # an id past the vocabulary reads as <unk>
-    with pytest.raises(ValueError, match="must hold <pad> at id 0, it holds 'red'"):
+    with pytest.raises(
+        ValueError, match=r"must hold <pad> at id 0, it holds it at id 3 \(6 tokens\)$"
+    ):
         Tokenizer(words)  # the word-level ids: <pad> first
-    with pytest.raises(ValueError, match="must hold <bos> at id 9, it holds 6 tokens"):
+    with pytest.raises(
+        ValueError, match=r"must hold <bos> at id 9, it holds it at id 5 \(6 tokens\)$"
+    ):
         Tokenizer(words, SpecialTokens(pad=3, bos=9, eos=4, unk=1))
     with pytest.raises(ValueError, match="eos: expected a token id"):
         SpecialTokens(pad=0, bos=1, eos=-2, unk=3)
