@@ -142,6 +142,38 @@ def _train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_problem(a: argparse.Namespace, widths: tuple[int, ...]) -> str | None:
+    """What is wrong with `mmfast train` options, if anything (NaN fails every range)."""
+    from mmfast.preprocess import MAX_SIZE
+
+    at_least_one = {
+        "--epochs": a.epochs,
+        "--batch-size": a.batch_size,
+        "--threads": a.threads,
+        "--beam": a.beam,
+        "--rerank-k": a.rerank_k,
+        "--limit-train": a.limit_train,
+        "--limit-eval": a.limit_eval,
+        "--stop-after": a.stop_after,
+    }
+    for option, value in at_least_one.items():
+        if value is not None and value < 1:
+            return f"{option} must be at least 1, got {value}"
+    if a.image_size is not None and not 8 <= a.image_size <= MAX_SIZE:
+        return f"--image-size must be 8..{MAX_SIZE} px, got {a.image_size}"
+    if not widths or min(widths) < 1:
+        return f"--widths must be positive channel counts, got {a.widths!r}"
+    if a.lr is not None and not (math.isfinite(a.lr) and a.lr > 0.0):
+        return f"--lr must be a finite number > 0, got {a.lr}"
+    for option, value in (
+        ("--weight-decay", a.weight_decay),
+        ("--length-penalty", a.length_penalty),
+    ):
+        if not (math.isfinite(value) and value >= 0.0):
+            return f"{option} must be a finite number >= 0, got {value}"
+    return None
+
+
 def main_train(argv: list[str]) -> int:
     a = _train_parser().parse_args(argv)
     # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
@@ -153,6 +185,10 @@ def main_train(argv: list[str]) -> int:
         widths = tuple(int(w) for w in a.widths.split(","))
     except ValueError:
         print(f"mmfast train: bad --widths {a.widths!r}", file=sys.stderr)
+        return 2
+    problem = _train_problem(a, widths)
+    if problem:
+        print(f"mmfast train: {problem}", file=sys.stderr)
         return 2
     args = _from_args(TrainArgs, a, widths=widths, progress=not a.no_progress)
     try:

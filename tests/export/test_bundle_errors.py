@@ -265,3 +265,23 @@ def test_cli_export_of_a_bad_run_is_one_line(tmp_path, capsys):
     run.mkdir()
     (run / "config.json").write_text(json.dumps([]))
     assert one_error_line(capsys, ["export", str(run), "--out", str(tmp_path / "b")])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threads", "0"], "--threads must be at least 1, got 0"),  # was torch's RuntimeError
+        (["--widths", "0,8"], "--widths must be positive channel counts, got '0,8'"),  # same
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),  # trained nothing, status 0
+        (["--beam", "0"], "--beam must be at least 1, got 0"),
+        (["--rerank-k", "0"], "--rerank-k must be at least 1, got 0"),
+        (["--image-size", "0"], "--image-size must be 8..4096 px, got 0"),  # was the default
+        (["--image-size", "20000"], "--image-size must be 8..4096 px, got 20000"),
+        (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        (["--length-penalty", "nan"], "--length-penalty must be a finite number >= 0, got nan"),
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0, got -1.0"),
+    ],
+)
+def test_cli_train_refuses_bad_options_before_reading_data(args, message, tmp_path, capsys):
+    argv = ["train", "caption", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")]
+    assert one_error_line(capsys, [*argv, *args]) == f"mmfast train: {message}"
