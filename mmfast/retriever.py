@@ -141,16 +141,18 @@ class Retriever(Pipeline):
         batch_size = positive_int("batch_size", batch_size)
         embeddings: list[np.ndarray] = []
         regions: list[np.ndarray] = []
-        for start in range(0, len(images), batch_size):
-            out = self.embed_images_from(images[start : start + batch_size], start)
-            embeddings.append(out["image_embedding"])
-            if self.can_rerank:
-                regions.extend(out["regions"].astype(np.float16))
-            if progress:
-                done = min(start + batch_size, len(images))
-                print(f"\rindexed {done}/{len(images)}", end="", file=sys.stderr, flush=True)
-        if progress:
-            print(file=sys.stderr)
+        try:
+            for start in range(0, len(images), batch_size):
+                out = self.embed_images_from(images[start : start + batch_size], start)
+                embeddings.append(out["image_embedding"])
+                if self.can_rerank:
+                    regions.extend(out["regions"].astype(np.float16))
+                if progress:
+                    done = min(start + batch_size, len(images))
+                    print(f"\rindexed {done}/{len(images)}", end="", file=sys.stderr, flush=True)
+        finally:
+            if progress:  # end the progress line, also before an error's message
+                print(file=sys.stderr)
         if embeddings:
             self.index.add(np.concatenate(embeddings), ids)
             self._regions.extend(regions)

@@ -163,6 +163,21 @@ def test_cli_index_build_errors_are_one_line(retrieval, tmp_path, capsys):
     assert "image_tower.onnx: ONNX Runtime cannot load it" in line
 
 
+def test_cli_index_build_ends_its_progress_line_before_an_error(retrieval, tmp_path, capsys):
+    from mmfast.cli import main
+
+    *_, bundle = retrieval
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(IMG).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"not an image")
+    out = ["--out", str(tmp_path / "ix"), "--batch-size", "1"]
+    assert main(["index", "build", "--model", str(bundle), "--images", str(folder), *out]) == 2
+    lines = capsys.readouterr().err.split("\n")
+    assert lines[-2].startswith("mmfast index build: images[1]: cannot read") and lines[-1] == ""
+    assert lines[0] == "\rindexed 1/2"
+
+
 def main_ok(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     from mmfast.cli import main
 
