@@ -242,14 +242,16 @@ def resize_matrix(in_size: int, out_size: int) -> FloatArray:
 
 
 def _as_rgb_uint8(image: Image.Image | npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
-    """Pillow image or (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB."""
+    """Pillow image or (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB; sides checked first."""
     if isinstance(image, Image.Image):
+        check_image_size(*image.size)
         return np.asarray(to_rgb(image), dtype=np.uint8)
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB array, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         raise ValueError(f"expected a uint8 array, got {arr.dtype}")
+    check_image_size(arr.shape[1], arr.shape[0])
     return arr
 
 
@@ -257,7 +259,6 @@ def preprocess(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig) -> 
     """One image -> (3, size, size) float32, normalised."""
     u8 = _as_rgb_uint8(image)  # (H, W, 3)
     h, w, _ = u8.shape
-    check_image_size(w, h)
     ry = _resize_weights(h, cfg.size)  # (S, H)
     rx = _resize_weights(w, cfg.size)  # (S, W)
     # separable: rows first (W axis), then columns (H axis), like Pillow/torch. As BLAS

@@ -349,6 +349,8 @@ IMAGE_CASES = [  # id, how to make the image (in tmp_path), error, message
      r"images\[1\]: cannot read .*strip\.png as an image: 40000 x 1 px: each side"),
     ("an array too tall", lambda d: np.zeros((40000, 1, 3), np.uint8), ValueError,
      r"images\[1\]: 1 x 40000 px: each side must be"),
+    ("a PIL image too wide", lambda d: Image.new("L", (40000, 1)), ValueError,
+     r"images\[1\]: 40000 x 1 px: each side must be"),
     ("an empty array", lambda d: np.zeros((0, 0, 3), np.uint8), ValueError,
      r"images\[1\]: 0 x 0 px: each side must be"),
     ("a float array", lambda d: np.zeros((8, 8, 3)), ValueError,
