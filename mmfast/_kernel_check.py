@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _C, ops
+from ._checks import positive_int
 
-__all__ = ["run_kernel_check"]
+__all__ = ["MAX_REPEATS", "run_kernel_check"]
 
 EPS = float(np.finfo(np.float32).eps)
+MAX_REPEATS = 10_000  # timed runs per op and variant (a bound on how long the check takes)
 
 
 @dataclass
@@ -87,7 +89,10 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 def run_kernel_check(repeats: int = 20) -> int:
-    """Print a table; return 0 if every op on every variant is within its bound, 1 otherwise."""
+    """Print a table; return 0 if every op on every variant is within its bound, 1 otherwise.
+
+    repeats: timed runs per op and variant (1..MAX_REPEATS), the median reported."""
+    repeats = positive_int("repeats", repeats, at_most=MAX_REPEATS)
     rng = np.random.default_rng(0)
     cases = [_softmax_case(rng), _conv_case(rng), _attention_case(rng)]
     active = _C.active_variant()

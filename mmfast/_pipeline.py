@@ -1,42 +1,97 @@
-"""What the task pipelines share: loading a bundle's sessions, images and texts."""
+"""What the task pipelines share: loading a bundle's sessions, images and texts.
+
+Everything a caller or a bundle can get wrong is reported as a typed error naming the argument
+or the file: a :class:`~mmfast.bundle.BundleError` subclass for the bundle (one ONNX Runtime
+cannot load or run: :class:`BundleGraphError`; files that disagree with each other:
+:class:`BundleMismatchError`), ValueError or TypeError for an argument, an OSError subclass
+for a file that cannot be opened. The graphs' inputs, outputs and fixed sizes are checked
+against what the pipeline feeds them when the bundle is loaded, not at the first call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, cast
+from typing import ClassVar, TypeVar
 
 import numpy as np
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from PIL import Image
 
-from .bundle import Bundle, BundleFormatError, Manifest, load_bundle
-from .preprocess import load_rgb, preprocess_batch
+from ._checks import one_line, positive_int
+from .bundle import CACHE_DIR, Bundle, BundleError, BundleFormatError, Manifest, load_bundle
+from .preprocess import load_rgb, preprocess
 from .session import Session
 from .tokenizer import Tokenizer
 
-__all__ = ["ImageLike", "Pipeline", "load_images", "pad_tokens"]
+__all__ = [
+    "MAX_THREADS",
+    "BundleGraphError",
+    "BundleMismatchError",
+    "ImageLike",
+    "Pipeline",
+    "as_image_list",
+    "check_token_limit",
+    "load_image",
+    "pad_tokens",
+]
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
+# Intra-op threads a session may ask for. ONNX Runtime starts them all when it makes the
+# session, each slower than the last: on the 2-core dev machine 256 took 3.5 s a graph, 5000
+# took minutes.
+MAX_THREADS = 256
 
-def load_images(images: Sequence[ImageLike]) -> list[Image.Image | np.ndarray]:
-    """Paths, PIL images or (H, W, 3) uint8 arrays -> images the preprocessing takes."""
-    out: list[Image.Image | np.ndarray] = []
-    for i, im in enumerate(images):
-        if isinstance(im, (str, Path)):
-            try:
-                out.append(load_rgb(im))
-            except FileNotFoundError:
-                raise FileNotFoundError(f"images[{i}]: no such file: {im}") from None
-            except (OSError, ValueError) as e:
-                raise ValueError(f"images[{i}]: cannot read {im} as an image ({e})") from e
-        elif isinstance(im, (Image.Image, np.ndarray)):
-            out.append(im)
-        else:
-            raise TypeError(
-                f"images[{i}]: expected a path, a PIL image or an array, got {type(im).__name__}"
-            )
-    return out
+# What ONNX Runtime raises (InvalidProtobuf, InvalidArgument, Fail, ...): plain Exception
+# subclasses of its extension module, one per status code.
+_ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    c for c in vars(_ort_state).values() if isinstance(c, type) and issubclass(c, Exception)
+)
+
+
+class BundleGraphError(BundleError):
+    """ONNX Runtime cannot load or run one of the bundle's graphs (a corrupt, truncated or
+    foreign .onnx file); the message names the file and keeps ONNX Runtime's reason."""
+
+
+class BundleMismatchError(BundleError):
+    """The bundle's files disagree: a graph lacks an input or output the pipeline uses, or one of
+    its fixed sizes differs from the preprocessing's, the vocabulary's or the answers'."""
+
+
+def as_image_list(images: Sequence[ImageLike] | ImageLike) -> Sequence[ImageLike]:
+    """One image (a path, PIL image or array) or a sequence of them -> a sequence."""
+    if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+        return [images]
+    if not isinstance(images, Sequence):
+        raise TypeError(
+            f"images: expected an image or a sequence of images, got {type(images).__name__}"
+        )
+    return images
+
+
+def load_image(image: object, i: int) -> Image.Image | np.ndarray:
+    """images[i] (a path, PIL image or (H, W, 3) uint8 array) -> what preprocessing takes.
+
+    A file that cannot be opened keeps its OSError subclass (FileNotFoundError,
+    IsADirectoryError, PermissionError); one that cannot be decoded is a ValueError.
+    """
+    if isinstance(image, (str, Path)):
+        try:
+            return load_rgb(image)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"images[{i}]: no such file: {image}") from None
+        except OSError as e:
+            raise type(e)(f"images[{i}]: cannot open {image}: {e.strerror or e}") from e
+        except ValueError as e:
+            raise ValueError(f"images[{i}]: cannot read {image} as an image: {e}") from e
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return image
+    raise TypeError(
+        f"images[{i}]: expected a path, a PIL image or an array, got {type(image).__name__}"
+    )
 
 
 def pad_tokens(ids: list[list[int]], max_len: int, pad: int) -> np.ndarray:
@@ -55,8 +110,10 @@ P = TypeVar("P", bound="Pipeline")
 class Pipeline:
     """A bundle of one task with its sessions, preprocessing and tokenizer.
 
-    A subclass names its task and the graphs it runs (:meth:`graph_files`); it reads its task's
-    manifest sections, which loading has checked are there (mmfast.bundle.TASK_SECTIONS).
+    A subclass names its task and the graphs it runs (:meth:`graph_files`) and checks, in
+    :meth:`check_bundle`, that they take and give what it uses (reading there any file of its
+    own, such as VQA's answers); it reads its task's manifest sections, which loading has
+    checked are there (mmfast.bundle.TASK_SECTIONS).
     """
 
     task: ClassVar[str] = ""
@@ -66,19 +123,41 @@ class Pipeline:
             raise BundleFormatError(
                 f"{bundle.path}: a {bundle.task!r} bundle, not a {self.task!r} one"
             )
+        if threads is not None:
+            threads = positive_int("threads", threads, at_most=MAX_THREADS)
         self.bundle = bundle
         m = bundle.manifest
-        opt = bundle.path / ".ort-cache"
-        self.sessions = {
-            g: Session(bundle.file(g), device=device, threads=threads, optimized_dir=opt)
-            for g in self.graph_files(m)
-        }
+        opt = bundle.path / CACHE_DIR
+        self.sessions: dict[str, Session] = {}
+        for g in self.graph_files(m):
+            path = bundle.file(g)
+            try:
+                self.sessions[g] = Session(path, device=device, threads=threads, optimized_dir=opt)
+            except _ORT_ERRORS as e:
+                raise BundleGraphError(
+                    f"{path}: ONNX Runtime cannot load it ({one_line(e)})"
+                ) from e
         self.preprocess_config = m.preprocess
         vocab = bundle.file(m.vocab)
         try:
             self.tokenizer = Tokenizer.load(vocab, m.special_tokens)
-        except ValueError as e:  # the vocabulary disagrees with the manifest's special_tokens
+        except ValueError as e:  # not UTF-8, or disagrees with the manifest's special_tokens
             raise BundleFormatError(f"{vocab}: {e}") from e
+        vocab_size = m.config.get("vocab_size")
+        if type(vocab_size) is int and vocab_size != len(self.tokenizer):
+            # a longer vocabulary makes ids past the embedding table, a shorter one other words
+            raise BundleMismatchError(
+                f"{vocab}: {len(self.tokenizer)} tokens, the model's config.vocab_size is "
+                f"{vocab_size}"
+            )
+        for g, s in self.sessions.items():
+            if "images" in s.input_names:  # (B, 3, size, size)
+                size = self.preprocess_config.size
+                self.require_dim(g, "images", 1, 3, "images have 3 channels (RGB)")
+                for axis in (2, 3):
+                    why = f"the manifest's preprocess.size is {size}"
+                    self.require_dim(g, "images", axis, size, why)
+        self.check_bundle()
 
     @classmethod
     def load(
@@ -87,8 +166,11 @@ class Pipeline:
         """Load and verify a bundle directory (see mmfast.bundle for the checks).
 
         device: "cpu" or "cuda" (ONNX Runtime's CUDA provider; falls back to the CPU, said
-        aloud). threads: intra-op threads per session (None: ONNX Runtime's default).
+        aloud). threads: intra-op threads per session, 1..MAX_THREADS (None: ONNX Runtime's
+        default, one per core).
         """
+        if not isinstance(bundle, (str, os.PathLike)):
+            raise TypeError(f"bundle: expected a directory path, got {type(bundle).__name__}")
         return cls(load_bundle(bundle), device=device, threads=threads)
 
     @classmethod
@@ -96,15 +178,85 @@ class Pipeline:
         """The bundle's graphs this pipeline runs, one session each."""
         raise NotImplementedError
 
+    def check_bundle(self) -> None:
+        """BundleError unless the graphs take and give what the pipeline uses (called once
+        the sessions and the tokenizer are made)."""
+        raise NotImplementedError
+
+    def require_io(self, graph: str, inputs: Collection[str], outputs: Collection[str]) -> None:
+        """BundleMismatchError unless `graph` takes exactly `inputs` (what the pipeline feeds it)
+        and gives at least `outputs` (what it reads)."""
+        s = self.sessions[graph]
+        if set(s.input_names) != set(inputs):
+            raise BundleMismatchError(
+                f"{self.bundle.path / graph}: takes inputs {s.input_names}, "
+                f"{type(self).__name__} feeds it {sorted(inputs)}"
+            )
+        missing = [o for o in outputs if o not in s.output_names]
+        if missing:
+            raise BundleMismatchError(
+                f"{self.bundle.path / graph}: no output {', '.join(missing)} "
+                f"(it gives {s.output_names})"
+            )
+
+    def fixed_dim(self, graph: str, name: str, axis: int) -> int | None:
+        """The size of axis `axis` of `graph`'s input or output `name`, if the graph fixes it
+        (None for a symbolic size such as "batch")."""
+        inner = self.sessions[graph].inner
+        for arg in (*inner.get_inputs(), *inner.get_outputs()):
+            if arg.name == name:
+                shape = arg.shape
+                if -len(shape) <= axis < len(shape) and type(shape[axis]) is int:
+                    return int(shape[axis])
+                return None
+        return None
+
+    def require_dim(self, graph: str, name: str, axis: int, want: int, why: str) -> None:
+        """BundleMismatchError if `graph` fixes axis `axis` of `name` to a size other than
+        `want`; `why` says where `want` comes from ("the vocabulary has 19 tokens")."""
+        got = self.fixed_dim(graph, name, axis)
+        if got is not None and got != want:
+            raise BundleMismatchError(
+                f"{self.bundle.path / graph}: {name!r} has size {got} on axis {axis}, but {why}"
+            )
+
     def tokens(self, texts: Sequence[str], max_len: int) -> np.ndarray:
         """(B, T) int64 model input: each text's ids (<bos> ... <eos>), padded with <pad>."""
+        if len(texts) == 0:
+            raise ValueError("texts: nothing to tokenize")
         ids = [self.tokenizer.encode(t) for t in texts]
         return pad_tokens(ids, max_len, self.tokenizer.pad_id)
 
-    def pixels(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """(B, 3, S, S) float32 model input."""
-        return preprocess_batch(cast(list[Any], load_images(images)), self.preprocess_config)
+    def pixels(self, images: Sequence[ImageLike], first: int = 0) -> np.ndarray:
+        """(B, 3, S, S) float32 model input. Each image is decoded and resized in turn (one
+        decoded photo in memory at a time); errors name it as images[first + i]."""
+        if len(images) == 0:
+            raise ValueError("images: no images")
+        out = np.empty(
+            (len(images), 3, self.preprocess_config.size, self.preprocess_config.size), np.float32
+        )
+        for i, im in enumerate(images):
+            decoded = load_image(im, first + i)
+            try:
+                out[i] = preprocess(decoded, self.preprocess_config)
+            except ValueError as e:
+                raise ValueError(f"images[{first + i}]: {e}") from e
+        return out
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         s = self.sessions[graph]
-        return dict(zip(s.output_names, s.run(feeds), strict=True))
+        try:
+            outs = s.run(feeds)
+        except _ORT_ERRORS as e:
+            raise BundleGraphError(
+                f"{self.bundle.path / graph}: ONNX Runtime failed to run it ({one_line(e)})"
+            ) from e
+        return dict(zip(s.output_names, outs, strict=True))
+
+
+def check_token_limit(bundle: Bundle, key: str, value: int | None) -> None:
+    """BundleFormatError unless a manifest's token limit `key` is null or >= 1."""
+    if value is not None and value < 1:
+        raise BundleFormatError(
+            f"{bundle.path / 'manifest.json'}: {key!r} must be at least 1, got {value}"
+        )

@@ -14,16 +14,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ._pipeline import ImageLike, Pipeline
+from ._checks import finite_float, one_line, positive_int
+from ._pipeline import (
+    BundleMismatchError,
+    ImageLike,
+    Pipeline,
+    as_image_list,
+    check_token_limit,
+)
 from .bundle import Bundle, Manifest
 from .decoding import DecodeResult, State, beam_search, greedy
 
-__all__ = ["Caption", "Captioner"]
+__all__ = ["MAX_BEAM_SIZE", "MAX_CAPTION_LEN", "MAX_LENGTH_PENALTY", "Caption", "Captioner"]
+
+# Limits of caption()'s arguments. Beams multiply the decoder state (B x beam_size copies);
+# max_len bounds the decoding loop of a model that never says <eos> (an LSTM has no length
+# limit of its own); GNMT's length penalty ((5 + |Y|) / 6) ^ alpha stays finite in float32
+# up to alpha = 10 at this length (the paper tunes alpha in [0, 1]).
+MAX_BEAM_SIZE = 100
+MAX_CAPTION_LEN = 512
+MAX_LENGTH_PENALTY = 10.0
 
 
 @dataclass
@@ -47,6 +60,7 @@ class Captioner(Pipeline):
         # step-graph state input -> the output replacing it after each step (the rest, e.g.
         # the regions or the cross-attention K/V, stays as the encoder made it)
         self._state_io = list(m.decoder.state_updates.items())
+        check_token_limit(bundle, "decoder.max_len", m.decoder.max_len)
         self.max_len = m.decoder.max_len
         self.special_tokens = m.special_tokens
 
@@ -54,8 +68,33 @@ class Captioner(Pipeline):
     def graph_files(cls, manifest: Manifest) -> list[str]:
         return ["encoder.onnx", "decoder_step.onnx"]
 
+    def check_bundle(self) -> None:
+        # the encoder makes the whole state; the step takes it with the previous token and
+        # gives the next token's logits, the attention and the state entries it updates
+        decoder = self.bundle.manifest.decoder
+        assert decoder is not None  # a caption bundle's: checked at load
+        state = self.sessions["encoder.onnx"].output_names
+        self.require_io("encoder.onnx", ["images"], [])
+        unknown = [name for name in decoder.state_updates if name not in state]
+        if unknown:
+            raise BundleMismatchError(
+                f"{self.bundle.path / 'manifest.json'}: decoder.state_updates names "
+                f"{', '.join(unknown)}, which encoder.onnx does not make (it makes {state})"
+            )
+        outputs = ["logits", "attention", *decoder.state_updates.values()]
+        self.require_io("decoder_step.onnx", ["tokens", *state], outputs)
+        # a vocabulary shorter than the logits would turn the ids past its end into <unk>
+        n = len(self.tokenizer)
+        why = f"the vocabulary {self.bundle.manifest.vocab} has {n} tokens"
+        self.require_dim("decoder_step.onnx", "logits", -1, n, why)
+
     def encode(self, pixels: np.ndarray) -> State:
         """(B, 3, S, S) float32 -> the decoder's initial state."""
+        s = self.preprocess_config.size
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.float32:
+            raise ValueError(f"pixels: expected a float32 array, got {type(pixels).__name__}")
+        if pixels.ndim != 4 or pixels.shape[1:] != (3, s, s) or len(pixels) == 0:
+            raise ValueError(f"pixels: expected shape (B, 3, {s}, {s}), got {pixels.shape}")
         return self.run("encoder.onnx", {"images": pixels})
 
     def _step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State, np.ndarray]:
@@ -78,50 +117,72 @@ class Captioner(Pipeline):
     ) -> list[Caption]:
         """Caption images (paths, PIL images or (H, W, 3) uint8 arrays), in batches.
 
-        max_len: tokens to generate at most (default 20, or the model's limit if lower).
+        beam_size: 1 (greedy) to MAX_BEAM_SIZE. max_len: tokens to generate at most (default
+        20, or the model's limit if lower; at most MAX_CAPTION_LEN). length_penalty: GNMT's
+        alpha, 0 (off) to MAX_LENGTH_PENALTY.
         """
-        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
-            images = [images]
+        images = as_image_list(images)
         if len(images) == 0:
             raise ValueError("images: nothing to caption")
-        if not isinstance(beam_size, int) or beam_size < 1:
-            raise ValueError(f"beam_size: expected a positive int, got {beam_size!r}")
+        beam_size = positive_int("beam_size", beam_size, at_most=MAX_BEAM_SIZE)
         if max_len is None:  # 20 tokens, or fewer if the model's KV cache is shorter
             max_len = min(20, self.max_len) if self.max_len else 20
-        if not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"max_len: expected a positive int, got {max_len!r}")
+        max_len = positive_int("max_len", max_len, at_most=MAX_CAPTION_LEN)
         if self.kind == "caption_transformer" and self.max_len and max_len > self.max_len:
             # the KV cache has max_len slots (fixed at training): no room for longer captions
             raise ValueError(f"max_len: this model decodes at most {self.max_len} tokens")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        length_penalty = finite_float(
+            "length_penalty", length_penalty, lo=0.0, hi=MAX_LENGTH_PENALTY
+        )
+        batch_size = positive_int("batch_size", batch_size)
         results: list[Caption] = []
         for start in range(0, len(images), batch_size):
-            state = self.encode(self.pixels(images[start : start + batch_size]))
-            r: DecodeResult
-            if beam_size == 1 and length_penalty == 0.0:
-                r = greedy(self._step, state, max_len, special_tokens=self.special_tokens)
-            else:
-                constant = frozenset(state) - {name for name, _ in self._state_io}
-                r = beam_search(
-                    self._step,
-                    state,
-                    max_len,
-                    beam_size,
-                    length_penalty,
-                    constant=constant,
-                    special_tokens=self.special_tokens,
+            batch = images[start : start + batch_size]
+            try:
+                results += self._caption_batch(
+                    batch, start, beam_size, max_len, length_penalty, return_attention
                 )
-            for i, toks in enumerate(r.tokens):
-                results.append(
-                    Caption(
-                        text=self.tokenizer.decode(toks),
-                        tokens=toks,
-                        score=float(r.scores[i]),
-                        attention=r.attention[i] if return_attention else None,
-                    )
-                )
+            except MemoryError as e:
+                raise MemoryError(
+                    f"out of memory captioning {len(batch)} images with beam_size={beam_size}: "
+                    f"lower batch_size or beam_size ({one_line(e)})"
+                ) from e
         return results
+
+    def _caption_batch(
+        self,
+        images: Sequence[ImageLike],
+        first: int,
+        beam_size: int,
+        max_len: int,
+        length_penalty: float,
+        return_attention: bool,
+    ) -> list[Caption]:
+        """Caption images[first : first + len(images)] of a caption() call."""
+        state = self.encode(self.pixels(images, first))
+        r: DecodeResult
+        if beam_size == 1 and length_penalty == 0.0:
+            r = greedy(self._step, state, max_len, special_tokens=self.special_tokens)
+        else:
+            constant = frozenset(state) - {name for name, _ in self._state_io}
+            r = beam_search(
+                self._step,
+                state,
+                max_len,
+                beam_size,
+                length_penalty,
+                constant=constant,
+                special_tokens=self.special_tokens,
+            )
+        return [
+            Caption(
+                text=self.tokenizer.decode(toks),
+                tokens=toks,
+                score=float(r.scores[i]),
+                attention=r.attention[i] if return_attention else None,
+            )
+            for i, toks in enumerate(r.tokens)
+        ]
 
     def __repr__(self) -> str:
         device = self.sessions["encoder.onnx"].device

@@ -2,6 +2,11 @@
 
 Runtime commands live here and never import torch. `data`, `train` and `export` belong to the
 PyTorch side (package `mmfast_export`, the `export` extra) and are handed over to it.
+
+Bad input to any command (a missing, corrupt or mismatched bundle, image or index; a bad
+argument value; a file that cannot be read or written; more memory than there is) is reported
+as one line, ``mmfast COMMAND: MESSAGE``, with exit status 2. Any other exception is a bug in
+mmfast and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,9 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ._checks import one_line
 from ._version import __version__
 
 __all__ = ["main"]
@@ -39,8 +46,25 @@ _EXPORT_INSTALL_HINT = (
 _EXPORT_DEPS = {"torch", "mmfast_export", "onnx", "onnxscript", "safetensors", "sacrebleu"}
 
 
+# What a user's input can cause (BundleError is a ValueError); reported in one line.
+_USER_ERRORS = (ValueError, TypeError, OSError, MemoryError)
+
+
 def _missing_export_dep(e: ImportError) -> bool:
     return (getattr(e, "name", None) or "").split(".")[0] in _EXPORT_DEPS
+
+
+def _report(name: str, command: Callable[[], int]) -> int:
+    """Run a command; a user error becomes one line on stderr and status 2."""
+    try:
+        with warnings.catch_warnings():
+            # An image over Pillow's pixel limit is refused in one line (mmfast.preprocess);
+            # Pillow's DecompressionBombWarning about it, as it opens it, would only repeat that.
+            warnings.filterwarnings("ignore", "Image size", RuntimeWarning, r"PIL\.")
+            return command()
+    except _USER_ERRORS as e:
+        print(f"mmfast {name}: {one_line(e)}", file=sys.stderr)
+        return 2
 
 
 def _run_torch_command(name: str, argv: list[str]) -> int:
@@ -53,7 +77,7 @@ def _run_torch_command(name: str, argv: list[str]) -> int:
         if func is None:
             print(f"mmfast {name}: not available in this version of mmfast_export", file=sys.stderr)
             return 2
-        return int(func(argv) or 0)
+        return _report(name, lambda: int(func(argv) or 0))
     except ImportError as e:
         if _missing_export_dep(e):
             print(f"mmfast {name}: {_EXPORT_INSTALL_HINT}", file=sys.stderr)
@@ -98,7 +122,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if not root.is_dir():
         print(f"mmfast index build: --images {root} is not a directory", file=sys.stderr)
         return 2
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    paths = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()
+    )
     if not paths:
         print(f"mmfast index build: no images under {root}", file=sys.stderr)
         return 2
@@ -121,7 +147,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     meta = EmbeddingIndex.load(args.index).metadata
     bundle = args.model or meta.get("bundle")
-    if not bundle:
+    if not bundle or not isinstance(bundle, str):
         print("mmfast search: the index names no bundle; pass --model", file=sys.stderr)
         return 2
     r = Retriever.load(bundle, device=args.device, threads=args.threads, index=args.index)
@@ -219,12 +245,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in _PLANNED:
         print(f"mmfast {args.command}: not available in this version yet", file=sys.stderr)
         return 2
-    # Bad input to a pipeline command (a missing or corrupt bundle, image or index; a bad
-    # argument value) is reported in one line, not as a traceback. BundleError is a ValueError.
-    try:
-        result: int = args.func(args)
-    except (FileNotFoundError, ValueError) as e:
-        name = args.command + (f" {args.index_command}" if args.command == "index" else "")
-        print(f"mmfast {name}: {e}", file=sys.stderr)
-        return 2
-    return result
+    name = args.command + (f" {args.index_command}" if args.command == "index" else "")
+    return _report(name, lambda: int(args.func(args)))

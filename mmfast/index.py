@@ -3,7 +3,9 @@
 Built for text-to-image retrieval: image embeddings are added once, text queries search them.
 Scores are dot products of unit vectors (numpy's BLAS sgemm), top-k by partial sort. Saved as
 a directory: ``embeddings.npy`` (float32, (n, d)), ``ids.json``, ``index.json`` (format, dim,
-metadata such as the model that made the embeddings).
+metadata such as the model that made the embeddings). Loading checks what saving guarantees
+(unique string ids, finite unit-norm embeddings of the stated dim, one per id), so a corrupt
+or edited index is refused instead of returning NaN or unnormalised scores.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._checks import positive_int
+
 __all__ = ["EmbeddingIndex"]
 
 INDEX_FORMAT = 1
 FloatArray = npt.NDArray[np.float32]
+# A saved embedding's norm may differ from 1 by float32 rounding (a few ulp over d terms);
+# anything further was not written by save().
+_UNIT_TOLERANCE = 1e-3
 
 
 def _unit_rows(x: Any, dim: int, name: str) -> FloatArray:
@@ -60,17 +67,22 @@ class EmbeddingIndex:
         """The id of the row-th added embedding."""
         return self._ids[int(row)]
 
+    def check_ids(self, ids: Sequence[object]) -> list[str]:
+        """`ids` as strings, ValueError if one is already in the index or repeated."""
+        new = [str(i) for i in ids]
+        dup = self._id_set.intersection(new) or (len(set(new)) != len(new) and {"(within ids)"})
+        if dup:
+            raise ValueError(f"ids: already in the index or repeated: {sorted(dup)[:5]}")
+        return new
+
     def add(self, embeddings: Any, ids: Sequence[str] | None = None) -> None:
         """Add (n, dim) embeddings (normalised here) under `ids` (default: running numbers)."""
         e = _unit_rows(embeddings, self.dim, "embeddings")
         if ids is None:
             ids = [str(len(self._ids) + i) for i in range(len(e))]
-        ids = [str(i) for i in ids]
         if len(ids) != len(e):
             raise ValueError(f"ids: {len(ids)} ids for {len(e)} embeddings")
-        dup = self._id_set.intersection(ids) or (len(set(ids)) != len(ids) and {"(within ids)"})
-        if dup:
-            raise ValueError(f"ids: already in the index or repeated: {sorted(dup)[:5]}")
+        ids = self.check_ids(ids)
         self._emb = np.concatenate([self._emb, e]) if len(self._emb) else e
         self._ids.extend(ids)
         self._id_set.update(ids)
@@ -84,8 +96,7 @@ class EmbeddingIndex:
         """Like :meth:`search`, with row numbers (insertion order) instead of ids."""
         if not len(self):
             raise ValueError("search: the index is empty")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k: expected a positive int, got {k!r}")
+        k = positive_int("k", k)
         q = _unit_rows(queries, self.dim, "queries")
         k = min(k, len(self))
         scores = q @ self._emb.T  # (m, n)
@@ -108,20 +119,39 @@ class EmbeddingIndex:
 
     @classmethod
     def load(cls, directory: str | Path) -> EmbeddingIndex:
+        """An index saved by :meth:`save`; ValueError naming the directory if it is not one, is
+        corrupt or breaks what save() guarantees; OSError if a file cannot be read."""
         d = Path(directory)
+        if not d.is_dir():
+            raise ValueError(f"{d}: not an index directory (no such directory)")
         try:
-            meta = json.loads((d / "index.json").read_text())
-            ids = json.loads((d / "ids.json").read_text())
+            meta = json.loads((d / "index.json").read_text(encoding="utf-8"))
+            ids = json.loads((d / "ids.json").read_text(encoding="utf-8"))
             emb = np.load(d / "embeddings.npy", allow_pickle=False)
         except FileNotFoundError as e:
             raise ValueError(f"{d}: not an index directory ({e.filename} missing)") from e
-        except (json.JSONDecodeError, ValueError) as e:
+        except (ValueError, EOFError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
             raise ValueError(f"{d}: corrupt index ({e})") from e
-        if meta.get("format", 0) > INDEX_FORMAT:
-            raise ValueError(f"{d}: index format {meta['format']} is newer than this mmfast")
-        dim = int(meta["dim"])
+        if not isinstance(meta, dict):
+            raise ValueError(f"{d}: corrupt index (index.json is not an object)")
+        version, dim = meta.get("format"), meta.get("dim")
+        if type(version) is not int or type(dim) is not int or dim < 1:
+            raise ValueError(f"{d}: corrupt index (index.json needs an int format and dim)")
+        if version > INDEX_FORMAT:
+            raise ValueError(f"{d}: index format {version} is newer than this mmfast")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"{d}: corrupt index (ids.json is not a list of strings)")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{d}: corrupt index (ids.json repeats an id)")
         if emb.dtype != np.float32 or emb.shape != (len(ids), dim):
             raise ValueError(f"{d}: embeddings {emb.shape} do not match {len(ids)} ids x {dim}")
+        if meta.get("count", len(ids)) != len(ids):
+            raise ValueError(f"{d}: corrupt index ({meta['count']} in index.json, {len(ids)} ids)")
+        if not np.isfinite(emb).all():
+            raise ValueError(f"{d}: corrupt index (embeddings contain NaN or inf)")
+        norms = np.linalg.norm(emb, axis=1)
+        if len(emb) and np.abs(norms - 1).max() > _UNIT_TOLERANCE:
+            raise ValueError(f"{d}: corrupt index (embeddings are not unit vectors)")
         extra = {k: v for k, v in meta.items() if k not in ("format", "dim", "count")}
         index = cls(dim, extra)
         if len(ids):

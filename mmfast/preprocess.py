@@ -17,6 +17,10 @@ Steps, in order:
 from __future__ import annotations
 
 import json
+import math
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,10 +28,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "MAX_IMAGE_SIDE",
+    "MAX_SIZE",
     "PreprocessConfig",
+    "check_image_size",
     "load_rgb",
     "preprocess",
     "preprocess_batch",
@@ -36,6 +43,19 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float32]
+
+# The model input side (PreprocessConfig.size) at most: a (3, 4096, 4096) float32 input is
+# 200 MB an image, already far beyond what these models take; a manifest asking for more is
+# refused before anything is allocated.
+MAX_SIZE = 4096
+# An image's side (width or height) at most. Resizing costs memory in proportion to side x size
+# (the separable filter's weights, the half-resized rows), so a 1-pixel-high image 80 million
+# pixels wide, within the pixel limit, would need tens of GB. Files are also held to Pillow's
+# pixel limit, PIL.Image.MAX_IMAGE_PIXELS (89.5 MP by default; raise it to read larger ones).
+MAX_IMAGE_SIDE = 32768
+# Resize weights are cached for sizes that recur (an image folder of one camera); a matrix
+# larger than this many weights is computed each time, so the cache stays under 256 MB.
+_CACHE_MAX_WEIGHTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -50,10 +70,14 @@ class PreprocessConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.size <= 0:
-            raise ValueError(f"size must be positive, got {self.size}")
+        if not 1 <= self.size <= MAX_SIZE:
+            raise ValueError(
+                f"size must be in 1..{MAX_SIZE} (mmfast.preprocess.MAX_SIZE), got {self.size}"
+            )
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need 3 values (R, G, B)")
+        if not all(math.isfinite(x) for x in (*self.mean, *self.std)):
+            raise ValueError(f"mean and std must be finite, got {self.mean}, {self.std}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
         if self.resample != "bilinear_antialias":
@@ -123,11 +147,58 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_image_size(width: int, height: int) -> None:
+    """ValueError if a width x height image is more than mmfast preprocesses: a side over
+    :data:`MAX_IMAGE_SIDE`, or none at all."""
+    if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
+        raise ValueError(
+            f"{width} x {height} px: each side must be 1..{MAX_IMAGE_SIDE} px "
+            "(mmfast.preprocess.MAX_IMAGE_SIDE)"
+        )
+
+
+# What Pillow raises for a file it cannot decode: UnidentifiedImageError and "broken data
+# stream"/"truncated" are OSErrors; some plugins raise ValueError, EOFError, SyntaxError or
+# struct.error from a malformed header.
+_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error)
+
+
+@contextmanager
+def _decoding() -> Iterator[None]:
+    """Pillow's errors for a file it cannot decode -> ValueError."""
+    try:
+        yield
+    except Image.DecompressionBombError as e:  # over twice the pixel limit: Pillow's refusal
+        raise ValueError(str(e)) from None
+    except UnidentifiedImageError:
+        raise ValueError("not an image file Pillow can read") from None
+    except _DECODE_ERRORS as e:
+        raise ValueError(f"cannot decode it ({e})") from e
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file and convert it to 8-bit RGB (the file is closed afterwards)."""
-    with Image.open(path) as im:
-        im.load()
-        return to_rgb(im)
+    """Open an image file and convert it to 8-bit RGB (the file is closed afterwards).
+
+    OSError (FileNotFoundError, IsADirectoryError, PermissionError, ...) if the file cannot be
+    opened; ValueError if it is not an image Pillow can decode, or is larger than Pillow's
+    pixel limit ``PIL.Image.MAX_IMAGE_PIXELS`` (refused from its header, before decoding;
+    Pillow itself only warns up to twice the limit) or has a side over :data:`MAX_IMAGE_SIDE`.
+    """
+    with open(path, "rb") as f:
+        with _decoding():
+            im = Image.open(f)
+        with im:
+            width, height = im.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and width * height > limit:
+                raise ValueError(
+                    f"{width} x {height} = {width * height} px is over Pillow's limit of "
+                    f"{limit} px (PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?)"
+                )
+            check_image_size(width, height)
+            with _decoding():
+                im.load()
+            return to_rgb(im)
 
 
 @lru_cache(maxsize=64)
@@ -135,6 +206,12 @@ def _resize_matrix_cached(in_size: int, out_size: int) -> FloatArray:
     m = resize_matrix(in_size, out_size)
     m.flags.writeable = False  # shared between calls
     return m
+
+
+def _resize_weights(in_size: int, out_size: int) -> FloatArray:
+    if in_size * out_size > _CACHE_MAX_WEIGHTS:
+        return resize_matrix(in_size, out_size)
+    return _resize_matrix_cached(in_size, out_size)
 
 
 def resize_matrix(in_size: int, out_size: int) -> FloatArray:
@@ -149,7 +226,9 @@ def resize_matrix(in_size: int, out_size: int) -> FloatArray:
     scale = in_size / out_size
     support = scale if scale >= 1.0 else 1.0
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
-    m = np.zeros((out_size, in_size), dtype=np.float64)
+    # weights computed in float64 and rounded once to float32, row by row (no float64 copy
+    # of the whole matrix)
+    m = np.zeros((out_size, in_size), dtype=np.float32)
     for i in range(out_size):
         center = scale * (i + 0.5)
         xmin = max(int(center - support + 0.5), 0)
@@ -159,18 +238,20 @@ def resize_matrix(in_size: int, out_size: int) -> FloatArray:
         total = w.sum()
         if total > 0:
             m[i, xmin:xmax] = w / total
-    return m.astype(np.float32)
+    return m
 
 
 def _as_rgb_uint8(image: Image.Image | npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
-    """Pillow image or (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB."""
+    """Pillow image or (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB; sides checked first."""
     if isinstance(image, Image.Image):
+        check_image_size(*image.size)
         return np.asarray(to_rgb(image), dtype=np.uint8)
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB array, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         raise ValueError(f"expected a uint8 array, got {arr.dtype}")
+    check_image_size(arr.shape[1], arr.shape[0])
     return arr
 
 
@@ -178,8 +259,8 @@ def preprocess(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig) -> 
     """One image -> (3, size, size) float32, normalised."""
     u8 = _as_rgb_uint8(image)  # (H, W, 3)
     h, w, _ = u8.shape
-    ry = _resize_matrix_cached(h, cfg.size)  # (S, H)
-    rx = _resize_matrix_cached(w, cfg.size)  # (S, W)
+    ry = _resize_weights(h, cfg.size)  # (S, H)
+    rx = _resize_weights(w, cfg.size)  # (S, W)
     # separable: rows first (W axis), then columns (H axis), like Pillow/torch. As BLAS
     # matmuls over blocks of rows, so a 10000 x 10000 photo costs ~0.2 s and ~150 MB, not
     # the ~40 s and 1.2 GB of a float copy of the whole image through einsum.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,60 @@ def test_bad_inputs(tmp_path):
         EmbeddingIndex.load(tmp_path / "nothing")
     with pytest.raises(ValueError, match="dim: expected a positive int"):
         EmbeddingIndex(0)
+
+
+def _saved(root, emb=None, ids=None, meta=None):
+    """A saved 3 x 4 index, with any of its files replaced (a corrupt or edited index)."""
+    idx = EmbeddingIndex(4, {"model": "test"})
+    idx.add(np.eye(4)[:3], ids=["a", "b", "c"])
+    idx.save(root)
+    if emb is not None:
+        np.save(root / "embeddings.npy", np.asarray(emb, np.float32))
+    if ids is not None:
+        (root / "ids.json").write_text(json.dumps(ids))
+    if meta is not None:
+        (root / "index.json").write_text(json.dumps(meta))
+    return root
+
+
+UNIT = np.eye(4)[:3]
+CORRUPT = [  # id, replaced files, message; each loaded (and searched, silently wrong) before
+    ("NaN embedding", {"emb": np.where(UNIT == 1, np.nan, UNIT)}, "embeddings contain NaN"),
+    ("non-unit embedding", {"emb": UNIT * [[1], [100], [0.01]]}, "are not unit vectors"),
+    ("all-zero embedding", {"emb": np.eye(4)[:3] * [[1], [1], [0]]}, "are not unit vectors"),
+    ("repeated id", {"ids": ["a", "a", "b"]}, r"ids\.json repeats an id"),
+    ("ids not strings", {"ids": [1, 2, 3]}, r"ids\.json is not a list of strings"),
+    ("ids an object", {"ids": {"a": 1, "b": 2, "c": 3}}, r"ids\.json is not a list of strings"),
+    ("count disagrees", {"meta": {"format": 1, "dim": 4, "count": 5}}, "5 in index.json, 3 ids"),
+    ("index.json a list", {"meta": []}, r"index\.json is not an object"),  # AttributeError
+    ("no dim", {"meta": {"format": 1}}, "needs an int format and dim"),  # KeyError
+    ("format a string", {"meta": {"format": "1", "dim": 4}}, "int format and dim"),  # TypeError
+    ("dim true", {"meta": {"format": 1, "dim": True}}, "needs an int format and dim"),
+]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"), [c[1:] for c in CORRUPT], ids=[c[0] for c in CORRUPT]
+)
+def test_a_corrupt_index_is_refused_naming_the_directory(files, message, tmp_path):
+    d = _saved(tmp_path / "ix", **files)
+    with pytest.raises(ValueError, match=message) as e:
+        EmbeddingIndex.load(d)
+    assert str(e.value).startswith(f"{d}: ")
+
+
+def test_an_unreadable_index_file_is_an_oserror(tmp_path):
+    d = _saved(tmp_path / "ix")
+    (d / "embeddings.npy").unlink()
+    (d / "embeddings.npy").mkdir()
+    with pytest.raises(IsADirectoryError):
+        EmbeddingIndex.load(d)
+    with pytest.raises(ValueError, match="not an index directory"):
+        EmbeddingIndex.load(d / "ids.json")  # a file, not a directory
+
+
+def test_k_must_be_an_int_not_a_bool(tmp_path):
+    idx = EmbeddingIndex.load(_saved(tmp_path / "ix"))
+    with pytest.raises(ValueError, match="k: expected a positive int, got True"):
+        idx.search(np.ones(4), k=True)
+    assert len(idx.search(np.ones(4), k=np.int64(2))[0][0]) == 2  # from an argmax, say
