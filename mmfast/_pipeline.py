@@ -20,9 +20,17 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from PIL import Image
 
 from ._checks import one_line, positive_int
-from .bundle import CACHE_DIR, Bundle, BundleError, BundleFormatError, Manifest, load_bundle
+from .bundle import (
+    CACHE_DIR,
+    Bundle,
+    BundleFormatError,
+    BundleGraphError,
+    BundleMismatchError,
+    Manifest,
+    load_bundle,
+)
 from .preprocess import load_rgb, preprocess
-from .session import Session
+from .session import MAX_THREADS, Session
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -42,23 +50,12 @@ ImageLike = str | Path | Image.Image | np.ndarray
 # Intra-op threads a session may ask for. ONNX Runtime starts them all when it makes the
 # session, each slower than the last: on the 2-core dev machine 256 took 3.5 s a graph, 5000
 # took minutes.
-MAX_THREADS = 256
 
 # What ONNX Runtime raises (InvalidProtobuf, InvalidArgument, Fail, ...): plain Exception
 # subclasses of its extension module, one per status code.
 _ORT_ERRORS: tuple[type[Exception], ...] = tuple(
     c for c in vars(_ort_state).values() if isinstance(c, type) and issubclass(c, Exception)
 )
-
-
-class BundleGraphError(BundleError):
-    """ONNX Runtime cannot load or run one of the bundle's graphs (a corrupt, truncated or
-    foreign .onnx file); the message names the file and keeps ONNX Runtime's reason."""
-
-
-class BundleMismatchError(BundleError):
-    """The bundle's files disagree: a graph lacks an input or output the pipeline uses, or one of
-    its fixed sizes differs from the preprocessing's, the vocabulary's or the answers'."""
 
 
 def as_image_list(images: Sequence[ImageLike] | ImageLike) -> Sequence[ImageLike]:

@@ -49,6 +49,8 @@ __all__ = [
     "BundleCorruptError",
     "BundleError",
     "BundleFormatError",
+    "BundleGraphError",
+    "BundleMismatchError",
     "BundleMissingFileError",
     "DecoderSection",
     "GraphSection",
@@ -80,6 +82,16 @@ class BundleMissingFileError(BundleError):
 
 class BundleCorruptError(BundleError):
     """A file's sha256 differs from the one recorded at export."""
+
+
+class BundleGraphError(BundleError):
+    """ONNX Runtime cannot load or run one of the bundle's graphs (a corrupt, truncated or
+    foreign .onnx file); the message names the file and keeps ONNX Runtime's reason."""
+
+
+class BundleMismatchError(BundleError):
+    """The bundle's files disagree: a graph lacks an input or output the pipeline uses, or one of
+    its fixed sizes differs from the preprocessing's, the vocabulary's or the answers'."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -353,6 +365,11 @@ def _check_inside(root: Path, base: Path, name: str) -> None:
         )
 
 
+def _no_constant(name: str) -> Any:
+    """json's NaN / Infinity / -Infinity are not JSON, and no manifest value may be one."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     """Read and check a bundle directory; see the module docstring for what is checked.
 
@@ -369,8 +386,8 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     if not mpath.is_file():
         raise BundleFormatError(f"{root}: no {MANIFEST} (not an mmfast bundle?)")
     try:
-        data = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(mpath.read_text(), parse_constant=_no_constant)
+    except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise BundleFormatError(f"{mpath}: unreadable manifest ({e})") from e
     manifest = Manifest.from_dict(data, mpath)
     for name, digest in manifest.files.items():

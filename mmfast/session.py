@@ -38,6 +38,10 @@ import numpy as np
 import onnxruntime as ort
 
 from . import _C
+from ._checks import positive_int
+
+# Intra-op threads a session may ask for (5000 took 140 s to create one session).
+MAX_THREADS = 256
 
 __all__ = ["Session", "resolve_providers"]
 
@@ -139,8 +143,8 @@ class Session:
         optimized_dir: str | Path | None = None,
         spinning: bool = False,
     ) -> None:
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
+        if threads is not None:
+            threads = positive_int("threads", threads, at_most=MAX_THREADS)
         self.path = Path(model)
         self.providers = resolve_providers(device)
         self._threads, self._spinning = threads, spinning
@@ -168,7 +172,9 @@ class Session:
         so.add_session_config_entry(
             "session.model_external_initializers_file_folder_path", str(self.path.parent)
         )
-        so.log_severity_level = 3
+        # Failures come back as exceptions (the pipelines name the graph); ORT's own error log
+        # line on stderr would only duplicate them, before the CLI's one-line message.
+        so.log_severity_level = 4
         so.graph_optimization_level = (
             _OPTIMIZATION if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )

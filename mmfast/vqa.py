@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ops
-from ._pipeline import BundleGraphError, BundleMismatchError, ImageLike, Pipeline, check_token_limit
-from .bundle import Bundle, BundleFormatError, Manifest
+from ._pipeline import ImageLike, Pipeline, check_token_limit
+from .bundle import Bundle, BundleFormatError, BundleGraphError, BundleMismatchError, Manifest
 
 __all__ = ["VQA", "Answer"]
 

@@ -423,3 +423,9 @@ def test_a_read_only_bundle_uses_its_cache_or_none(tmp_path, monkeypatch, caplog
         assert ("ignored" in caplog.text) == damaged
         assert [p.name for p in cache.iterdir()] == [entry.name]
         assert entry.read_bytes() == before
+
+
+@pytest.mark.parametrize("threads", [True, 0, -1, 2.0, 10**6])
+def test_session_threads_must_be_a_sane_int(threads, bundle_dir):
+    with pytest.raises(ValueError, match="threads"):
+        Session(bundle_dir / "model.onnx", threads=threads)

@@ -6,7 +6,7 @@ traceback of every thread, then exit), any other exception fails the example.
 
 CI runs a few hundred inputs per target (~20 s). The long run (>= 10^5 inputs over the targets):
 
-    MMFAST_FUZZ_EXAMPLES=30000 python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+    make fuzz     # MMFAST_FUZZ_EXAMPLES=15000 over tests/test_fuzz.py and test_fuzz_inputs.py
 
 Targets for the bundle manifest, preprocessing and index files live with their modules' tests
 (tests/test_fuzz_inputs.py) and take the same variable.

@@ -323,3 +323,14 @@ def test_texts_are_padded_with_the_pad_id():
     got = pad_tokens([[5, 0, 4], [5, 4]], max_len=8, pad=IDS.pad)
     np.testing.assert_array_equal(got, [[5, 0, 4], [5, 4, 3]])
     np.testing.assert_array_equal(pad_tokens([[5, 0, 2, 4]], max_len=2, pad=3), [[5, 0]])
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_json_nan_and_infinity_are_refused(constant, tmp_path):
+    # Python's json reads them; they are not JSON, and a NaN logit_scale made every score NaN.
+    text = json.dumps(exported("retrieval")).replace(
+        '"logit_scale": ', f'"logit_scale": {constant}, "_was": ', 1
+    )
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(BundleFormatError, match=f"{constant} is not a JSON value"):
+        load_bundle(tmp_path)
