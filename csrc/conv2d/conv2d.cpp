@@ -2,8 +2,11 @@
 // checked once for both devices (compiled for the baseline ISA into mmfast._C and _C_cuda).
 #include "conv2d/conv2d.h"
 
+#include <optional>
 #include <stdexcept>
 #include <string>
+
+#include "common/checked.h"
 
 namespace mmfast {
 namespace {
@@ -14,21 +17,28 @@ void require(bool ok, const std::string& what) {
 
 // a + b + c, or false on int64 overflow (all non-negative).
 bool sum3(int64_t a, int64_t b, int64_t c, int64_t& out) {
-  return !__builtin_add_overflow(a, b, &out) && !__builtin_add_overflow(out, c, &out);
+  const std::optional<int64_t> ab = checked_add(a, b);
+  const std::optional<int64_t> abc = ab ? checked_add(*ab, c) : std::nullopt;
+  out = abc.value_or(0);
+  return abc.has_value();
 }
 
 // dilation * (k - 1) + 1: the extent of the dilated kernel, or false on overflow.
 bool span(int64_t dilation, int64_t k, int64_t& out) {
-  return !__builtin_mul_overflow(dilation, k - 1, &out) && !__builtin_add_overflow(out, 1, &out);
+  const std::optional<int64_t> d = checked_mul(dilation, k - 1);
+  const std::optional<int64_t> s = d ? checked_add(*d, 1) : std::nullopt;
+  out = s.value_or(0);
+  return s.has_value();
 }
 
 // Whether `st` are the strides of a C-contiguous (n, c, h, w) tensor; a dimension of size 1 may
 // have any stride (numpy's and torch's contiguity tests say the same).
 // (Sizes too large for the products are refused too: the CUDA kernels could not index them.)
 bool dense(const NchwStrides& st, int64_t n, int64_t c, int64_t h, int64_t w) {
-  int64_t hw = 0, chw = 0;
-  if (__builtin_mul_overflow(h, w, &hw) || __builtin_mul_overflow(c, hw, &chw)) return false;
-  return (n <= 1 || st.n == chw) && (c <= 1 || st.c == hw) && (h <= 1 || st.h == w) &&
+  const std::optional<int64_t> hw = checked_mul(h, w);
+  const std::optional<int64_t> chw = hw ? checked_mul(c, *hw) : std::nullopt;
+  if (!chw) return false;
+  return (n <= 1 || st.n == *chw) && (c <= 1 || st.c == *hw) && (h <= 1 || st.h == w) &&
          (w <= 1 || st.w == 1);
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/checked.h"
 #include "conv2d/conv2d_cpu.h"
 
 namespace mmfast {
@@ -10,18 +11,9 @@ namespace {
 
 // a * b and a + b for the workspace sizes: an absurd padding or dilation makes them overflow,
 // and a wrapped size would allocate too little (refused instead, as the argument's fault).
-int64_t mul(int64_t a, int64_t b) {
-  int64_t r = 0;
-  if (__builtin_mul_overflow(a, b, &r))
-    throw std::invalid_argument("padding, dilation: the convolution's workspace is too large");
-  return r;
-}
-int64_t add(int64_t a, int64_t b) {
-  int64_t r = 0;
-  if (__builtin_add_overflow(a, b, &r))
-    throw std::invalid_argument("padding, dilation: the convolution's workspace is too large");
-  return r;
-}
+constexpr const char* kTooLarge = "padding, dilation: the convolution's workspace is too large";
+int64_t mul(int64_t a, int64_t b) { return mul_or_throw(a, b, kTooLarge); }
+int64_t add(int64_t a, int64_t b) { return add_or_throw(a, b, kTooLarge); }
 
 // Images whose planes the channel-vectorised GEMM fills and multiplies in one go (one GEMM
 // with the positions of all of them: whole position blocks, every weight block reused across
