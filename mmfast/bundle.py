@@ -342,7 +342,10 @@ def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
             files[name] = sha256_file(p)
     full = {"format_version": FORMAT_VERSION, **manifest, "files": files}
     out = root / MANIFEST
-    text = json.dumps(full, indent=2, sort_keys=True) + "\n"
+    try:  # NaN / Infinity are not JSON: load_bundle would refuse them
+        text = json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise BundleFormatError(f"{out}: {e} (NaN or infinity in the manifest)") from None
     Manifest.from_dict(json.loads(text), out)
     out.write_text(text)
     return out

@@ -334,3 +334,11 @@ def test_json_nan_and_infinity_are_refused(constant, tmp_path):
     (tmp_path / "manifest.json").write_text(text)
     with pytest.raises(BundleFormatError, match=f"{constant} is not a JSON value"):
         load_bundle(tmp_path)
+
+
+def test_write_manifest_refuses_nan(tmp_path):
+    m = exported("retrieval")
+    m["retrieval"]["logit_scale"] = float("nan")
+    with pytest.raises(BundleFormatError, match="NaN or infinity in the manifest"):
+        written(tmp_path, m)
+    assert not (tmp_path / "manifest.json").exists()

@@ -134,8 +134,9 @@ def test_saving_without_regions_removes_an_older_indexs_regions(indexed, tmp_pat
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("logit_scale", float("nan"), "'retrieval.logit_scale' must be finite, got nan"),
-        ("logit_scale", float("inf"), "'retrieval.logit_scale' must be finite, got inf"),
+        # json.dumps writes NaN / Infinity; neither is JSON: the manifest is refused as such
+        ("logit_scale", float("nan"), "NaN is not a JSON value"),
+        ("logit_scale", float("inf"), "Infinity is not a JSON value"),
         ("max_len", 0, "'retrieval.max_len' must be at least 1, got 0"),
     ],
 )
