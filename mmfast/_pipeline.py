@@ -21,7 +21,6 @@ from PIL import Image
 
 from ._checks import one_line, positive_int
 from .bundle import (
-    CACHE_DIR,
     Bundle,
     BundleFormatError,
     BundleGraphError,
@@ -30,7 +29,7 @@ from .bundle import (
     load_bundle,
 )
 from .preprocess import load_rgb, preprocess
-from .session import MAX_THREADS, Session
+from .session import MAX_THREADS, Session, default_cache_dir
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -124,12 +123,18 @@ class Pipeline:
             threads = positive_int("threads", threads, at_most=MAX_THREADS)
         self.bundle = bundle
         m = bundle.manifest
-        opt = bundle.path / CACHE_DIR
+        cache = default_cache_dir()  # per user, outside the bundle (see mmfast.session)
         self.sessions: dict[str, Session] = {}
         for g in self.graph_files(m):
             path = bundle.file(g)
             try:
-                self.sessions[g] = Session(path, device=device, threads=threads, optimized_dir=opt)
+                self.sessions[g] = Session(
+                    path,
+                    device=device,
+                    threads=threads,
+                    optimized_dir=cache,
+                    expected_sha256=m.files[g],
+                )
             except _ORT_ERRORS as e:
                 raise BundleGraphError(
                     f"{path}: ONNX Runtime cannot load it ({one_line(e)})"

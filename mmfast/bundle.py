@@ -389,7 +389,9 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     if not mpath.is_file():
         raise BundleFormatError(f"{root}: no {MANIFEST} (not an mmfast bundle?)")
     try:
-        data = json.loads(mpath.read_text(), parse_constant=_no_constant)
+        data = json.loads(mpath.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except RecursionError:  # JSON nested deeper than Python's parser recurses
+        raise BundleFormatError(f"{mpath}: unreadable manifest (nested too deeply)") from None
     except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise BundleFormatError(f"{mpath}: unreadable manifest ({e})") from e
     manifest = Manifest.from_dict(data, mpath)

@@ -127,15 +127,19 @@ class EmbeddingIndex:
         try:
             meta = json.loads((d / "index.json").read_text(encoding="utf-8"))
             ids = json.loads((d / "ids.json").read_text(encoding="utf-8"))
-            emb = np.load(d / "embeddings.npy", allow_pickle=False)
+            # memory-mapped: a header claiming billions of rows fails (the file is shorter) or
+            # is refused by the shape check below before anything is read into memory
+            emb = np.load(d / "embeddings.npy", allow_pickle=False, mmap_mode="r")
         except FileNotFoundError as e:
             raise ValueError(f"{d}: not an index directory ({e.filename} missing)") from e
         except (ValueError, EOFError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
             raise ValueError(f"{d}: corrupt index ({e})") from e
+        except RecursionError:
+            raise ValueError(f"{d}: corrupt index (JSON nested too deeply)") from None
         if not isinstance(meta, dict):
             raise ValueError(f"{d}: corrupt index (index.json is not an object)")
         version, dim = meta.get("format"), meta.get("dim")
-        if type(version) is not int or type(dim) is not int or dim < 1:
+        if type(version) is not int or type(dim) is not int or dim < 1 or version < 1:
             raise ValueError(f"{d}: corrupt index (index.json needs an int format and dim)")
         if version > INDEX_FORMAT:
             raise ValueError(f"{d}: index format {version} is newer than this mmfast")
@@ -147,6 +151,7 @@ class EmbeddingIndex:
             raise ValueError(f"{d}: embeddings {emb.shape} do not match {len(ids)} ids x {dim}")
         if meta.get("count", len(ids)) != len(ids):
             raise ValueError(f"{d}: corrupt index ({meta['count']} in index.json, {len(ids)} ids)")
+        emb = np.array(emb)  # into memory, now that its size is known to be right
         if not np.isfinite(emb).all():
             raise ValueError(f"{d}: corrupt index (embeddings contain NaN or inf)")
         norms = np.linalg.norm(emb, axis=1)

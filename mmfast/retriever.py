@@ -216,7 +216,7 @@ class Retriever(Pipeline):
     def _load_regions(self, path: Path, count: int) -> np.ndarray:
         """regions.npy -> (count, N, D) float16, checked against the image tower."""
         try:
-            r: np.ndarray = np.load(path, allow_pickle=False)
+            r: np.ndarray = np.load(path, allow_pickle=False, mmap_mode="r")  # see index.load
         except (ValueError, EOFError) as e:
             raise ValueError(f"{path}: corrupt regions ({e})") from e
         n, d = self._region_shape()
@@ -229,6 +229,7 @@ class Retriever(Pipeline):
             or (d is not None and r.shape[2] != d)
         ):
             raise ValueError(f"{path}: regions {r.shape} {r.dtype}, expected {want}")
+        r = np.array(r)  # into memory (and off the file, which save() may overwrite)
         if not np.isfinite(r).all():
             raise ValueError(f"{path}: regions contain NaN or inf")
         return r

@@ -19,7 +19,15 @@ they are checked:
   with a warning and rebuilt, as is one ORT refuses. Never fatal;
 - ORT writes the optimised model to a temporary file of its own, which is renamed into place,
   so concurrent first loads each see a whole entry or none;
-- a cache that cannot be written (a read-only bundle) is read if whole and otherwise skipped.
+- a cache that cannot be written (read-only) is read if whole and otherwise skipped;
+- the directory itself must be trusted (:func:`trusted_cache_dir`): a real directory, not a
+  symlink, owned by this user, writable by no one else; otherwise the cache is not used. The
+  pipelines keep it per user, outside every bundle (:func:`default_cache_dir`): a bundle's
+  files are hashed, derived files cannot be, so they must not travel with a bundle (an entry
+  shipped inside one would replace its verified graph).
+
+``expected_sha256``: the graph's bytes, read once, are checked against the bundle's record
+before ORT parses them (no window between the bundle's check and this read).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import json
 import logging
 import os
 import platform
+import stat
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,7 +52,7 @@ from ._checks import positive_int
 # Intra-op threads a session may ask for (5000 took 140 s to create one session).
 MAX_THREADS = 256
 
-__all__ = ["Session", "resolve_providers"]
+__all__ = ["Session", "default_cache_dir", "resolve_providers", "trusted_cache_dir"]
 
 log = logging.getLogger("mmfast")
 
@@ -69,12 +78,29 @@ def resolve_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _writable_dir(path: Path) -> bool:
+def default_cache_dir() -> Path:
+    """Where the pipelines keep ONNX Runtime's optimised models: ``$MMFAST_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/mmfast/ort``, else ``~/.cache/mmfast/ort``. Entries are keyed by the
+    graph's content, so bundles share it safely; delete it at any time."""
+    if env := os.environ.get("MMFAST_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mmfast" / "ort"
+
+
+def trusted_cache_dir(path: Path) -> bool:
+    """Create `path` (mode 0700) if it is missing; True if it is a real directory (not a
+    symlink) owned by this user that no one else may write: only then are its entries read."""
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
     except OSError:
         return False
-    return os.access(path, os.W_OK)
+    if not stat.S_ISDIR(st.st_mode):  # a symlink's lstat is not a directory
+        return False
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return False
+    return not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _cache_key(model: bytes, providers: Sequence[str]) -> str:
@@ -142,16 +168,25 @@ class Session:
         threads: int | None = None,
         optimized_dir: str | Path | None = None,
         spinning: bool = False,
+        expected_sha256: str | None = None,
     ) -> None:
         if threads is not None:
             threads = positive_int("threads", threads, at_most=MAX_THREADS)
         self.path = Path(model)
         self.providers = resolve_providers(device)
         self._threads, self._spinning = threads, spinning
+        source = self.path.read_bytes()  # read once: what is checked is what ORT parses
+        if expected_sha256 is not None and hashlib.sha256(source).hexdigest() != expected_sha256:
+            from .bundle import BundleCorruptError
+
+            raise BundleCorruptError(
+                f"{self.path}: does not match the sha256 recorded at export (changed since the "
+                "bundle was checked)"
+            )
         if optimized_dir is None:
-            self._sess = self._session(str(self.path), optimize=True)
+            self._sess = self._session(source, optimize=True)
         else:
-            self._sess = self._cached_session(Path(optimized_dir))
+            self._sess = self._cached_session(Path(optimized_dir), source)
         self.device = "cuda" if self._sess.get_providers()[0].startswith("CUDA") else "cpu"
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
@@ -182,10 +217,16 @@ class Session:
             so.optimized_model_filepath = str(save_to)
         return ort.InferenceSession(model, so, providers=self.providers)
 
-    def _cached_session(self, cache: Path) -> Any:
+    def _cached_session(self, cache: Path, source: bytes) -> Any:
         """A session built from the cache's entry for this graph, or from the graph, saving
         the optimised model as the entry (see the module docstring)."""
-        source = self.path.read_bytes()
+        if not trusted_cache_dir(cache):
+            log.warning(
+                "optimised-model cache %s: not a private directory of this user (a symlink, "
+                "another owner, or writable by others); not used",
+                cache,
+            )
+            return self._session(source, optimize=True)
         key = _cache_key(source, self.providers)
         entry = cache / f"{self.path.stem}.{key[:32]}.opt"
         optimized = _read_entry(entry, key)
@@ -194,8 +235,8 @@ class Session:
                 return self._session(optimized, optimize=False)
             except Exception as e:  # ORT's errors derive from Exception only
                 log.warning("optimised-model cache %s: refused by ORT (%s); ignored", entry, e)
-        if not _writable_dir(cache):
-            return self._session(source, optimize=True)  # a read-only bundle: no cache
+        if not os.access(cache, os.W_OK):
+            return self._session(source, optimize=True)  # read-only: no new entries
         written = cache / f".{entry.name}.{uuid.uuid4().hex}.tmp"  # one per writer
         try:
             sess = self._session(source, optimize=True, save_to=written)

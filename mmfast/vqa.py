@@ -52,8 +52,8 @@ class VQA(Pipeline):
         path = self.bundle.file(name)
         try:
             self.answers = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise BundleFormatError(f"{path}: not UTF-8 text ({e})") from e
+        except UnicodeDecodeError as e:  # (its message would quote the file's bytes)
+            raise BundleFormatError(f"{path}: not UTF-8 text (at byte {e.start})") from None
         if not self.answers:
             raise BundleMismatchError(f"{path}: no answers")
         n = len(self.answers)

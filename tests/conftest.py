@@ -23,6 +23,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_ort_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The pipelines' optimised-model cache in a directory of the test run (not ~/.cache)."""
+    before = os.environ.get("MMFAST_CACHE_DIR")
+    os.environ["MMFAST_CACHE_DIR"] = str(tmp_path_factory.mktemp("ort-cache"))
+    yield
+    if before is None:
+        os.environ.pop("MMFAST_CACHE_DIR", None)
+    else:
+        os.environ["MMFAST_CACHE_DIR"] = before
+
+
 @pytest.fixture(params=_C.runnable_variants())
 def variant(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test once per kernel variant this CPU can run (avx512, avx2, portable)."""

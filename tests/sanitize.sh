@@ -17,7 +17,11 @@ if [ ! -x "$SAN/venv/bin/python" ]; then
 fi
 MMFAST_CUDA=OFF "$SAN/venv/bin/python" -m pip install --quiet --no-build-isolation --no-deps \
   -Ccmake.define.MMFAST_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo -Cbuild-dir="$SAN/cmake" \
-  --force-reinstall . 2>&1 | grep -v "WARNING: Location" || true
+  --force-reinstall . >"$SAN/build.log" 2>&1 || {
+  grep -v "WARNING: Location" "$SAN/build.log" | tail -40
+  echo "sanitize: the ASan/UBSan build failed" >&2
+  exit 1
+}
 # The interpreter is not instrumented: the runtimes are preloaded. Python keeps objects alive at
 # exit on purpose, so leak checking is off; everything else stops at the first report.
 asan=$(gcc -print-file-name=libasan.so)
@@ -28,7 +32,14 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export MMFAST_FUZZ_EXAMPLES="${MMFAST_FUZZ_EXAMPLES:-150}"
 # From outside the source tree, so `mmfast` is the sanitized build.
 tests="$PWD/tests"
-cd "$SAN" && venv/bin/python -c "import mmfast, sys; print('sanitized build:', mmfast._C.__file__)"
+cd "$SAN"
+so=$(venv/bin/python -c "import mmfast; print(mmfast._C.__file__)")
+# A stale or uninstrumented build must not pass for a sanitized one.
+if ! nm -D "$so" | grep -q "__asan_init" || ! nm -D "$so" | grep -q "__ubsan_handle"; then
+  echo "sanitize: $so is not instrumented" >&2
+  exit 1
+fi
+echo "sanitized build: $so"
 venv/bin/python -m pytest -q -p no:cacheprovider -m "not export and not cuda" \
   -c "$tests/../pyproject.toml" --rootdir "$tests/.." \
   "$tests/test_softmax.py" "$tests/test_attention.py" "$tests/test_conv2d.py" \

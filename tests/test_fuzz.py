@@ -120,6 +120,7 @@ def conv_args(draw: Any) -> dict[str, Any]:
             st.sampled_from(
                 [None] * 6
                 + ["x_dtype", "x_ndim", "stride", "dilation", "padding", "groups", "bias", "out"]
+                + ["huge_dilation", "huge_padding"]
             )
         ),
     }
@@ -162,6 +163,11 @@ def test_fuzz_conv2d(a: dict[str, Any]) -> None:
         kw["groups"] = a["groups"] + 1 if a["c"] % (a["groups"] + 1) else 0
     elif broken == "bias":
         b = np.zeros(a["m"] + 1, np.float32)
+    elif broken == "huge_dilation":  # the reproducers: past int64 arithmetic
+        kw["dilation"] = (2 ** int(a["seed"] % 3 + 60), 1)
+        kw["padding"] = (2**61, 0, 0, 0) if a["seed"] % 2 else "same_lower"
+    elif broken == "huge_padding":  # an output too large to exist (never one merely huge:
+        kw["padding"] = (0, 2**62, 0, 2**62)  # overcommit would grant it and the kernel fill it)
     pads = _pads(a, w)
     oh = a["hw"][0] + pads[0] + pads[2] - a["dilation"][0] * (a["k"][0] - 1) - 1
     ow = a["hw"][1] + pads[1] + pads[3] - a["dilation"][1] * (a["k"][1] - 1) - 1
@@ -180,10 +186,12 @@ def test_fuzz_conv2d(a: dict[str, Any]) -> None:
                 y = ops.Conv2d(w, b, **kw)(xin, out=out)
             else:
                 y = ops.conv2d(xin, w, b, out=out, **kw)
-        except REFUSALS as e:
+        except (*REFUSALS, MemoryError) as e:
             assert broken or empty, f"a valid call was refused: {e}"
             assert ":" in str(e), f"the message names no argument: {e}"
             return
+    if broken in ("huge_dilation", "huge_padding"):
+        return  # a huge but representable size may be legal (the dilated taps fall outside)
     assert broken is None and not empty, "a broken call was accepted"
     ref = conv2d_ref(x, w, b, a["stride"], pads, a["dilation"], a["groups"])
     tol = conv2d_tolerance(x, w, b, a["stride"], pads, a["dilation"], a["groups"])

@@ -466,3 +466,101 @@ def test_cli_search_an_index_that_is_a_file_is_one_line(tmp_path, capsys):
     f = png(tmp_path / "x.png", 2, 2)
     line = one_error_line(capsys, ["search", "--index", str(f), "a"])
     assert line == f"mmfast search: {f}: not an index directory (no such directory)"
+
+
+# ---- review follow-ups: the ORT cache never comes from a bundle, graphs re-checked --------------
+def test_an_optimised_graph_shipped_inside_a_bundle_is_never_used(chain, tmp_path):
+    # A bundle's own .ort-cache/ was read: an entry keyed for the bundle's graph (the key is
+    # computable by anyone) but holding another model replaced the verified graph.
+    from mmfast.session import _cache_key, _entry_header, resolve_providers
+
+    want = Captioner.load(chain, threads=1).caption([IMAGE])[0]
+    b = tmp_path / "b"
+    shutil.copytree(chain, b)
+    import onnx
+    from onnx import numpy_helper
+
+    step = onnx.load(b / "decoder_step.onnx")  # another model: <bos> -> square -> <eos>
+    table = numpy_helper.to_array(step.graph.initializer[0]).copy()
+    table[IDS.bos] = 0.0
+    table[IDS.bos, WORDS.index("square")] = 6.0
+    step.graph.initializer[0].CopyFrom(numpy_helper.from_array(table, "table"))
+    foreign = step.SerializeToString()
+    cache = b / ".ort-cache"
+    cache.mkdir()
+    key = _cache_key((b / "decoder_step.onnx").read_bytes(), resolve_providers("cpu"))
+    (cache / f"decoder_step.{key[:32]}.opt").write_bytes(_entry_header(key, foreign) + foreign)
+    got = Captioner.load(b, threads=1).caption([IMAGE])[0]
+    assert got.tokens == want.tokens and got.text == want.text
+
+
+def test_the_pipelines_cache_lives_outside_the_bundle(chain, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(chain, b)
+    Captioner.load(b, threads=1)
+    assert not (b / ".ort-cache").exists()
+    assert any(Path(os.environ["MMFAST_CACHE_DIR"]).iterdir())  # conftest's private cache
+
+
+def test_a_graph_changed_after_the_bundle_check_is_refused(chain, tmp_path):
+    from mmfast.bundle import BundleCorruptError, load_bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(chain, b)
+    bundle = load_bundle(b)  # verified ...
+    (b / "encoder.onnx").write_bytes((b / "decoder_step.onnx").read_bytes())  # ... then swapped
+    with pytest.raises(BundleCorruptError, match=r"encoder\.onnx: does not match the sha256"):
+        Captioner(bundle, threads=1)
+
+
+def test_a_symlinked_or_shared_cache_directory_is_not_used(tmp_path, caplog):
+    from test_bundle_session import tiny_model
+
+    from mmfast.session import Session
+
+    src = tmp_path / "graph.onnx"
+    tiny_model(src)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = tmp_path / "cache-link"
+    link.symlink_to(outside)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    x = np.ones((2, 4), np.float32)
+    for cache in (link, shared):
+        with caplog.at_level("WARNING", logger="mmfast"):
+            (y,) = Session(src, optimized_dir=cache).run({"x": x})
+        np.testing.assert_array_equal(y, 3 * x)
+        assert "not a private directory" in caplog.text
+        caplog.clear()
+    assert not any(outside.iterdir()) and not any(shared.iterdir())
+
+
+def test_deeply_nested_json_is_a_one_line_error(chain, tmp_path, capsys):
+    b = tmp_path / "b"
+    shutil.copytree(chain, b)
+    (b / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    assert main(["caption", "--model", str(b), str(png(tmp_path / "x.png", 8, 8))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nested too deeply" in err
+    index = tmp_path / "index"
+    EmbeddingIndex(4).save(index)
+    (index / "ids.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        EmbeddingIndex.load(index)
+
+
+def test_an_index_header_claiming_billions_of_rows_is_refused_without_allocating(tmp_path):
+    index = tmp_path / "index"
+    idx = EmbeddingIndex(4)
+    idx.add(np.eye(4, dtype=np.float32)[:2], ["a", "b"])
+    idx.save(index)
+    path = index / "embeddings.npy"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((2, 4), np.float32))
+    header["shape"] = (2_000_000_000, 4)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(np.zeros(8, np.float32).tobytes())
+    with pytest.raises(ValueError, match=r"corrupt index|do not match"):
+        EmbeddingIndex.load(index)

@@ -34,10 +34,10 @@ void check_attention(const AttentionParams& p, Device device) {
           "causal_offset: out of range");
   require(std::isfinite(p.softcap) && p.softcap >= 0.0f, "softcap: must be finite and >= 0");
   // The kernels use 1 / softcap and softcap * log2(e): both must stay finite.
-  require(p.softcap == 0.0f || (p.softcap >= kAttentionMinSoftcap &&
-                                p.softcap <= kAttentionMaxSoftcap),
-          "softcap: must be 0 (off) or in [" + std::to_string(kAttentionMinSoftcap) + ", " +
-              std::to_string(kAttentionMaxSoftcap) + "]");
+  require(
+      p.softcap == 0.0f || (p.softcap >= kAttentionMinSoftcap && p.softcap <= kAttentionMaxSoftcap),
+      "softcap: must be 0 (off) or in [" + std::to_string(kAttentionMinSoftcap) + ", " +
+          std::to_string(kAttentionMaxSoftcap) + "]");
   require((p.mask == nullptr) == (p.mask_kind == MaskKind::none),
           "attn_mask: a mask needs a kind (boolean or additive) and a kind needs a mask");
   require(p.mask_kind == MaskKind::none || p.mask_kind == MaskKind::boolean ||

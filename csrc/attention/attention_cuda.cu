@@ -437,7 +437,7 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const KernelPar
   // Write out cooperatively (row-major, consecutive threads on consecutive columns).
   float* og = static_cast<float*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
   const float inv = l != 0.f ? 1.f / l : 0.f;  // NaN stays NaN
-  sQ[tid] = inv;  // sQ is free now: publish each row's 1/l
+  sQ[tid] = inv;                               // sQ is free now: publish each row's 1/l
   __syncthreads();
   for (int i = tid; i < kF32Rows * Dv; i += kF32Rows) {
     const int r = i / Dv, c = i % Dv;

@@ -9,6 +9,9 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -28,7 +31,7 @@ thread_local int tl_thread_index = 0;
 int default_threads() {
   if (const char* env = std::getenv("MMFAST_NUM_THREADS")) {
     const int n = std::atoi(env);
-    if (n >= 1) return n;
+    if (n >= 1) return std::min(n, kMaxThreads);
   }
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -49,10 +52,21 @@ class Pool {
  public:
   static constexpr int64_t kMaxChunks = (int64_t{1} << 20) - 1;
 
+  // Throws std::runtime_error if the threads cannot be created (after stopping those that were).
   explicit Pool(int nthreads) : nthreads_(std::max(1, nthreads)) {
-    for (int i = 1; i < nthreads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    try {
+      for (int i = 1; i < nthreads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    } catch (const std::system_error& e) {
+      stop();  // the members the started workers wait on must outlive them
+      throw std::runtime_error("set_num_threads: cannot start " + std::to_string(nthreads_) +
+                               " threads (" + e.what() + ")");
+    }
   }
-  ~Pool() {
+  ~Pool() { stop(); }
+  int size() const { return nthreads_; }
+
+ private:
+  void stop() {
     {
       std::lock_guard<std::mutex> lk(mu_);
       stop_ = true;
@@ -61,8 +75,8 @@ class Pool {
     cv_.notify_all();
     for (auto& t : workers_) t.join();
   }
-  int size() const { return nthreads_; }
 
+ public:
   void run(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
     if (n / grain >= kMaxChunks) grain = (n + kMaxChunks - 1) / kMaxChunks;
     const int64_t nchunks = (n + grain - 1) / grain;
@@ -166,6 +180,15 @@ int g_requested = 0;
 // The pool a PoolScope pinned for this thread (null: use the current one).
 thread_local std::shared_ptr<Pool>* tl_pinned = nullptr;
 
+void child_after_fork();
+
+// Registered once, before any pool exists (whichever of current_pool() and set_num_threads()
+// makes the first one): a child of fork() must never inherit a pool whose threads it lacks.
+void register_fork_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, child_after_fork); });
+}
+
 void child_after_fork() {
   // The worker threads do not exist in the child: forget the pool (leak it, never run its
   // destructor: it would join threads that are not there) and the lock state, and build a
@@ -179,8 +202,7 @@ std::shared_ptr<Pool> current_pool() {
   if (tl_pinned) return *tl_pinned;
   std::lock_guard<std::mutex> lk(g_pool_mu);
   if (!g_pool) {
-    static std::once_flag once;
-    std::call_once(once, [] { pthread_atfork(nullptr, nullptr, child_after_fork); });
+    register_fork_handler();
     g_pool = std::make_shared<Pool>(g_requested > 0 ? g_requested : default_threads());
   }
   return g_pool;
@@ -188,9 +210,7 @@ std::shared_ptr<Pool> current_pool() {
 
 }  // namespace
 
-PoolScope::PoolScope() : pool_(current_pool()), previous_(tl_pinned) {
-  tl_pinned = &pool_;
-}
+PoolScope::PoolScope() : pool_(current_pool()), previous_(tl_pinned) { tl_pinned = &pool_; }
 
 PoolScope::~PoolScope() { tl_pinned = previous_; }
 
@@ -208,11 +228,17 @@ int get_num_threads() { return current_pool()->size(); }
 int current_thread_index() { return tl_thread_index; }
 
 void set_num_threads(int n) {
-  auto fresh = std::make_shared<Pool>(std::max(1, n));
+  register_fork_handler();
+  n = std::max(1, n);
+  {
+    std::lock_guard<std::mutex> lk(g_pool_mu);
+    if (g_pool && g_pool->size() == n) return;  // nothing to change
+  }
+  auto fresh = std::make_shared<Pool>(n);
   std::shared_ptr<Pool> old;
   {
     std::lock_guard<std::mutex> lk(g_pool_mu);
-    g_requested = std::max(1, n);
+    g_requested = n;
     old = std::move(g_pool);
     g_pool = std::move(fresh);
   }

@@ -27,6 +27,9 @@ void parallel_for_raw(int64_t n, int64_t grain, RangeFn fn, void* ctx);
 // caller, as 0). Kernels use it to pick a per-thread slice of a workspace owned by the caller.
 int current_thread_index();
 
+// At most this many threads (set_num_threads refuses more; MMFAST_NUM_THREADS is clamped).
+constexpr int kMaxThreads = 1024;
+
 // Threads used by the kernels (workers + the calling thread).
 int get_num_threads();
 // n >= 1. Swaps in a new pool of n threads; safe at any time: jobs already running finish on the

@@ -12,8 +12,9 @@ float* thread_workspace(size_t floats);
 
 // While one lives, the calling thread's workspace is kept; when it is destroyed, a workspace
 // grown past kKeepWorkspaceBytes is freed, so a one-off huge call (an absurd padding, a giant
-// image) does not pin that memory to the thread for good.
-constexpr size_t kKeepWorkspaceBytes = size_t{32} << 20;
+// image) does not pin that memory to the thread for good. (256 MB: a steady stream of large
+// convolutions keeps its buffer; one that needs more pays a reallocation, small next to it.)
+constexpr size_t kKeepWorkspaceBytes = size_t{256} << 20;
 class WorkspaceTrim {
  public:
   WorkspaceTrim() = default;

@@ -29,6 +29,11 @@ constexpr int kConvMaxNR = 48;
 // 8 output positions x 3 vectors of 16 channels), see conv2d_cpu.cpp.
 constexpr int kConvNC = 48;
 
+// The CPU workspace (the padded input's phase planes) may be this many times the images' own
+// floats, or kConvMinWorkspaceCap bytes, whichever is more; conv2d_cpu_plan() refuses more.
+constexpr int64_t kConvWorkspaceRatio = 16;
+constexpr int64_t kConvMinWorkspaceCap = int64_t{1} << 30;
+
 // How one call runs on the CPU: the phase-plane geometry, the threads and images the workspace
 // is sized for, the GEMM path. Made once per call by conv2d_cpu_plan() (baseline TU).
 struct Conv2dCpuPlan {

@@ -2,6 +2,7 @@
 // per prepacked layer), compiled for the baseline ISA. The kernels are in conv2d_cpu.cpp.
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 
 #include "common/checked.h"
 #include "conv2d/conv2d_cpu.h"
@@ -81,6 +82,18 @@ void conv2d_cpu_plan(const Conv2dShape& s, int64_t nthreads, bool have_cols, int
   g.batch_images = have_cols ? batch_images(g, s.N) : 1;
   g.workspace_floats =
       g.depthwise ? mul(nthreads, g.channel_floats) : mul(g.batch_images, g.planes_floats);
+  // The planes are the padded input: a workspace far beyond the images' own size means a
+  // padding or dilation out of proportion to them, which would allocate (and, worse, touch)
+  // gigabytes for a few outputs. Refused before anything is allocated.
+  const int64_t images = g.depthwise ? nthreads : g.batch_images;
+  const int64_t input_floats = mul(images, mul(g.depthwise ? 1 : s.C, mul(s.H, s.W)));
+  const int64_t cap = std::max(kConvMinWorkspaceCap / 4, mul(input_floats, kConvWorkspaceRatio));
+  if (g.workspace_floats > cap)
+    throw std::invalid_argument("padding, dilation: the convolution would need a " +
+                                std::to_string(g.workspace_floats / (int64_t{1} << 28)) +
+                                " GiB workspace for its input; more than " +
+                                std::to_string(kConvWorkspaceRatio) + " times the input, or " +
+                                std::to_string(kConvMinWorkspaceCap >> 30) + " GiB");
 }
 
 int64_t conv2d_packed_floats(const Conv2dShape& s, int panel) {

@@ -60,8 +60,19 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    sd = load_file(str(path))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    """The weights at `path` into `model`; OSError if the file cannot be read, ValueError if it
+    is not a safetensors file of this model's weights."""
+    try:
+        sd = load_file(str(path))
+    except OSError:
+        raise
+    except Exception as e:  # safetensors' own errors derive from Exception only
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__})") from e
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        msg = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: weights do not fit the model ({msg})") from e
     if missing or unexpected:
         raise ValueError(f"{path}: missing weights {missing}, unexpected weights {unexpected}")
 

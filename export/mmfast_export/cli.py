@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Any, TypeVar
 
+from mmfast._checks import one_line
+
 __all__ = ["main", "main_data", "main_demo", "main_export", "main_train"]
 
 T = TypeVar("T")
@@ -90,7 +92,7 @@ def main_data(argv: list[str]) -> int:
     try:
         summary = write_dataset(_from_args(ShapesConfig, args), args.out, workers=args.workers)
     except _INPUT_ERRORS as e:
-        print(f"mmfast data: {e}", file=sys.stderr)
+        print(f"mmfast data: {one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0
@@ -194,7 +196,7 @@ def main_train(argv: list[str]) -> int:
     try:
         summary = train(args)
     except _INPUT_ERRORS as e:
-        print(f"mmfast train: {e}", file=sys.stderr)
+        print(f"mmfast train: {one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0
@@ -214,7 +216,7 @@ def main_export(argv: list[str]) -> int:
     try:
         manifest = export_run(a.run, a.out)
     except (*_INPUT_ERRORS, ExportValidationError) as e:
-        print(f"mmfast export: {e}", file=sys.stderr)
+        print(f"mmfast export: {one_line(e)}", file=sys.stderr)
         return 2
     worst = {
         g: max(o["max_abs_err"] for chk in checks.values() for o in chk.values())

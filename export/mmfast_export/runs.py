@@ -87,8 +87,20 @@ class Run(NamedTuple):
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """A run's ``config.json``: task, model config, preprocessing, training arguments, progress."""
-    cfg: dict[str, Any] = json.loads((Path(run_dir) / "config.json").read_text())
+    """A run's ``config.json``: task, model config, preprocessing, training arguments, progress.
+    ValueError naming the file when it is not JSON or lacks what loading a run needs."""
+    path = Path(run_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting
+        raise ValueError(f"{path}: not a run's config ({type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: not a run's config (not a JSON object)")
+    for key, kind in (("task", str), ("model", dict), ("preprocess", dict)):
+        if not isinstance(cfg.get(key), kind):
+            raise ValueError(f"{path}: '{key}' is missing or not a {kind.__name__}")
+    if not isinstance(cfg["model"].get("kind"), str):
+        raise ValueError(f"{path}: 'model.kind' is missing or not a string")
     return cfg
 
 

@@ -241,7 +241,10 @@ def _attention_cpu(q: Any, k: Any, v: Any, attn_mask: Any, out: Any, s: _Scalars
         oa = np.empty(oshape, dtype=np.float32)
     else:
         oa = host_out(out, kind, oshape, "q")
-        for name, a in (("q", qa), ("k", ka), ("v", va)):
+        inputs = [("q", qa), ("k", ka), ("v", va)]
+        if mask4 is not None:  # the kernel reads the mask while it writes out
+            inputs.append(("attn_mask", mask4))
+        for name, a in inputs:
             shared = overlap(oa, a)
             if shared:
                 raise ValueError(f"out: overlaps {name}")

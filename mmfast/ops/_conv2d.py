@@ -34,6 +34,8 @@ from ._cuda_arrays import (
 __all__ = ["Conv2d", "conv2d", "conv2d_output_shape", "resolve_padding"]
 
 _AUTO_PAD = ("valid", "same_upper", "same_lower")
+# An output side past this comes only from an absurd padding (numpy could not even allocate it).
+_MAX_OUT_SIDE = 2**31 - 1
 _ACTIVATIONS = (None, "relu")
 
 
@@ -219,6 +221,11 @@ class Conv2d:
                 f"(C/groups = {self.in_channels // self.groups}, groups = {self.groups})"
             )
         pads, (oh, ow) = self._geometry(h, w)
+        if oh > _MAX_OUT_SIDE or ow > _MAX_OUT_SIDE:
+            raise ValueError(
+                f"padding: the output would be {oh} x {ow} (at most {_MAX_OUT_SIDE} a side; "
+                f"padding {pads}, dilation {self.dilation})"
+            )
         if oh <= 0 or ow <= 0:
             raise ValueError(
                 f"x: the kernel {self.kernel_size} (dilation {self.dilation}) is larger than "

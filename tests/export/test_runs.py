@@ -111,3 +111,25 @@ def test_cli_defaults_are_the_library_defaults() -> None:
     assert asdict(got) == asdict(TrainArgs("vqa", "d", "o"))
     d = cli._data_parser().parse_args(["shapes", "--out", "x"])
     assert cli._from_args(ShapesConfig, d) == ShapesConfig()
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ({"config.json": "{}"}, "'task' is missing or not a str"),
+        ({"config.json": "[1, 2]"}, "not a run's config (not a JSON object)"),
+        ({"config.json": "[" * 100_000 + "]" * 100_000}, "not a run's config (RecursionError)"),
+        ({"model.safetensors": b"\x00garbage"}, "not a readable safetensors file"),
+    ],
+)
+def test_a_damaged_run_is_a_one_line_export_error(
+    damage: dict[str, object], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # These escaped as KeyError / SafetensorError / RecursionError tracebacks.
+    _write_run(tmp_path, "caption_lstm", "caption")
+    for name, data in damage.items():
+        path = tmp_path / name
+        path.write_bytes(data) if isinstance(data, bytes) else path.write_text(str(data))
+    assert cli.main_export([str(tmp_path), "--out", str(tmp_path / "bundle")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmfast export: ") and err.count("\n") == 1 and message in err
