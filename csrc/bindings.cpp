@@ -362,9 +362,9 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "set_num_threads",
       [](int n) {
-        MMFAST_CHECK(n >= 1 && n <= mmfast::kMaxThreads, "n: must be in [1, " +
-                                                             std::to_string(mmfast::kMaxThreads) +
-                                                             "], got " + std::to_string(n));
+        MMFAST_CHECK(n >= 1 && n <= mmfast::kMaxThreads,
+                     "n: must be >= 1 and <= " + std::to_string(mmfast::kMaxThreads) + ", got " +
+                         std::to_string(n));
         mmfast::set_num_threads(n);  // RuntimeError if the threads cannot be started
       },
       py::arg("n"), "Set the number of threads the CPU kernels use (1 <= n <= MAX_THREADS).");
