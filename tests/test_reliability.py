@@ -108,14 +108,20 @@ def test_overlap_check_is_bounded():
     assert overlap(a[:5], a[5:]) is False and overlap(a[:6], a[5:]) is True
 
 
-def test_an_undecided_overlap_computes_into_a_fresh_buffer(monkeypatch):
-    from mmfast.ops import _attention, _conv2d, _softmax
-
-    rng = np.random.default_rng(1)
+def small_inputs(seed: int) -> tuple[np.ndarray, ...]:
+    """q, k, v (1, 2, 9, 8); x (1, 3, 7, 7), w (4, 3, 3, 3); s (5, 11): one small call each."""
+    rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal((1, 2, 9, 8)).astype(np.float32) for _ in range(3))
     x = rng.standard_normal((1, 3, 7, 7)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     s = rng.standard_normal((5, 11)).astype(np.float32)
+    return q, k, v, x, w, s
+
+
+def test_an_undecided_overlap_computes_into_a_fresh_buffer(monkeypatch):
+    from mmfast.ops import _attention, _conv2d, _softmax
+
+    q, k, v, x, w, s = small_inputs(1)
     want = [ops.attention(q, k, v), ops.conv2d(x, w, padding=1), ops.softmax(s)]
     for m in (_attention, _conv2d, _softmax):
         monkeypatch.setattr(m, "overlap", lambda a, b: None)  # "could not decide"
@@ -212,12 +218,8 @@ def test_softcap_must_be_a_normal_float():
 
 # ---- 4b. arrays at an odd byte offset -----------------------------------------------------------
 def test_misaligned_arrays_give_the_aligned_results(variant):
-    rng = np.random.default_rng(4)
-    q, k, v = (rng.standard_normal((1, 2, 9, 8)).astype(np.float32) for _ in range(3))
-    x = rng.standard_normal((1, 3, 7, 7)).astype(np.float32)
-    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    s = rng.standard_normal((5, 11)).astype(np.float32)
-    mask = rng.standard_normal((9, 9)).astype(np.float32)
+    q, k, v, x, w, s = small_inputs(4)
+    mask = np.random.default_rng(5).standard_normal((9, 9)).astype(np.float32)
 
     att = ops.attention(q, k, v, attn_mask=mask)
     got = ops.attention(misaligned(q), misaligned(k), misaligned(v), attn_mask=misaligned(mask))
