@@ -16,6 +16,7 @@
 #include "attention/attention.h"
 #include "common/cpu_features.h"
 #include "common/parallel.h"
+#include "common/pool_scope.h"
 #include "common/workspace.h"
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_cpu.h"

@@ -302,9 +302,10 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
   float* lse = p.lse ? p.lse + (b * p.q_heads + h) * p.q_len + i0 : nullptr;
   for (int64_t i = 0; i < nq; ++i) {
     const float li = ws.l[i];
-    // l = 0: every key masked. A NaN l (a NaN score) gives NaN out and lse, as PyTorch does.
-    if (lse) lse[i] = li != 0.0f ? kLn2 * ws.m[i] + __builtin_logf(li) : -kInf;
-    linv[i] = li != 0.0f ? 1.0f / li : 0.0f;
+    // l = 0: every key masked (out 0, lse -inf). A NaN l (a NaN score) gives NaN lse, and NaN
+    // out through O (NaN) * 0, as PyTorch does.
+    if (lse) lse[i] = li > 0.0f ? kLn2 * ws.m[i] + __builtin_logf(li) : (li == 0.0f ? -kInf : li);
+    linv[i] = li > 0.0f ? 1.0f / li : 0.0f;
   }
   float* out = static_cast<float*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
                i0 * p.out_stride.row;
@@ -411,10 +412,14 @@ void attention_rows(const AttentionParams& p, const Workspace& ws, int64_t b, in
     }
     float* orow = static_cast<float*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
                   qi * p.out_stride.row;
-    const float linv = l != 0.0f ? 1.0f / l : 0.0f;  // as in attention_block (NaN stays)
+    const float linv =
+        l > 0.0f
+            ? 1.0f / l
+            : 0.0f;  // a NaN l: o is NaN, and so is o * 0  // as in attention_block (NaN stays)
     for (int64_t c = 0; c < dv; ++c) orow[c] = o[c] * linv;
     if (p.lse)
-      p.lse[(b * p.q_heads + h) * p.q_len + qi] = l != 0.0f ? kLn2 * m + __builtin_logf(l) : -kInf;
+      p.lse[(b * p.q_heads + h) * p.q_len + qi] =
+          l > 0.0f ? kLn2 * m + __builtin_logf(l) : (l == 0.0f ? -kInf : l);
   }
 }
 

@@ -324,7 +324,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const KernelP
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       l_run[mt][r] = l;
-      inv[r] = l != 0.f ? 1.f / l : 0.f;  // no visible key: a row of zeros; NaN stays NaN
+      inv[r] = l > 0.f ? 1.f / l : 0.f;  // no visible key: a row of zeros (NaN l: NaN acc * 0)
     }
 #pragma unroll
     for (int dt = 0; dt < DP / 8; ++dt) {
@@ -342,7 +342,8 @@ __global__ void __launch_bounds__(WARPS * 32) attention_mma_kernel(const KernelP
       for (int r = 0; r < 2; ++r) {
         const int row = rows[mt][r];
         const float l = l_run[mt][r];
-        if (row < p.q_len) lg[row] = l != 0.f ? m_run[mt][r] * kLn2 + logf(l) : -INFINITY;
+        if (row < p.q_len)
+          lg[row] = l > 0.f ? m_run[mt][r] * kLn2 + logf(l) : (l == 0.f ? -INFINITY : l);
       }
     }
   }
@@ -436,15 +437,16 @@ __global__ void __launch_bounds__(kF32Rows) attention_f32_kernel(const KernelPar
   __syncthreads();
   // Write out cooperatively (row-major, consecutive threads on consecutive columns).
   float* og = static_cast<float*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head;
-  const float inv = l != 0.f ? 1.f / l : 0.f;  // NaN stays NaN
-  sQ[tid] = inv;                               // sQ is free now: publish each row's 1/l
+  const float inv = l > 0.f ? 1.f / l : 0.f;  // a NaN l: NaN sO * 0 stays NaN
+  sQ[tid] = inv;                              // sQ is free now: publish each row's 1/l
   __syncthreads();
   for (int i = tid; i < kF32Rows * Dv; i += kF32Rows) {
     const int r = i / Dv, c = i % Dv;
     if (row0 + r < p.q_len) og[(row0 + r) * p.out_stride.row + c] = sO[r * (Dv + 1) + c] * sQ[r];
   }
   if (p.lse != nullptr && row < p.q_len)
-    p.lse[(b * p.q_heads + h) * p.q_len + row] = l != 0.f ? m * kLn2 + logf(l) : -INFINITY;
+    p.lse[(b * p.q_heads + h) * p.q_len + row] =
+        l > 0.f ? m * kLn2 + logf(l) : (l == 0.f ? -INFINITY : l);
 }
 
 // ---- dispatch

@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/pool_scope.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define MMFAST_PAUSE() _mm_pause()

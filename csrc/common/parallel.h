@@ -12,7 +12,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 
 namespace mmfast {
 
@@ -35,22 +34,5 @@ int get_num_threads();
 // n >= 1. Swaps in a new pool of n threads; safe at any time: jobs already running finish on the
 // pool they started on, which is destroyed after them.
 void set_num_threads(int n);
-
-// Pins the current pool for the calling thread while it lives: its parallel_for_raw calls run on
-// that pool whatever set_num_threads() does meanwhile, so a workspace sized for num_threads()
-// threads matches the threads that use it.
-class Pool;
-class PoolScope {
- public:
-  PoolScope();
-  ~PoolScope();
-  PoolScope(const PoolScope&) = delete;
-  PoolScope& operator=(const PoolScope&) = delete;
-  int num_threads() const;
-
- private:
-  std::shared_ptr<Pool> pool_;
-  std::shared_ptr<Pool>* previous_;
-};
 
 }  // namespace mmfast
