@@ -32,39 +32,6 @@ namespace {
     if (!(cond)) throw std::invalid_argument(std::string(msg)); \
   } while (0)
 
-// A 2-D float32 array whose last dimension is contiguous: rows may be strided.
-void check_rows(const py::array& a, const char* name, bool writable) {
-  const std::string n(name);
-  MMFAST_CHECK(a.dtype().equal(py::dtype::of<float>()),
-               n + ": expected float32, got " + std::string(py::str(a.dtype())));
-  MMFAST_CHECK(a.ndim() == 2, n + ": expected 2 dimensions, got " + std::to_string(a.ndim()));
-  MMFAST_CHECK(a.shape(1) <= 1 || a.strides(1) == static_cast<py::ssize_t>(sizeof(float)),
-               n + ": the last dimension must be contiguous");
-  MMFAST_CHECK(a.shape(0) <= 1 || a.strides(0) % static_cast<py::ssize_t>(sizeof(float)) == 0,
-               n + ": row stride is not a multiple of 4 bytes");
-  MMFAST_CHECK(reinterpret_cast<uintptr_t>(a.data()) % sizeof(float) == 0,
-               n + ": data must be aligned to 4 bytes");
-  if (writable) MMFAST_CHECK(a.writeable(), n + ": array is read-only");
-}
-
-void softmax(const py::array& x, py::array out, bool log) {
-  check_rows(x, "x", false);
-  check_rows(out, "out", true);
-  MMFAST_CHECK(out.shape(0) == x.shape(0) && out.shape(1) == x.shape(1),
-               "out: shape does not match x");
-  mmfast::SoftmaxParams p;
-  p.x = static_cast<const float*>(x.data());
-  p.y = static_cast<float*>(out.mutable_data());
-  p.rows = x.shape(0);
-  p.cols = x.shape(1);
-  p.x_row_stride = x.shape(0) > 1 ? x.strides(0) / static_cast<py::ssize_t>(sizeof(float)) : 0;
-  p.y_row_stride = out.shape(0) > 1 ? out.strides(0) / static_cast<py::ssize_t>(sizeof(float)) : 0;
-  p.log = log;
-  const mmfast::KernelTable& k = mmfast::kernels();
-  py::gil_scoped_release release;
-  k.softmax(p);
-}
-
 // conv2d's GEMM path: 0 auto, 1 spatial, 2 channel (a testing/benchmarking hook).
 std::atomic<int> g_conv_path{0};
 
@@ -129,6 +96,27 @@ template <int N>
 void require_rows(const py::array& a, const std::array<int64_t, N>& st, const char* name) {
   MMFAST_CHECK(a.size() == 0 || a.shape(N - 1) <= 1 || st[N - 1] == 1,
                std::string(name) + ": the last dimension must be contiguous");
+}
+
+// x and out (rows, cols) float32, rows may be strided, the last dimension contiguous.
+void softmax(const py::array& x, py::array out, bool log) {
+  const std::array<int64_t, 2> xs = element_strides<2>(x, "x");
+  const std::array<int64_t, 2> os = element_strides<2>(out, "out");
+  require_rows<2>(x, xs, "x");
+  require_rows<2>(out, os, "out");
+  MMFAST_CHECK(out.writeable(), "out: array is read-only");
+  require_shape(out, "out", {x.shape(0), x.shape(1)});
+  mmfast::SoftmaxParams p;
+  p.x = static_cast<const float*>(x.data());
+  p.y = static_cast<float*>(out.mutable_data());
+  p.rows = x.shape(0);
+  p.cols = x.shape(1);
+  p.x_row_stride = p.rows > 1 ? xs[0] : 0;
+  p.y_row_stride = p.rows > 1 ? os[0] : 0;
+  p.log = log;
+  const mmfast::KernelTable& k = mmfast::kernels();
+  py::gil_scoped_release release;
+  k.softmax(p);
 }
 
 mmfast::NchwStrides nchw(const std::array<int64_t, 4>& st) { return {st[0], st[1], st[2], st[3]}; }
