@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_attention import check as check_close
 from test_attention import reference as attention_ref
+from test_reliability import misaligned
 from test_softmax import check_softmax
 
 from mmfast import _C, ops
@@ -63,10 +64,7 @@ def layout(a: np.ndarray, how: str) -> np.ndarray:
         view[...] = a
         return view
     if how == "unaligned" and a.size:
-        buf = np.zeros(a.nbytes + 1, np.uint8)
-        m = np.frombuffer(buf.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
-        m[...] = a
-        return m
+        return misaligned(a)
     return a
 
 
