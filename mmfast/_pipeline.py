@@ -39,7 +39,6 @@ __all__ = [
     "ImageLike",
     "Pipeline",
     "as_image_list",
-    "check_token_limit",
     "load_image",
     "pad_tokens",
 ]
@@ -254,11 +253,3 @@ class Pipeline:
                 f"{self.bundle.path / graph}: ONNX Runtime failed to run it ({one_line(e)})"
             ) from e
         return dict(zip(s.output_names, outs, strict=True))
-
-
-def check_token_limit(bundle: Bundle, key: str, value: int | None) -> None:
-    """BundleFormatError unless a manifest's token limit `key` is null or >= 1."""
-    if value is not None and value < 1:
-        raise BundleFormatError(
-            f"{bundle.path / 'manifest.json'}: {key!r} must be at least 1, got {value}"
-        )

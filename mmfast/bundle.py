@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields, is_dataclass
@@ -124,6 +125,10 @@ class DecoderSection:
     state_updates: dict[str, str]  # step input -> the step output replacing it after a step
     max_len: int | None  # tokens the model decodes at most (a KV cache's length); null: no limit
 
+    def __post_init__(self) -> None:
+        if self.max_len is not None:
+            _check_token_limit(self.max_len)
+
 
 @dataclass(frozen=True)
 class RetrievalSection:
@@ -133,12 +138,26 @@ class RetrievalSection:
     rerank: bool  # the bundle has reranker.onnx
     max_len: int  # text tokens the text tower takes at most
 
+    def __post_init__(self) -> None:
+        # json reads 1e999 as inf (NaN/Infinity are refused as not JSON): every fused score NaN
+        if not math.isfinite(self.logit_scale):
+            raise ValueError(f"logit_scale must be finite, got {self.logit_scale}")
+        _check_token_limit(self.max_len)
+
 
 @dataclass(frozen=True)
 class VQASection:
     """``vqa``."""
 
     max_len: int  # question tokens the answer head takes at most
+
+    def __post_init__(self) -> None:
+        _check_token_limit(self.max_len)
+
+
+def _check_token_limit(max_len: int) -> None:
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
 
 
 # The sections each task's pipeline reads besides those every bundle has.

@@ -18,14 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import finite_float, one_line, positive_int
-from ._pipeline import (
-    BundleMismatchError,
-    ImageLike,
-    Pipeline,
-    as_image_list,
-    check_token_limit,
-)
-from .bundle import Bundle, Manifest
+from ._pipeline import ImageLike, Pipeline, as_image_list
+from .bundle import Bundle, BundleMismatchError, Manifest
 from .decoding import DecodeResult, State, beam_search, greedy
 
 __all__ = ["MAX_BEAM_SIZE", "MAX_CAPTION_LEN", "MAX_LENGTH_PENALTY", "Caption", "Captioner"]
@@ -60,7 +54,6 @@ class Captioner(Pipeline):
         # step-graph state input -> the output replacing it after each step (the rest, e.g.
         # the regions or the cross-attention K/V, stays as the encoder made it)
         self._state_io = list(m.decoder.state_updates.items())
-        check_token_limit(bundle, "decoder.max_len", m.decoder.max_len)
         self.max_len = m.decoder.max_len
         self.special_tokens = m.special_tokens
 

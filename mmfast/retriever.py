@@ -13,7 +13,6 @@ as in training.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,14 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import positive_int
-from ._pipeline import (
-    BundleMismatchError,
-    ImageLike,
-    Pipeline,
-    as_image_list,
-    check_token_limit,
-)
-from .bundle import Bundle, BundleFormatError, Manifest
+from ._pipeline import ImageLike, Pipeline, as_image_list
+from .bundle import Bundle, BundleMismatchError, Manifest
 from .index import EmbeddingIndex
 
 __all__ = ["Retriever"]
@@ -44,13 +37,7 @@ class Retriever(Pipeline):
         cfg = bundle.manifest.retrieval
         assert cfg is not None  # a retrieval bundle's: checked at load
         self.can_rerank = cfg.rerank
-        if not math.isfinite(cfg.logit_scale):  # JSON's NaN/Infinity: every fused score NaN
-            raise BundleFormatError(
-                f"{bundle.path / 'manifest.json'}: 'retrieval.logit_scale' must be finite, "
-                f"got {cfg.logit_scale}"
-            )
         self.logit_scale = cfg.logit_scale
-        check_token_limit(bundle, "retrieval.max_len", cfg.max_len)
         self.max_len = cfg.max_len
         self.index = EmbeddingIndex(self._dim(), {"bundle": str(bundle.path)})
         self._regions: list[np.ndarray] = []  # float16 (N, D) per indexed image

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ops
-from ._pipeline import ImageLike, Pipeline, check_token_limit
+from ._pipeline import ImageLike, Pipeline
 from .bundle import Bundle, BundleFormatError, BundleGraphError, BundleMismatchError, Manifest
 
 __all__ = ["VQA", "Answer"]
@@ -36,7 +36,6 @@ class VQA(Pipeline):
         super().__init__(bundle, device, threads)
         m = bundle.manifest
         assert m.vqa is not None  # a vqa bundle's: checked at load
-        check_token_limit(bundle, "vqa.max_len", m.vqa.max_len)
         self.max_len = m.vqa.max_len
 
     @classmethod

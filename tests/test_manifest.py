@@ -172,6 +172,9 @@ WRONG = [  # kind, key, value, what the message says
     ("caption_lstm", "preprocess.std", [1, 2], "'preprocess': mean and std need 3 values"),
     ("caption_lstm", "preprocess.extra", [["a", 1]], "'preprocess.extra' must be an object"),
     ("caption_lstm", "preprocess.version", 2, "'preprocess': preprocessing version 2 is not 1"),
+    ("caption_lstm", "decoder.max_len", 0, "'decoder': max_len must be at least 1, got 0"),
+    ("retrieval", "retrieval.max_len", -3, "'retrieval': max_len must be at least 1, got -3"),
+    ("vqa", "vqa.max_len", 0, "'vqa': max_len must be at least 1, got 0"),
     # the files it names must be listed, and inside the bundle
     ("caption_lstm", "vocab", "../vocab.txt", "'vocab' names '../vocab.txt', which leaves the"),
     ("vqa", "answers", "/etc/passwd", "'answers' names '/etc/passwd', an absolute path"),
@@ -333,6 +336,15 @@ def test_json_nan_and_infinity_are_refused(constant, tmp_path):
     )
     (tmp_path / "manifest.json").write_text(text)
     with pytest.raises(BundleFormatError, match=f"{constant} is not a JSON value"):
+        load_bundle(tmp_path)
+
+
+def test_an_overflowing_logit_scale_is_refused(tmp_path):
+    # 1e999 is JSON; Python's json reads it as inf, which made every fused score NaN
+    exported_text = json.dumps(exported("retrieval"))
+    text = re.sub(r'"logit_scale": [^,}]+', '"logit_scale": 1e999', exported_text)
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(BundleFormatError, match="'retrieval': logit_scale must be finite, got inf"):
         load_bundle(tmp_path)
 
 

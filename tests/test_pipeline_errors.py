@@ -248,7 +248,7 @@ BROKEN = [  # id, replaced files, manifest edit, error, message
     ("preprocess.std NaN", None, _set("preprocess", "std", [float("nan")] * 3),
      BundleFormatError, "NaN is not a JSON value"),
     ("decoder.max_len 0", None, _set("decoder", "max_len", 0), BundleFormatError,
-     "'decoder.max_len' must be at least 1, got 0"),
+     "'decoder': max_len must be at least 1, got 0"),
     # the typed manifest already refused these; kept as guards
     ("format_version true", None, _set("format_version", True), BundleFormatError,
      "invalid format_version True"),

@@ -137,7 +137,7 @@ def test_saving_without_regions_removes_an_older_indexs_regions(indexed, tmp_pat
         # json.dumps writes NaN / Infinity; neither is JSON: the manifest is refused as such
         ("logit_scale", float("nan"), "NaN is not a JSON value"),
         ("logit_scale", float("inf"), "Infinity is not a JSON value"),
-        ("max_len", 0, "'retrieval.max_len' must be at least 1, got 0"),
+        ("max_len", 0, "'retrieval': max_len must be at least 1, got 0"),
     ],
 )
 def test_retrieval_manifest_values_are_checked(key, value, message, retrieval, tmp_path):
