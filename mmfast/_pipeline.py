@@ -19,7 +19,7 @@ import numpy as np
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from PIL import Image
 
-from ._checks import one_line, positive_int
+from ._checks import one_line
 from .bundle import (
     Bundle,
     BundleFormatError,
@@ -29,13 +29,10 @@ from .bundle import (
     load_bundle,
 )
 from .preprocess import load_rgb, preprocess
-from .session import MAX_THREADS, Session, default_cache_dir
+from .session import Session, default_cache_dir
 from .tokenizer import Tokenizer
 
 __all__ = [
-    "MAX_THREADS",
-    "BundleGraphError",
-    "BundleMismatchError",
     "ImageLike",
     "Pipeline",
     "as_image_list",
@@ -44,10 +41,6 @@ __all__ = [
 ]
 
 ImageLike = str | Path | Image.Image | np.ndarray
-
-# Intra-op threads a session may ask for. ONNX Runtime starts them all when it makes the
-# session, each slower than the last: on the 2-core dev machine 256 took 3.5 s a graph, 5000
-# took minutes.
 
 # What ONNX Runtime raises (InvalidProtobuf, InvalidArgument, Fail, ...): plain Exception
 # subclasses of its extension module, one per status code.
@@ -118,8 +111,6 @@ class Pipeline:
             raise BundleFormatError(
                 f"{bundle.path}: a {bundle.task!r} bundle, not a {self.task!r} one"
             )
-        if threads is not None:
-            threads = positive_int("threads", threads, at_most=MAX_THREADS)
         self.bundle = bundle
         m = bundle.manifest
         cache = default_cache_dir()  # per user, outside the bundle (see mmfast.session)

@@ -24,16 +24,16 @@ import pytest
 from PIL import Image
 
 from mmfast._checks import finite_float, positive_int
-from mmfast.bundle import BundleFormatError, sha256_file
+from mmfast.bundle import BundleFormatError, BundleGraphError, BundleMismatchError, sha256_file
 from mmfast.cli import main
 from mmfast.index import EmbeddingIndex
 from mmfast.preprocess import MAX_IMAGE_SIDE, MAX_SIZE, PreprocessConfig, load_rgb, preprocess
+from mmfast.session import MAX_THREADS
 
 onnx = pytest.importorskip("onnx")
 
 from test_manifest import IDS, WORDS, chain_captioner  # noqa: E402
 
-from mmfast._pipeline import MAX_THREADS, BundleGraphError, BundleMismatchError  # noqa: E402
 from mmfast.captioner import (  # noqa: E402
     MAX_BEAM_SIZE,
     MAX_CAPTION_LEN,

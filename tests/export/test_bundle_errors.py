@@ -20,8 +20,7 @@ from test_onnx_retrieval_vqa import retrieval as retrieval  # noqa: E402 (a fixt
 from test_onnx_retrieval_vqa import vqa as vqa  # noqa: E402 (a fixture)
 from test_pipeline_errors import one_error_line, tampered  # noqa: E402
 
-from mmfast._pipeline import BundleGraphError, BundleMismatchError  # noqa: E402
-from mmfast.bundle import BundleFormatError  # noqa: E402
+from mmfast.bundle import BundleFormatError, BundleGraphError, BundleMismatchError  # noqa: E402
 from mmfast.retriever import Retriever  # noqa: E402
 from mmfast.vqa import VQA  # noqa: E402
 
