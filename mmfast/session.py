@@ -105,11 +105,12 @@ def trusted_cache_dir(path: Path) -> bool:
     return not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def _cache_key(model: bytes, providers: Sequence[str]) -> str:
-    """What an optimised model depends on, hashed: the graph, ORT, providers, level, CPU."""
+def _cache_key(graph_sha256: str, providers: Sequence[str]) -> str:
+    """What an optimised model depends on, hashed: the graph (by its sha256), ORT, providers,
+    level, CPU."""
     facts = {
         "format": _CACHE_FORMAT,
-        "graph_sha256": hashlib.sha256(model).hexdigest(),
+        "graph_sha256": graph_sha256,
         "onnxruntime": ort.__version__,
         "providers": list(providers),
         "graph_optimization_level": str(_OPTIMIZATION),
@@ -178,17 +179,21 @@ class Session:
         self.providers = resolve_providers(device)
         self._threads, self._spinning = threads, spinning
         source = self.path.read_bytes()  # read once: what is checked is what ORT parses
-        if expected_sha256 is not None and hashlib.sha256(source).hexdigest() != expected_sha256:
-            from .bundle import BundleCorruptError
+        digest = None  # the graph is hashed at most once: checked here, and keys the cache
+        if expected_sha256 is not None:
+            digest = hashlib.sha256(source).hexdigest()
+            if digest != expected_sha256:
+                from .bundle import BundleCorruptError
 
-            raise BundleCorruptError(
-                f"{self.path}: does not match the sha256 recorded at export (changed since the "
-                "bundle was checked)"
-            )
+                raise BundleCorruptError(
+                    f"{self.path}: does not match the sha256 recorded at export (changed since "
+                    "the bundle was checked)"
+                )
         if optimized_dir is None:
             self._sess = self._session(source, optimize=True)
         else:
-            self._sess = self._cached_session(Path(optimized_dir), source)
+            digest = digest or hashlib.sha256(source).hexdigest()
+            self._sess = self._cached_session(Path(optimized_dir), source, digest)
         self.device = "cuda" if self._sess.get_providers()[0].startswith("CUDA") else "cpu"
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
@@ -219,9 +224,10 @@ class Session:
             so.optimized_model_filepath = str(save_to)
         return ort.InferenceSession(model, so, providers=self.providers)
 
-    def _cached_session(self, cache: Path, source: bytes) -> Any:
-        """A session built from the cache's entry for this graph, or from the graph, saving
-        the optimised model as the entry (see the module docstring)."""
+    def _cached_session(self, cache: Path, source: bytes, source_sha256: str) -> Any:
+        """A session built from the cache's entry for this graph (`source`, whose sha256 is
+        `source_sha256`), or from the graph, saving the optimised model as the entry (see the
+        module docstring)."""
         if not trusted_cache_dir(cache):
             log.warning(
                 "optimised-model cache %s: not a private directory of this user (a symlink, "
@@ -229,7 +235,7 @@ class Session:
                 cache,
             )
             return self._session(source, optimize=True)
-        key = _cache_key(source, self.providers)
+        key = _cache_key(source_sha256, self.providers)
         entry = cache / f"{self.path.stem}.{key[:32]}.opt"
         optimized = _read_entry(entry, key)
         if optimized is not None:
