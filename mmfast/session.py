@@ -93,16 +93,25 @@ def default_cache_dir() -> Path:
 def trusted_cache_dir(path: Path) -> bool:
     """Create `path` (mode 0700) if it is missing; True if it is a real directory (not a
     symlink) owned by this user that no one else may write: only then are its entries read."""
+    return _untrusted_because(path) is None
+
+
+def _untrusted_because(path: Path) -> str | None:
+    """Why the cache directory `path` may not be used (creating it if missing); None if it
+    may."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
-    except OSError:
-        return False
+    except OSError as e:
+        return f"cannot be created or read ({e.strerror or e})"
+    private = "not a private directory of this user"
     if not stat.S_ISDIR(st.st_mode):  # a symlink's lstat is not a directory
-        return False
+        return f"{private} (a symlink, or not a directory)"
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        return False
-    return not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        return f"{private} (owned by another user)"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{private} (writable by others)"
+    return None
 
 
 def _cache_key(graph_sha256: str, providers: Sequence[str]) -> str:
@@ -228,12 +237,8 @@ class Session:
         """A session built from the cache's entry for this graph (`source`, whose sha256 is
         `source_sha256`), or from the graph, saving the optimised model as the entry (see the
         module docstring)."""
-        if not trusted_cache_dir(cache):
-            log.warning(
-                "optimised-model cache %s: not a private directory of this user (a symlink, "
-                "another owner, or writable by others); not used",
-                cache,
-            )
+        if problem := _untrusted_because(cache):
+            log.warning("optimised-model cache %s: %s; not used", cache, problem)
             return self._session(source, optimize=True)
         key = _cache_key(source_sha256, self.providers)
         entry = cache / f"{self.path.stem}.{key[:32]}.opt"

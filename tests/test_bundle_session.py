@@ -160,16 +160,19 @@ def test_cuda_falls_back_to_cpu_aloud(caplog):
     assert "running on CPU" in caplog.text
 
 
-def test_unwritable_cache_dir_still_loads(bundle_dir, tmp_path, monkeypatch):
-    # A read-only bundle (e.g. in a container image): no optimised-model cache, still runs.
-    # (Simulated: the tests run as root, who may write anywhere.)
+def test_unwritable_cache_dir_still_loads(bundle_dir, tmp_path, monkeypatch, caplog):
+    # A cache directory that cannot be created (a read-only home, e.g. in a container): no
+    # optimised-model cache, still runs. (Simulated: the tests run as root, who may write
+    # anywhere.)
     import mmfast.session as session_mod
 
     def refuse(*args, **kwargs):
         raise PermissionError("read-only file system")
 
     monkeypatch.setattr(session_mod.os, "makedirs", refuse)
-    s = Session(bundle_dir / "model.onnx", optimized_dir=tmp_path / "cache")
+    with caplog.at_level("WARNING", logger="mmfast"):
+        s = Session(bundle_dir / "model.onnx", optimized_dir=tmp_path / "cache")
+    assert "cannot be created or read (read-only file system); not used" in caplog.text
     (y,) = s.run({"x": np.zeros((1, 4), np.float32)})
     np.testing.assert_array_equal(y, np.ones((1, 4), np.float32))
     assert not (tmp_path / "cache").exists()

@@ -528,11 +528,11 @@ def test_a_symlinked_or_shared_cache_directory_is_not_used(tmp_path, caplog):
     shared.mkdir()
     shared.chmod(0o777)
     x = np.ones((2, 4), np.float32)
-    for cache in (link, shared):
+    for cache, why in ((link, "a symlink"), (shared, "writable by others")):
         with caplog.at_level("WARNING", logger="mmfast"):
             (y,) = Session(src, optimized_dir=cache).run({"x": x})
         np.testing.assert_array_equal(y, 3 * x)
-        assert "not a private directory" in caplog.text
+        assert f"not a private directory of this user ({why}" in caplog.text
         caplog.clear()
     assert not any(outside.iterdir()) and not any(shared.iterdir())
 
