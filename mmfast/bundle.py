@@ -23,8 +23,8 @@ inside the bundle directory, and its sha256 is checked before anything parses it
 allowed when it resolves to a regular file inside the bundle (its bytes are the bundle's and are
 hashed like any other); one leaving the bundle is refused with the same error whether or not its
 target exists, and no message says where a link leads or quotes a file other than the manifest.
-Derived files (ONNX Runtime's optimised graphs, :mod:`mmfast.session`) live in
-:data:`CACHE_DIR`, are never listed, and are checked on their own.
+Derived files (ONNX Runtime's optimised graphs, :mod:`mmfast.session`) live in a per-user
+cache outside every bundle, and are checked on their own.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from .preprocess import PreprocessConfig
 from .tokenizer import SpecialTokens
 
 __all__ = [
-    "CACHE_DIR",
     "FORMAT_VERSION",
     "TASK_SECTIONS",
     "Bundle",
@@ -65,7 +64,9 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-CACHE_DIR = ".ort-cache"  # the runtime's derived files in a bundle; never listed in `files`
+# Where earlier versions kept ONNX Runtime's optimised graphs, inside the bundle. Never read
+# now (mmfast.session); write_manifest leaves it out of a bundle that still has one.
+_LEGACY_CACHE_DIR = ".ort-cache"
 
 
 class BundleError(ValueError):
@@ -347,7 +348,7 @@ def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Write manifest.json for `bundle_dir`, recording the sha256 of every other file in it.
 
     `manifest` holds everything but ``format_version`` and ``files``, which this fills in
-    (:data:`CACHE_DIR`, the runtime's derived files, is left out).
+    (an ``.ort-cache/`` directory, where earlier versions kept derived files, is left out).
     What would be written is first read back through :meth:`Manifest.from_dict`, so a
     manifest :func:`load_bundle` would refuse is never written (BundleFormatError).
     """
@@ -356,7 +357,7 @@ def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
     files = {}
     for p in sorted(root.rglob("*")):
         name = p.relative_to(root).as_posix()
-        if p.is_file() and p.name != MANIFEST and not name.startswith(f"{CACHE_DIR}/"):
+        if p.is_file() and p.name != MANIFEST and not name.startswith(f"{_LEGACY_CACHE_DIR}/"):
             _check_inside(root, base, name)
             files[name] = sha256_file(p)
     full = {"format_version": FORMAT_VERSION, **manifest, "files": files}
