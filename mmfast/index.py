@@ -48,9 +48,7 @@ class EmbeddingIndex:
     """Cosine-similarity index of (id, embedding) pairs; ids are unique strings."""
 
     def __init__(self, dim: int, metadata: dict[str, Any] | None = None) -> None:
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim: expected a positive int, got {dim!r}")
-        self.dim = dim
+        self.dim = positive_int("dim", dim)
         self.metadata = dict(metadata or {})
         self._emb: FloatArray = np.zeros((0, dim), np.float32)
         self._ids: list[str] = []

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmfast._checks import one_line
+
 from .models.encoder import EncoderConfig
 
 __all__ = [
@@ -71,8 +73,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # a tensor of another shape
-        msg = " ".join(str(e).split())[:300]
-        raise ValueError(f"{path}: weights do not fit the model ({msg})") from e
+        raise ValueError(f"{path}: weights do not fit the model ({one_line(e)[:300]})") from e
     if missing or unexpected:
         raise ValueError(f"{path}: missing weights {missing}, unexpected weights {unexpected}")
 

@@ -133,3 +133,13 @@ def test_a_damaged_run_is_a_one_line_export_error(
     assert cli.main_export([str(tmp_path), "--out", str(tmp_path / "bundle")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mmfast export: ") and err.count("\n") == 1 and message in err
+
+
+def test_weights_of_another_shape_are_a_one_line_value_error(tmp_path):
+    from mmfast_export.checkpoint import load_weights
+
+    small, big = torch.nn.Linear(3, 4), torch.nn.Linear(3, 5)
+    save_weights(small, tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match=r"w\.safetensors: weights do not fit the model \(") as e:
+        load_weights(big, tmp_path / "w.safetensors")
+    assert "\n" not in str(e.value) and "size mismatch" in str(e.value)
