@@ -29,10 +29,10 @@ class RetrievalTask(Task[RetrievalBatch, Retriever]):
     def __init__(self, setup: TaskSetup) -> None:
         super().__init__(setup)
         self.tok = caption_tokenizer(self.data["train"], setup.resume)
-        self.model = self._model(setup.resume)
         self.train_ids = [
             [self.tok.encode(c) for c in caps] for caps in self.data["train"].captions
         ]
+        self.model = self._model(setup.resume)
 
     def _model(self, resume: Path | None) -> Retriever:
         """The resumed run's model, or a new one sized to the vocabulary and the captions."""
@@ -40,7 +40,7 @@ class RetrievalTask(Task[RetrievalBatch, Retriever]):
             model = self.resumed_model(resume)
             assert isinstance(model, Retriever)
             return model
-        longest = max(len(self.tok.encode(c)) for caps in self.data["train"].captions for c in caps)
+        longest = max(len(ids) for caps in self.train_ids for ids in caps)
         enc = EncoderConfig(self.prep.size, tuple(self.args.widths))
         return Retriever(RetrieverConfig(len(self.tok), enc, max_len=min(longest, 64)))
 
