@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import os
 import sys
 from typing import Any, TypeVar
 
 from mmfast._checks import one_line
+
+from .field_checks import FieldError
 
 __all__ = ["main", "main_data", "main_demo", "main_export", "main_train"]
 
@@ -26,9 +27,6 @@ T = TypeVar("T")
 
 # What bad input raises (a file that cannot be read or written is an OSError).
 _INPUT_ERRORS = (ValueError, TypeError, OSError)
-# Generated image side: rendering supersamples each image, so a side of a few thousand pixels
-# already needs gigabytes a worker; the models train on 32-128 px.
-_DATA_SIZES = (8, 1024)
 
 
 def _from_args(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:
@@ -60,37 +58,26 @@ def _data_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _data_problem(a: argparse.Namespace) -> str | None:
-    """What is wrong with `mmfast data shapes` options, if anything (NaN fails every range)."""
-    lo, hi = _DATA_SIZES
-    if a.num_images < 3:
-        return "--num-images must be at least 3"
-    if not lo <= a.size <= hi:
-        return f"--size must be {lo}..{hi} px, got {a.size}"
-    for option, value in (("--val-fraction", a.val_fraction), ("--test-fraction", a.test_fraction)):
-        if not 0.0 <= value < 1.0:
-            return f"{option} must be in [0, 1), got {value}"
-    if not a.val_fraction + a.test_fraction < 1.0:
-        return "--val-fraction + --test-fraction must be below 1 (leave images to train on)"
-    if not (math.isfinite(a.noise) and a.noise >= 0.0):
-        return f"--noise must be a finite number >= 0, got {a.noise}"
-    if not 0.0 <= a.texture_prob <= 1.0:
-        return f"--texture-prob must be in [0, 1], got {a.texture_prob}"
-    if a.workers is not None and a.workers < 1:
-        return f"--workers must be at least 1, got {a.workers}"
-    return None
+def _option_error(command: str, e: FieldError, ns: argparse.Namespace) -> int:
+    """A config field's error, naming the option (``--num-images``) and quoting what was typed;
+    status 2."""
+    given = vars(ns).get(e.names[0], e.value)  # e.g. --widths' text, before it became ints
+    print(f"mmfast {command}: {e.message(_option, given)}", file=sys.stderr)
+    return 2
+
+
+def _option(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
 
 
 def main_data(argv: list[str]) -> int:
     args = _data_parser().parse_args(argv)
     from .shapes import ShapesConfig, write_dataset
 
-    problem = _data_problem(args)
-    if problem:
-        print(f"mmfast data: {problem}", file=sys.stderr)
-        return 2
     try:
         summary = write_dataset(_from_args(ShapesConfig, args), args.out, workers=args.workers)
+    except FieldError as e:
+        return _option_error("data", e, args)
     except _INPUT_ERRORS as e:
         print(f"mmfast data: {one_line(e)}", file=sys.stderr)
         return 2
@@ -144,38 +131,6 @@ def _train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_problem(a: argparse.Namespace, widths: tuple[int, ...]) -> str | None:
-    """What is wrong with `mmfast train` options, if anything (NaN fails every range)."""
-    from mmfast.preprocess import MAX_SIZE
-
-    at_least_one = {
-        "--epochs": a.epochs,
-        "--batch-size": a.batch_size,
-        "--threads": a.threads,
-        "--beam": a.beam,
-        "--rerank-k": a.rerank_k,
-        "--limit-train": a.limit_train,
-        "--limit-eval": a.limit_eval,
-        "--stop-after": a.stop_after,
-    }
-    for option, value in at_least_one.items():
-        if value is not None and value < 1:
-            return f"{option} must be at least 1, got {value}"
-    if a.image_size is not None and not 8 <= a.image_size <= MAX_SIZE:
-        return f"--image-size must be 8..{MAX_SIZE} px, got {a.image_size}"
-    if not widths or min(widths) < 1:
-        return f"--widths must be positive channel counts, got {a.widths!r}"
-    if a.lr is not None and not (math.isfinite(a.lr) and a.lr > 0.0):
-        return f"--lr must be a finite number > 0, got {a.lr}"
-    for option, value in (
-        ("--weight-decay", a.weight_decay),
-        ("--length-penalty", a.length_penalty),
-    ):
-        if not (math.isfinite(value) and value >= 0.0):
-            return f"{option} must be a finite number >= 0, got {value}"
-    return None
-
-
 def main_train(argv: list[str]) -> int:
     a = _train_parser().parse_args(argv)
     # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
@@ -188,11 +143,10 @@ def main_train(argv: list[str]) -> int:
     except ValueError:
         print(f"mmfast train: bad --widths {a.widths!r}", file=sys.stderr)
         return 2
-    problem = _train_problem(a, widths)
-    if problem:
-        print(f"mmfast train: {problem}", file=sys.stderr)
-        return 2
-    args = _from_args(TrainArgs, a, widths=widths, progress=not a.no_progress)
+    try:  # checked here, before any data is read
+        args = _from_args(TrainArgs, a, widths=widths, progress=not a.no_progress)
+    except FieldError as e:
+        return _option_error("train", e, a)
     try:
         summary = train(args)
     except _INPUT_ERRORS as e:

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .field_checks import FieldError, at_least, finite_at_least, in_range
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 40, 40),
@@ -44,6 +46,9 @@ NUMBERS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
 COUNT_PROBS: tuple[float, ...] = (0.1, 0.3, 0.3, 0.3)  # P(1), P(2), P(3), P(4) objects
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MIN_DX = 4.0  # px at 64: objects' centres differ at least this much horizontally (order is clear)
+# Image side: rendering supersamples each image, so a side of a few thousand pixels already
+# needs gigabytes a worker; the models train on 32-128 px.
+SIZE_RANGE = (8, 1024)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,20 @@ class ShapesConfig:
     noise: float = 6.0  # std of Gaussian pixel noise (0-255 scale); 0 disables
     texture_prob: float = 0.5  # probability of a striped/checkered background
     max_objects: int = 4
+
+    def __post_init__(self) -> None:
+        at_least("num_images", self.num_images, 3)  # one image in each split
+        in_range("size", self.size, *SIZE_RANGE, unit=" px")
+        at_least("seed", self.seed, 0)  # numpy seeds are non-negative
+        for name in ("val_fraction", "test_fraction"):
+            in_range(name, getattr(self, name), 0.0, 1.0, open_hi=True)
+        if not self.val_fraction + self.test_fraction < 1.0:
+            raise FieldError(
+                ["val_fraction", "test_fraction"], "must be below 1 (leave images to train on)"
+            )
+        finite_at_least("noise", self.noise, 0.0)
+        in_range("texture_prob", self.texture_prob, 0.0, 1.0)
+        in_range("max_objects", self.max_objects, 1, len(COUNT_PROBS))
 
 
 @dataclass(frozen=True)
@@ -330,6 +349,7 @@ def _make_one(args: tuple[ShapesConfig, int, str]) -> dict[str, Any]:
 
 def write_dataset(cfg: ShapesConfig, out: str | Path, workers: int | None = None) -> dict[str, Any]:
     """Generate the dataset under ``out``; returns a summary (also written to dataset.json)."""
+    at_least("workers", workers, 1)
     t0 = time.perf_counter()
     out = Path(out)
     for s in SPLITS:

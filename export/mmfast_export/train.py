@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mmfast.preprocess import PreprocessConfig
+from mmfast.preprocess import MAX_SIZE, PreprocessConfig
 
 from .checkpoint import (
     load_optimizer,
@@ -33,6 +33,7 @@ from .checkpoint import (
     save_weights,
 )
 from .coco import resolve_splits
+from .field_checks import FieldError, at_least, finite_at_least, in_range
 from .runs import read_config
 from .tasks import TASKS, Task, TaskSetup
 
@@ -71,6 +72,28 @@ class TrainArgs:
     test_json: str | None = None
     images: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "epochs",
+            "batch_size",
+            "threads",
+            "beam",
+            "rerank_k",
+            "limit_train",
+            "limit_eval",
+            "stop_after",
+        ):
+            at_least(name, getattr(self, name), 1)  # None: the default applies
+        if self.image_size is not None:
+            in_range("image_size", self.image_size, 8, MAX_SIZE, unit=" px")
+        if not self.widths or not all(type(w) is int and w >= 1 for w in self.widths):
+            raise FieldError(["widths"], "must be positive channel counts", self.widths)
+        if self.lr is not None:
+            finite_at_least("lr", self.lr, 0.0, strict=True)
+        finite_at_least("weight_decay", self.weight_decay, 0.0)
+        finite_at_least("length_penalty", self.length_penalty, 0.0)
+        in_range("warmup", self.warmup, 0.0, 1.0)
 
     def resolved(self) -> TrainArgs:
         """A copy with the task's defaults filled in."""

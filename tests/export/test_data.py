@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,32 @@ def test_vqa_loader(tiny_shapes: Path) -> None:
     assert len(qa.questions) >= 2 * len(data.image_ids)
     assert set(qa.image_index) == set(range(len(data.image_ids)))
     assert data.pixels.dtype.is_floating_point is False  # already 32 px: kept as uint8
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_images", 2, "num_images must be at least 3, got 2"),
+        ("num_images", 3.5, "num_images must be an integer, got 3.5"),
+        ("size", 4, "size must be 8..1024 px, got 4"),
+        ("seed", -1, "seed must be at least 0, got -1"),
+        ("val_fraction", 1.0, "val_fraction must be in [0, 1), got 1.0"),
+        ("test_fraction", float("nan"), "test_fraction must be in [0, 1), got nan"),
+        ("noise", float("inf"), "noise must be a finite number >= 0, got inf"),
+        ("texture_prob", 1.5, "texture_prob must be in [0, 1], got 1.5"),
+        ("max_objects", 0, "max_objects must be 1..4, got 0"),
+        ("max_objects", True, "max_objects must be an integer, got True"),
+    ],
+)
+def test_a_bad_shapes_config_names_the_field(field, value, message) -> None:
+    # the same checks as `mmfast data shapes`' options, for callers of the Python API
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ShapesConfig(**{field: value})
+
+
+def test_fractions_leaving_no_training_images_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^val_fraction \+ test_fraction must be below 1 "):
+        ShapesConfig(val_fraction=0.6, test_fraction=0.4)
+    with pytest.raises(ValueError, match=r"^workers must be at least 1, got 0$"):
+        write_dataset(ShapesConfig(num_images=3), tmp_path / "d", workers=0)
+    assert not (tmp_path / "d").exists()  # refused before anything is written

@@ -5,6 +5,7 @@ the CLI's defaults are the library's."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -143,3 +144,25 @@ def test_weights_of_another_shape_are_a_one_line_value_error(tmp_path):
     with pytest.raises(ValueError, match=r"w\.safetensors: weights do not fit the model \(") as e:
         load_weights(big, tmp_path / "w.safetensors")
     assert "\n" not in str(e.value) and "size mismatch" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epochs", 0, "epochs must be at least 1, got 0"),  # trained nothing
+        ("batch_size", 2.5, "batch_size must be an integer, got 2.5"),
+        ("threads", -1, "threads must be at least 1, got -1"),
+        ("stop_after", 0, "stop_after must be at least 1, got 0"),
+        ("image_size", 7, "image_size must be 8..4096 px, got 7"),
+        ("widths", (8, 0), "widths must be positive channel counts, got (8, 0)"),
+        ("widths", (), "widths must be positive channel counts, got ()"),
+        ("lr", 0.0, "lr must be a finite number > 0, got 0.0"),
+        ("weight_decay", float("nan"), "weight_decay must be a finite number >= 0, got nan"),
+        ("length_penalty", -0.5, "length_penalty must be a finite number >= 0, got -0.5"),
+        ("warmup", 2.0, "warmup must be in [0, 1], got 2.0"),
+    ],
+)
+def test_bad_train_args_name_the_field(field, value, message):
+    # the same checks as `mmfast train`'s options, for callers of the Python API
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        TrainArgs("caption", "data", "out", **{field: value})
