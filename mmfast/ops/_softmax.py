@@ -30,11 +30,12 @@ def _softmax(x: Any, axis: int, out: Any, log: bool) -> Any:
         oa = np.empty(xa.shape, dtype=np.float32)
     else:
         oa = host_out(out, kind, xa.shape, "x")
-        same = (
+        shared = overlap(oa, xa)  # disjoint bounds (the usual case) decide it cheaply
+        if shared is not False and (
             oa.__array_interface__["data"] == xa.__array_interface__["data"]
             and oa.strides == xa.strides
-        )
-        shared = False if same else overlap(oa, xa)
+        ):
+            shared = False  # the very same array: in place
         if shared:
             raise ValueError("out: overlaps x partially (in-place needs the very same array)")
         undecided = shared is None
