@@ -17,7 +17,8 @@ the commit before a change (with `make build` done there, in a worktree or befor
 Timing: the two builds run in turn within every repeat (shared-machine noise hits both alike),
 each call into a preallocated output; reported are the medians and after/before = this build's
 time over the baseline's (< 1: faster). Shapes: bench_conv.py's (batch 1) and
-bench_attention.py's L = 1024 rows (B=1, H=8), plus a decode step.
+bench_attention.py's L = 1024 rows (B=1, H=8), plus a decode step and two small softmax calls
+(per-call overhead).
 """
 
 from __future__ import annotations
@@ -191,6 +192,16 @@ def timing_rows(new: ModuleType, old: ModuleType, repeats: int) -> list[tuple[st
         )
         what = "decode step" if lq == 1 else f"L=1024{' causal' if causal else ''}"
         rows.append((f"attention D={d} {what}", tn, to))
+    # Small calls, where the Python checks and the binding are most of the time.
+    for shape in [(4, 64), (64, 1024)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        on, oo = np.empty_like(x), np.empty_like(x)
+        tn, to = interleaved(
+            lambda x=x, on=on: new.ops.softmax(x, out=on),
+            lambda x=x, oo=oo: old.ops.softmax(x, out=oo),
+            repeats,
+        )
+        rows.append((f"softmax {shape[0]}x{shape[1]}", tn, to))
     return rows
 
 
@@ -215,7 +226,7 @@ def main() -> None:
     ratios = []
     for name, tn, to in timing_rows(mmfast, old, args.repeats):
         ratios.append(tn / to)
-        print(f"| {name} | {tn:.3f} | {to:.3f} | {tn / to:.3f} |", flush=True)
+        print(f"| {name} | {tn:.4g} | {to:.4g} | {tn / to:.3f} |", flush=True)
     geo = float(np.exp(np.mean(np.log(ratios))))
     print(f"# geometric mean after/before: {geo:.3f}")
     raise SystemExit(0 if ok else 1)
