@@ -34,8 +34,11 @@ export MMFAST_FUZZ_EXAMPLES="${MMFAST_FUZZ_EXAMPLES:-150}"
 tests="$PWD/tests"
 cd "$SAN"
 so=$(venv/bin/python -c "import mmfast; print(mmfast._C.__file__)")
-# A stale or uninstrumented build must not pass for a sanitized one.
-if ! nm -D "$so" | grep -q "__asan_init" || ! nm -D "$so" | grep -q "__ubsan_handle"; then
+# A stale or uninstrumented build must not pass for a sanitized one. The symbol table is read
+# whole first: `nm | grep -q` under pipefail fails at random (grep exits at its first match, nm
+# then dies of SIGPIPE), which is how CI once called an instrumented build uninstrumented.
+syms=$(nm -D "$so")
+if [[ $syms != *__asan_init* || $syms != *__ubsan_handle* ]]; then
   echo "sanitize: $so is not instrumented" >&2
   exit 1
 fi
