@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 import types
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from functools import cache
 from pathlib import Path, PureWindowsPath
@@ -252,6 +252,11 @@ def _not_inside(name: str) -> str | None:
 # ------------------------------------------------------------------------------ the parser
 
 
+# PreprocessConfig keys added after format 1 (its Hugging Face path): optional in a manifest,
+# where a missing one takes its default, what every bundle written before it meant.
+_PREPROCESS_ADDED = frozenset({"resize", "rescale"})
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -287,8 +292,12 @@ def _parse(tp: Any, value: object, path: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return None if value is None else _parse(inner, value, path)
     if is_dataclass(tp) and isinstance(value, dict):
-        # PreprocessConfig has defaults for training's sake; a bundle spells out every key
-        return _parse_section(tp, value, path, require_all=tp is PreprocessConfig)
+        # PreprocessConfig has defaults for training's sake; a bundle spells out every key but
+        # those added after format 1 (older bundles lack them and mean their defaults)
+        if tp is PreprocessConfig:
+            required = {f.name for f in fields(tp)} - _PREPROCESS_ADDED
+            return _parse_section(tp, value, path, required=required)
+        return _parse_section(tp, value, path)
     if origin is dict and isinstance(value, dict):
         return {k: _parse(args[1], v, f"{path}[{k}]") for k, v in value.items()}
     if origin is tuple and isinstance(value, list):  # tuple[X, ...]
@@ -302,9 +311,11 @@ def _parse(tp: Any, value: object, path: str) -> Any:
     raise _Invalid(f"{path!r} must be {_expected(tp)}, got {_json_type(value)}")
 
 
-def _parse_section(cls: Any, value: Mapping[str, Any], path: str, require_all: bool = False) -> Any:
+def _parse_section(
+    cls: Any, value: Mapping[str, Any], path: str, required: Collection[str] = ()
+) -> Any:
     """A JSON object -> the dataclass `cls`: every field's key is required unless the field
-    has a default (or `require_all`), and no other key is allowed."""
+    has a default (and is not in `required`), and no other key is allowed."""
     names = {f.name for f in fields(cls)}
     for key in value:
         if key not in names:
@@ -313,7 +324,7 @@ def _parse_section(cls: Any, value: Mapping[str, Any], path: str, require_all: b
     for f in fields(cls):
         if f.name in value:
             kwargs[f.name] = _parse(_hints(cls)[f.name], value[f.name], _join(path, f.name))
-        elif require_all or (f.default is MISSING and f.default_factory is MISSING):
+        elif f.name in required or (f.default is MISSING and f.default_factory is MISSING):
             raise _Invalid(f"missing required key {_join(path, f.name)!r}")
     try:
         return cls(**kwargs)

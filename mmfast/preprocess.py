@@ -5,13 +5,23 @@ The one definition of how an image becomes the model's input tensor. The PyTorch
 agree to float32 tolerance.
 
 Steps, in order:
-  1. decode to 8-bit RGB (grayscale, palette, RGBA/LA composited on white, 16-bit rescaled);
+  1. decode to 8-bit RGB (grayscale, palette, RGBA/LA composited on white, as is a colour made
+     transparent by a PNG transparency key; 16-bit rescaled);
   2. to float32 in [0, 255], layout (H, W, 3);
   3. resize to (size, size) with an antialiased triangle (bilinear) filter, separable, exactly
      the algorithm of Pillow's ``BILINEAR`` resampling and of torch's
      ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)``, computed in float;
   4. x / 255, then (x - mean) / std per channel;
   5. layout (3, size, size) (CHW), float32.
+
+With a ``pil_*`` resample (``PreprocessConfig.from_hf``: Hugging Face's slow, PIL-backed image
+processors, ``ViTImageProcessor``, ``DeiTImageProcessor``, ``BlipImageProcessor``), steps 2-4
+are those processors' instead, rounding step by step as they do (no torch twin):
+  2'. resize the 8-bit RGB image with ``PIL.Image.resize`` and that filter to
+      (resize, resize), or (size, size) without ``resize``; Pillow rounds the result to uint8;
+  3'. with ``resize``, center crop to (size, size) (top = (resize - size) // 2, likewise left);
+  4'. x = float32(float64(x) * rescale), then (x - mean) / std in float32 (mean and std rounded
+      to float32 first).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from PIL import Image, UnidentifiedImageError
 __all__ = [
     "MAX_IMAGE_SIDE",
     "MAX_SIZE",
+    "PIL_FILTERS",
     "PreprocessConfig",
     "check_image_size",
     "load_rgb",
@@ -57,17 +68,43 @@ MAX_IMAGE_SIDE = 32768
 # larger than this many weights is computed each time, so the cache stays under 256 MB.
 _CACHE_MAX_WEIGHTS = 1 << 20
 
+# PreprocessConfig.resample's Pillow filters: the name it takes -> the filter, whose int value
+# is the code a Hugging Face preprocessor_config.json stores as "resample".
+PIL_FILTERS: dict[str, Image.Resampling] = {
+    "pil_nearest": Image.Resampling.NEAREST,  # 0
+    "pil_lanczos": Image.Resampling.LANCZOS,  # 1
+    "pil_bilinear": Image.Resampling.BILINEAR,  # 2
+    "pil_bicubic": Image.Resampling.BICUBIC,  # 3
+    "pil_box": Image.Resampling.BOX,  # 4
+    "pil_hamming": Image.Resampling.HAMMING,  # 5
+}
+# the float-domain resize of steps 2-5 (the module docstring), the one with a torch twin
+_FLOAT_RESAMPLE = "bilinear_antialias"
+_RESAMPLES = (_FLOAT_RESAMPLE, *PIL_FILTERS)
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Parameters of the preprocessing; saved with every model (``to_dict``/``from_dict``)."""
+    """Parameters of the preprocessing; saved with every model (``to_dict``/``from_dict``).
+
+    size: the model input's side, (3, size, size);
+    mean, std: per channel (R, G, B), applied after the rescale;
+    resample: "bilinear_antialias" (ours, in float) or one of ``PIL_FILTERS`` ("pil_bicubic",
+        ...: Pillow's resize on the 8-bit image, as Hugging Face's PIL image processors do);
+    resize: the side to resize to before a center crop to `size` (``pil_*`` only; at least
+        `size`); None: resize straight to `size`;
+    rescale: the factor from 0..255 pixel values, applied before mean/std (1/255; another
+        value needs a ``pil_*`` resample, 1.0 is Hugging Face's do_rescale=False).
+    """
 
     size: int = 64
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    resample: str = "bilinear_antialias"
+    resample: str = _FLOAT_RESAMPLE
     version: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    resize: int | None = None
+    rescale: float = 1 / 255
 
     def __post_init__(self) -> None:
         if not 1 <= self.size <= MAX_SIZE:
@@ -80,8 +117,31 @@ class PreprocessConfig:
             raise ValueError(f"mean and std must be finite, got {self.mean}, {self.std}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
-        if self.resample != "bilinear_antialias":
-            raise ValueError(f"unsupported resample {self.resample!r}")
+        if self.resample not in _RESAMPLES:
+            raise ValueError(
+                f"unsupported resample {self.resample!r} (one of {', '.join(_RESAMPLES)})"
+            )
+        # resize (crop) and another rescale exist only on the pil_* path: the float path has a
+        # torch twin (mmfast_export.transforms) that resizes straight to size and divides by 255
+        float_path = self.resample == _FLOAT_RESAMPLE
+        if self.resize is not None:
+            if float_path:
+                raise ValueError(
+                    f"resize (a center crop after resizing) needs a pil_* resample, "
+                    f"not {self.resample!r}; got resize={self.resize}"
+                )
+            if not self.size <= self.resize <= MAX_SIZE:
+                raise ValueError(
+                    f"resize must be in size..{MAX_SIZE} (size={self.size}: the crop is inside "
+                    f"the resized image), got {self.resize}"
+                )
+        if not (math.isfinite(self.rescale) and self.rescale > 0):
+            raise ValueError(f"rescale must be positive and finite, got {self.rescale}")
+        if float_path and self.rescale != 1 / 255:
+            raise ValueError(
+                f"rescale must be 1/255 with resample {_FLOAT_RESAMPLE!r} (another factor needs "
+                f"a pil_* resample), got {self.rescale}"
+            )
         if self.version != 1:
             raise ValueError(f"preprocessing version {self.version} is not 1 (this mmfast's)")
 
@@ -93,7 +153,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        known = {"size", "mean", "std", "resample", "version", "extra"}
+        known = {"size", "mean", "std", "resample", "version", "extra", "resize", "rescale"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
@@ -104,14 +164,24 @@ class PreprocessConfig:
         std = tuple(float(x) for x in d.get("std", (0.25, 0.25, 0.25)))
         if len(mean) != 3 or len(std) != 3:
             raise ValueError("mean and std need 3 values (R, G, B)")
+        resize = d.get("resize")
         return cls(
             size=int(d.get("size", 64)),
             mean=(mean[0], mean[1], mean[2]),
             std=(std[0], std[1], std[2]),
-            resample=str(d.get("resample", "bilinear_antialias")),
+            resample=str(d.get("resample", _FLOAT_RESAMPLE)),
             version=version,
             extra=dict(d.get("extra", {})),
+            resize=None if resize is None else int(resize),
+            rescale=float(d.get("rescale", 1 / 255)),
         )
+
+    @classmethod
+    def from_hf(cls, processor_config: dict[str, Any]) -> PreprocessConfig:
+        """A Hugging Face ``preprocessor_config.json`` (parsed) -> the config that reproduces
+        its slow (PIL) image processor: ViT, DeiT or BLIP's, or any whose keys spell out the
+        same steps. ValueError naming the key for anything mmfast does not reproduce."""
+        return _from_hf(processor_config)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -121,9 +191,217 @@ class PreprocessConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+# ------------------------------------------------------------ Hugging Face image processors
+
+# What a key missing from (or null in) a preprocessor_config.json means: the processor class's
+# defaults (transformers 5.x models/*/image_processing_pil_*.py and the BaseImageProcessor;
+# 4.x's slow processors have the same). Keyed by the model family of the config's
+# image_processor_type / feature_extractor_type.
+_IMAGENET_STANDARD = [0.5, 0.5, 0.5]
+_OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+_HF_COMMON: dict[str, Any] = {
+    "do_resize": True,
+    "default_to_square": True,
+    "do_center_crop": False,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "do_pad": False,
+}
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ViT": _HF_COMMON
+    | {
+        "size": {"height": 224, "width": 224},
+        "resample": int(Image.Resampling.BILINEAR),
+        "image_mean": _IMAGENET_STANDARD,
+        "image_std": _IMAGENET_STANDARD,
+    },
+    "DeiT": _HF_COMMON
+    | {
+        "size": {"height": 256, "width": 256},
+        "resample": int(Image.Resampling.BICUBIC),
+        "do_center_crop": True,
+        "crop_size": {"height": 224, "width": 224},
+        "image_mean": _IMAGENET_STANDARD,
+        "image_std": _IMAGENET_STANDARD,
+    },
+    "Blip": _HF_COMMON
+    | {
+        "size": {"height": 384, "width": 384},
+        "resample": int(Image.Resampling.BICUBIC),
+        "image_mean": _OPENAI_CLIP_MEAN,
+        "image_std": _OPENAI_CLIP_STD,
+    },
+}
+# Keys that do not change the pixels mmfast computes: the class names; do_convert_rgb (mmfast
+# always converts to RGB, as the processor does with it set); call-time options.
+_HF_IGNORED = frozenset(
+    {
+        "image_processor_type",
+        "feature_extractor_type",
+        "processor_class",
+        "do_convert_rgb",
+        "input_data_format",
+        "return_tensors",
+        "device",
+        "disable_grouping",
+    }
+)
+# Keys that do: read by _from_hf (pad_size only matters with do_pad, which it refuses).
+_HF_USED = frozenset(
+    {*_HF_COMMON, "size", "resample", "crop_size", "image_mean", "image_std"}
+    | {"pad_size", "data_format"}
+)
+_HF_RESAMPLE = {int(f): name for name, f in PIL_FILTERS.items()}
+
+
+def _hf_family(d: dict[str, Any]) -> str | None:
+    """ "ViTImageProcessor", "DeiTFeatureExtractor", "BlipImageProcessorPil" ... -> "ViT",
+    "DeiT", "Blip"; None for another processor (or none named)."""
+    name = d.get("image_processor_type") or d.get("feature_extractor_type")
+    if not isinstance(name, str):
+        return None
+    for suffix in ("Pil", "Fast"):
+        name = name.removesuffix(suffix)
+    for kind in ("ImageProcessor", "FeatureExtractor"):
+        family = name.removesuffix(kind)
+        if family != name and family in _HF_DEFAULTS:
+            return family
+    return None
+
+
+def _hf_bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _hf_side(key: str, value: object, default_to_square: bool = True) -> int:
+    """A size or crop_size value (int, [height, width] or a size dict) -> its side; ValueError
+    for anything but a square {"height", "width"}."""
+    if _is_int(value):
+        # transformers' get_size_dict: an int is a square, or the shortest edge
+        value = {"height": value, "width": value} if default_to_square else {"shortest_edge": value}
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        value = {"height": value[0], "width": value[1]}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key!r} must be an int, [height, width] or an object, got {value!r}")
+    if set(value) != {"height", "width"}:
+        raise ValueError(
+            f"{key!r} is {value!r}: only a fixed {{'height', 'width'}} size is reproduced, "
+            "not aspect-preserving resizing (shortest_edge, longest_edge, max_height ...)"
+        )
+    h, w = value["height"], value["width"]
+    if not all(_is_int(v) and v > 0 for v in (h, w)):
+        raise ValueError(f"{key!r} needs positive integer height and width, got {value!r}")
+    if h != w:
+        raise ValueError(f"{key!r} is {h} x {w} (height x width): mmfast's input is square")
+    side: int = h
+    return side
+
+
+def _hf_channels(key: str, value: object, positive: bool = False) -> tuple[float, float, float]:
+    if _is_number(value):
+        value = [value] * 3  # transformers' normalize: one value for every channel
+    if not (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(_is_number(x) and math.isfinite(x) and (x > 0 or not positive) for x in value)
+    ):
+        what = "positive" if positive else "finite"
+        raise ValueError(f"{key!r} must be a {what} number or 3 of them (R, G, B), got {value!r}")
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _from_hf(d: dict[str, Any]) -> PreprocessConfig:
+    """PreprocessConfig.from_hf."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a preprocessor config is a JSON object, got {type(d).__name__}")
+    for key in d:
+        if key not in _HF_USED and key not in _HF_IGNORED:
+            raise ValueError(f"preprocessor config key {key!r} is not one mmfast reproduces")
+    family = _hf_family(d)
+    defaults = _HF_DEFAULTS[family] if family is not None else {}
+
+    def get(key: str) -> Any:
+        # transformers' _set_attributes: a missing or null key takes the class default
+        value = d.get(key)
+        if value is None:
+            value = defaults.get(key)
+        if value is None:
+            named = d.get("image_processor_type") or d.get("feature_extractor_type")
+            raise ValueError(
+                f"preprocessor config key {key!r} is missing, and {named!r} is not a processor "
+                f"whose defaults mmfast knows ({', '.join(_HF_DEFAULTS)})"
+            )
+        return value
+
+    if d.get("data_format") not in (None, "channels_first"):
+        raise ValueError(f"'data_format' {d['data_format']!r}: mmfast's input is channels_first")
+    if _hf_bool("do_pad", get("do_pad")):
+        raise ValueError("'do_pad' true: padding to a common size is not reproduced")
+    if not _hf_bool("do_resize", get("do_resize")):
+        raise ValueError("'do_resize' false: each image would keep its own size; mmfast's is fixed")
+    size = get("size")
+    square = _is_int(size) and _hf_bool("default_to_square", get("default_to_square"))
+    side = _hf_side("size", size, square)
+    resize: int | None = None
+    if _hf_bool("do_center_crop", get("do_center_crop")):
+        crop = _hf_side("crop_size", get("crop_size"))  # an int crop_size is always a square
+        if crop > side:
+            raise ValueError(
+                f"'crop_size' {crop} is larger than 'size' {side}: the zero padding that "
+                "transformers adds is not reproduced"
+            )
+        side, resize = crop, side
+    code = get("resample")
+    if not _is_int(code) or code not in _HF_RESAMPLE:
+        raise ValueError(
+            f"'resample' must be a PIL filter code ({', '.join(map(str, _HF_RESAMPLE))}), "
+            f"got {code!r}"
+        )
+    rescale = 1.0  # do_rescale false: the uint8 values as they are
+    if _hf_bool("do_rescale", get("do_rescale")):
+        factor = get("rescale_factor")
+        if not (_is_number(factor) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"'rescale_factor' must be a positive number, got {factor!r}")
+        rescale = float(factor)
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # do_normalize false: (x - 0) / 1 is x
+    if _hf_bool("do_normalize", get("do_normalize")):
+        mean = _hf_channels("image_mean", get("image_mean"))
+        std = _hf_channels("image_std", get("image_std"), positive=True)
+    try:
+        return PreprocessConfig(
+            size=side,
+            mean=mean,
+            std=std,
+            resample=_HF_RESAMPLE[code],
+            resize=resize,
+            rescale=rescale,
+        )
+    except ValueError as e:
+        raise ValueError(f"preprocessor config: {e}") from None
+
+
+# ------------------------------------------------------------------------------- decoding
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow image -> 8-bit RGB. Alpha is composited on white; 16/32-bit is rescaled."""
+    """Any Pillow image -> 8-bit RGB. Alpha (or a transparency key) is composited on white;
+    16/32-bit is rescaled. For 8-bit modes (but the premultiplied RGBa, La) this is what
+    transformers' ``convert_to_rgb`` does to a Pillow image."""
     mode = img.mode
+    if mode in ("L", "RGB") and img.info.get("transparency") is not None:
+        mode = "RGBA"  # a colour made transparent (PNG tRNS): composited below, as for P
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -140,7 +418,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "P":
         img = img.convert("RGBA")
         mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):  # convert("RGBA") applies a transparency key
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
@@ -246,6 +524,18 @@ def _as_rgb_uint8(image: Image.Image | npt.NDArray[Any]) -> npt.NDArray[np.uint8
     if isinstance(image, Image.Image):
         check_image_size(*image.size)
         return np.asarray(to_rgb(image), dtype=np.uint8)
+    return _checked_rgb_array(image)
+
+
+def _as_rgb_image(image: Image.Image | npt.NDArray[Any]) -> Image.Image:
+    """Pillow image or (H, W, 3) uint8 array -> RGB Pillow image; sides checked first."""
+    if isinstance(image, Image.Image):
+        check_image_size(*image.size)
+        return to_rgb(image)
+    return Image.fromarray(_checked_rgb_array(image), mode="RGB")
+
+
+def _checked_rgb_array(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB array, got shape {arr.shape}")
@@ -257,6 +547,8 @@ def _as_rgb_uint8(image: Image.Image | npt.NDArray[Any]) -> npt.NDArray[np.uint8
 
 def preprocess(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig) -> FloatArray:
     """One image -> (3, size, size) float32, normalised."""
+    if cfg.resample != _FLOAT_RESAMPLE:
+        return _preprocess_pil(image, cfg)
     u8 = _as_rgb_uint8(image)  # (H, W, 3)
     h, w, _ = u8.shape
     ry = _resize_weights(h, cfg.size)  # (S, H)
@@ -278,6 +570,26 @@ def preprocess(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig) -> 
     mean = np.asarray(cfg.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(cfg.std, dtype=np.float32)[:, None, None]
     out: FloatArray = np.ascontiguousarray((x / np.float32(255.0) - mean) / std, np.float32)
+    return out
+
+
+def _preprocess_pil(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig) -> FloatArray:
+    """Steps 2'-4' of the module docstring, in transformers' order and dtypes (PilBackend's
+    resize, center_crop, rescale, normalize in image_transforms.py)."""
+    side = cfg.size if cfg.resize is None else cfg.resize
+    img = _as_rgb_image(image)
+    # transformers' resize: PIL.Image.resize on the 8-bit image, so the result is uint8
+    # (Pillow rounds and clips each resampled value); reducing_gap None
+    resized = img.resize((side, side), resample=PIL_FILTERS[cfg.resample])
+    u8 = np.asarray(resized, dtype=np.uint8)  # (R, R, 3)
+    top = (side - cfg.size) // 2  # center_crop: (orig - crop) // 2, the same for left
+    u8 = u8[top : top + cfg.size, top : top + cfg.size]  # (S, S, 3)
+    # rescale: float64 product, rounded once to float32
+    x = (u8.transpose(2, 0, 1).astype(np.float64) * cfg.rescale).astype(np.float32)  # (3, S, S)
+    # normalize: in the image's dtype, float32, with mean and std rounded to float32 first
+    mean = np.asarray(cfg.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(cfg.std, dtype=np.float32)[:, None, None]
+    out: FloatArray = np.ascontiguousarray((x - mean) / std, np.float32)
     return out
 
 
