@@ -28,6 +28,7 @@ from .bundle import (
     Manifest,
     load_bundle,
 )
+from .hf_tokenizer import HFTokenizer
 from .preprocess import load_rgb, preprocess
 from .session import Session, default_cache_dir
 from .tokenizer import Tokenizer
@@ -131,9 +132,14 @@ class Pipeline:
                 ) from e
         self.preprocess_config = m.preprocess
         vocab = bundle.file(m.vocab)
+        self.tokenizer: Tokenizer | HFTokenizer
         try:
-            self.tokenizer = Tokenizer.load(vocab, m.special_tokens)
-        except ValueError as e:  # not UTF-8, or disagrees with the manifest's special_tokens
+            if m.tokenizer is not None:  # a Hugging Face tokenizer.json
+                clean_up = m.tokenizer.clean_up_tokenization_spaces
+                self.tokenizer = HFTokenizer(vocab, m.special_tokens, clean_up)
+            else:
+                self.tokenizer = Tokenizer.load(vocab, m.special_tokens)
+        except ValueError as e:  # unreadable, or disagrees with the manifest's special_tokens
             raise BundleFormatError(f"{vocab}: {e}") from e
         vocab_size = m.config.get("vocab_size")
         if type(vocab_size) is int and vocab_size != len(self.tokenizer):

@@ -39,6 +39,7 @@ from functools import cache
 from pathlib import Path, PureWindowsPath
 from typing import Any, get_args, get_origin, get_type_hints
 
+from .generation import GenerationConfig
 from .preprocess import PreprocessConfig
 from .tokenizer import SpecialTokens
 
@@ -56,6 +57,7 @@ __all__ = [
     "GraphSection",
     "Manifest",
     "RetrievalSection",
+    "TokenizerSection",
     "VQASection",
     "load_bundle",
     "sha256_file",
@@ -132,6 +134,13 @@ class DecoderSection:
 
 
 @dataclass(frozen=True)
+class TokenizerSection:
+    """``tokenizer``: a Hugging Face ``tokenizer.json`` vocabulary (absent: word-level)."""
+
+    clean_up_tokenization_spaces: bool  # the model's tokenizer cleans up spaces when decoding
+
+
+@dataclass(frozen=True)
 class RetrievalSection:
     """``retrieval``: fused re-ranking score = logit_scale * cosine + re-ranker score."""
 
@@ -194,6 +203,9 @@ class Manifest:
     retrieval: RetrievalSection | None = None  # retrieval: required
     vqa: VQASection | None = None  # vqa: required
     answers: str | None = None  # the answers file, one a line (vqa: required)
+    tokenizer: TokenizerSection | None = None  # vocab is a tokenizer.json (Hugging Face)
+    # decode as transformers' generate() does (Hugging Face captioners); absent: mmfast's own
+    generation: GenerationConfig | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASK_SECTIONS:
@@ -288,9 +300,16 @@ def _parse(tp: Any, value: object, path: str) -> Any:
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
         return value
-    if origin is types.UnionType:  # X | None: null, or what X takes
-        (inner,) = [a for a in args if a is not type(None)]
-        return None if value is None else _parse(inner, value, path)
+    if origin is types.UnionType:  # X | None: null, or what X takes; X | Y: the first that fits
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for inner in options[:-1]:
+            try:
+                return _parse(inner, value, path)
+            except _Invalid:
+                pass
+        return _parse(options[-1], value, path)
     if is_dataclass(tp) and isinstance(value, dict):
         # PreprocessConfig has defaults for training's sake; a bundle spells out every key but
         # those added after format 1 (older bundles lack them and mean their defaults)

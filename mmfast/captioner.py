@@ -13,10 +13,11 @@ for token (mmfast.decoding).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import generation as hf_generation
 from ._checks import finite_float, one_line, positive_int
 from ._pipeline import ImageLike, Pipeline, as_image_list
 from .bundle import Bundle, BundleMismatchError, Manifest
@@ -56,6 +57,8 @@ class Captioner(Pipeline):
         self._state_io = list(m.decoder.state_updates.items())
         self.max_len = m.decoder.max_len
         self.special_tokens = m.special_tokens
+        # a Hugging Face captioner decodes as its generate() does, with its settings
+        self.generation = m.generation
 
     @classmethod
     def graph_files(cls, manifest: Manifest) -> list[str]:
@@ -79,7 +82,14 @@ class Captioner(Pipeline):
         # a vocabulary shorter than the logits would turn the ids past its end into <unk>
         n = len(self.tokenizer)
         why = f"the vocabulary {self.bundle.manifest.vocab} has {n} tokens"
-        self.require_dim("decoder_step.onnx", "logits", -1, n, why)
+        if self.bundle.manifest.generation is None:
+            self.require_dim("decoder_step.onnx", "logits", -1, n, why)
+        else:  # a Hugging Face model's embedding table may be padded past its tokenizer
+            v = self.fixed_dim("decoder_step.onnx", "logits", -1)
+            if v is not None and v < n:
+                raise BundleMismatchError(
+                    f"{self.bundle.path / 'decoder_step.onnx'}: {v} logits, but {why}"
+                )
 
     def encode(self, pixels: np.ndarray) -> State:
         """(B, 3, S, S) float32 -> the decoder's initial state."""
@@ -102,30 +112,47 @@ class Captioner(Pipeline):
         self,
         images: Sequence[ImageLike] | ImageLike,
         *,
-        beam_size: int = 1,
+        beam_size: int | None = None,
+        max_new_tokens: int | None = None,
         max_len: int | None = None,
-        length_penalty: float = 0.0,
+        length_penalty: float | None = None,
         return_attention: bool = False,
         batch_size: int = 32,
     ) -> list[Caption]:
         """Caption images (paths, PIL images or (H, W, 3) uint8 arrays), in batches.
 
-        beam_size: 1 (greedy) to MAX_BEAM_SIZE. max_len: tokens to generate at most (default
-        20, or the model's limit if lower; at most MAX_CAPTION_LEN). length_penalty: GNMT's
-        alpha, 0 (off) to MAX_LENGTH_PENALTY.
+        beam_size: 1 (greedy) to MAX_BEAM_SIZE. max_new_tokens (or its older name max_len):
+        tokens to generate at most, up to MAX_CAPTION_LEN and the model's limit.
+        length_penalty: the length normalisation of beam scores. Defaults: a Hugging Face
+        model's generation config (num_beams, max_length - 1, length_penalty), decoded exactly
+        as its ``generate()`` does (:mod:`mmfast.generation`); mmfast's own models: greedy,
+        20 tokens, GNMT's alpha 0 (off) to MAX_LENGTH_PENALTY (:mod:`mmfast.decoding`).
         """
         images = as_image_list(images)
         if len(images) == 0:
             raise ValueError("images: nothing to caption")
+        gen = self.generation
+        if max_new_tokens is not None and max_len is not None and max_new_tokens != max_len:
+            raise ValueError("max_new_tokens and max_len: give one (max_len is its old name)")
+        name = "max_len" if max_len is not None else "max_new_tokens"
+        new = max_new_tokens if max_new_tokens is not None else max_len
+        if new is None:  # the model's setting, or 20 tokens; fewer if the model's limit is
+            new = gen.max_length - 1 if gen is not None else 20
+            new = min(new, self.max_len) if self.max_len else new
+        new = positive_int(name, new, at_most=MAX_CAPTION_LEN)
+        if (self.kind == "caption_transformer" or gen is not None) and self.max_len:
+            if new > self.max_len:
+                # the KV cache / position table has max_len slots: no room for longer captions
+                raise ValueError(f"{name}: this model decodes at most {self.max_len} tokens")
+        if beam_size is None:
+            beam_size = gen.num_beams if gen is not None else 1
         beam_size = positive_int("beam_size", beam_size, at_most=MAX_BEAM_SIZE)
-        if max_len is None:  # 20 tokens, or fewer if the model's KV cache is shorter
-            max_len = min(20, self.max_len) if self.max_len else 20
-        max_len = positive_int("max_len", max_len, at_most=MAX_CAPTION_LEN)
-        if self.kind == "caption_transformer" and self.max_len and max_len > self.max_len:
-            # the KV cache has max_len slots (fixed at training): no room for longer captions
-            raise ValueError(f"max_len: this model decodes at most {self.max_len} tokens")
+        if length_penalty is None:
+            length_penalty = gen.length_penalty if gen is not None else 0.0
+        # Hugging Face's exponent may be negative (favouring short captions); GNMT's may not
+        lo = -MAX_LENGTH_PENALTY if gen is not None else 0.0
         length_penalty = finite_float(
-            "length_penalty", length_penalty, lo=0.0, hi=MAX_LENGTH_PENALTY
+            "length_penalty", length_penalty, lo=lo, hi=MAX_LENGTH_PENALTY
         )
         batch_size = positive_int("batch_size", batch_size)
         results: list[Caption] = []
@@ -133,7 +160,7 @@ class Captioner(Pipeline):
             batch = images[start : start + batch_size]
             try:
                 results += self._caption_batch(
-                    batch, start, beam_size, max_len, length_penalty, return_attention
+                    batch, start, beam_size, new, length_penalty, return_attention
                 )
             except MemoryError as e:
                 raise MemoryError(
@@ -153,11 +180,19 @@ class Captioner(Pipeline):
     ) -> list[Caption]:
         """Caption images[first : first + len(images)] of a caption() call."""
         state = self.encode(self.pixels(images, first))
+        constant = frozenset(state) - {name for name, _ in self._state_io}
         r: DecodeResult
-        if beam_size == 1 and length_penalty == 0.0:
+        if self.generation is not None:
+            cfg = replace(self.generation, length_penalty=length_penalty)
+            if beam_size == 1:
+                r = hf_generation.greedy(self._step, state, cfg, max_len)
+            else:
+                r = hf_generation.beam_search(
+                    self._step, state, cfg, max_len, beam_size, constant=constant
+                )
+        elif beam_size == 1 and length_penalty == 0.0:
             r = greedy(self._step, state, max_len, special_tokens=self.special_tokens)
         else:
-            constant = frozenset(state) - {name for name, _ in self._state_io}
             r = beam_search(
                 self._step,
                 state,

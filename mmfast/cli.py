@@ -192,9 +192,23 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("caption", help="caption images with an exported bundle")
     s.add_argument("--model", required=True, help="bundle directory (from `mmfast export`)")
     s.add_argument("images", nargs="+", help="image files")
-    s.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
-    s.add_argument("--max-len", type=int, default=None, help="default: 20 or the model's limit")
-    s.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha (0: off)")
+    s.add_argument(
+        "--beam", type=int, default=None, help="beam size (1: greedy; default: the model's)"
+    )
+    s.add_argument(
+        "--max-new-tokens",
+        "--max-len",
+        dest="max_len",
+        type=int,
+        default=None,
+        help="tokens to generate at most (default: the model's setting, or 20)",
+    )
+    s.add_argument(
+        "--length-penalty",
+        type=float,
+        default=None,
+        help="beam length normalisation (default: the model's; ours: GNMT alpha 0, off)",
+    )
     _runtime_args(s)
     s.set_defaults(func=_cmd_caption)
 

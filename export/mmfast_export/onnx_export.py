@@ -18,6 +18,7 @@ manifest. Every model family of :data:`mmfast_export.runs.MODELS` is declared:
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import subprocess
@@ -367,6 +368,11 @@ def _export_graph(spec: GraphSpec, path: Path) -> None:
             dims.setdefault(sym, torch.export.Dim(sym, min=1, max=4096))
             shape[ax] = dims[sym]
         dynamic_shapes.append(shape or None)
+    # torch.export wants a forward(x, *state)'s trailing inputs as one nested tuple
+    params = list(inspect.signature(spec.module.forward).parameters.values())
+    if params and params[-1].kind is inspect.Parameter.VAR_POSITIONAL:
+        fixed = len(params) - 1
+        dynamic_shapes = [*dynamic_shapes[:fixed], tuple(dynamic_shapes[fixed:])]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -1,0 +1,326 @@
+"""Export a Hugging Face model directory to an mmfast bundle (``mmfast export MODEL_DIR``).
+
+The generic half: read and check the directory (:mod:`.model_dir`), pick the adapter of its
+architecture (:data:`ADAPTERS`, one module per model family: which graphs to cut, what state
+the step carries), export and validate the graphs, check the step against the Hugging Face
+model's own logits, decode real images through the finished bundle with mmfast's runtime and
+compare with ``model.generate``, and only then move the bundle into place: a failed export
+leaves no bundle behind (it is built in a hidden directory beside ``out``).
+
+Validation, in the manifest's ``validation`` report:
+- each graph, ONNX Runtime against the PyTorch module it was exported from (batch 1 and 3);
+- ``reference``: the exported modules, stepped token by token, against the Hugging Face
+  model's logits for the same prefix (per step, max abs error);
+- ``generate``: the bundle's greedy captions against ``model.generate`` (tokens identical).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmfast.bundle import write_manifest
+from mmfast.generation import GenerationConfig
+from mmfast.preprocess import PreprocessConfig
+from mmfast.tokenizer import SpecialTokens
+
+from ..onnx_export import (
+    OPSET,
+    ExportValidationError,
+    OutputValueError,
+    _export_graph,
+    _git_commit,
+    validate_graph,
+)
+from . import vision_encoder_decoder
+from .model_dir import ModelDir, ModelDirError, read_model_dir
+
+__all__ = ["ADAPTERS", "TokenMismatchError", "UnsupportedArchitectureError", "export_hf"]
+
+# config.json's architecture -> (mmfast task, adapter module, bundle kind)
+ADAPTERS: dict[str, tuple[str, ModuleType, str]] = {
+    "VisionEncoderDecoderModel": ("caption", vision_encoder_decoder, "hf_vision_encoder_decoder"),
+}
+# model_type -> architecture, for a config.json without "architectures"
+_BY_MODEL_TYPE = {"vision-encoder-decoder": "VisionEncoderDecoderModel"}
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model directory holds an architecture no adapter exports."""
+
+
+class TokenMismatchError(ExportValidationError):
+    """The exported bundle's captions differ from the Hugging Face model's ``generate``."""
+
+
+def _architecture(d: ModelDir, task: str | None) -> str:
+    arch = d.architecture or _BY_MODEL_TYPE.get(str(d.config.get("model_type")), "")
+    supported = ", ".join(ADAPTERS)
+    if arch not in ADAPTERS:
+        raise UnsupportedArchitectureError(
+            f"{d.path}: architecture {arch or d.config.get('model_type')!r} is not supported "
+            f"(supported: {supported})"
+        )
+    if task is not None and ADAPTERS[arch][0] != task:
+        raise UnsupportedArchitectureError(
+            f"{d.path}: {arch} is exported as a {ADAPTERS[arch][0]!r} model, not {task!r}"
+        )
+    return arch
+
+
+def _tokenizer(d: ModelDir, out: Path, vocab_size: int) -> tuple[int, bool, dict[str, int]]:
+    """tokenizer.json into `out`; (its size, clean_up_tokenization_spaces, special ids)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(d.path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelDirError(f"{d.path}: the tokenizer cannot be loaded ({e})") from e
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelDirError(f"{d.path}: the tokenizer has no fast (tokenizers) version")
+    backend.save(str(out / "tokenizer.json"))
+    n = len(tok)
+    if n > vocab_size:
+        # ids past the embedding table would crash the decoder or read garbage
+        raise ModelDirError(
+            f"{d.path}: the tokenizer has {n} tokens, more than the decoder's vocab_size "
+            f"{vocab_size} (a tokenizer of another model?)"
+        )
+    ids = {
+        name: int(i)
+        for name in ("pad", "bos", "eos", "unk")
+        if (i := getattr(tok, f"{name}_token_id", None)) is not None
+    }
+    return n, bool(getattr(tok, "clean_up_tokenization_spaces", False)), ids
+
+
+def _generation(d: ModelDir, model: torch.nn.Module) -> GenerationConfig:
+    """generation_config.json, with the model config's ids where it lacks them (as
+    ``generate`` does)."""
+    merged: dict[str, Any] = {}
+    dec = d.config.get("decoder", {})
+    for key in ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
+        for source in (d.generation, d.config, dec):
+            if source.get(key) is not None:
+                merged[key] = source[key]
+                break
+    # what generate() runs with: the loaded generation config's settings that differ from
+    # transformers' defaults (its full dict carries version-specific switches)
+    gen = dict(model.generation_config.to_diff_dict())
+    gen.update(merged)
+    return GenerationConfig.from_hf(gen)
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A hidden directory beside `out` to build the bundle in; moved to `out` on success,
+    removed on failure. An existing `out` is replaced only if it is empty or a bundle."""
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"out: {out} exists and is not a directory")
+        if any(out.iterdir()) and not (out / "manifest.json").is_file():
+            raise FileExistsError(f"out: {out} is a non-empty directory that is not a bundle")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    mask = os.umask(0)  # mkdtemp makes it private; the bundle gets a directory's usual mode
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _images(n: int, size: int) -> list[np.ndarray]:
+    """n real-looking images: generated scenes of coloured shapes (uint8 (H, W, 3))."""
+    from ..shapes import ShapesConfig, render, sample_scene
+
+    cfg = ShapesConfig(size=max(64, size))
+    return [np.asarray(render(sample_scene(cfg, i), cfg)) for i in range(n)]
+
+
+def _check_reference(
+    adapter: ModuleType,
+    model: torch.nn.Module,
+    graphs: list[Any],
+    updates: dict[str, str],
+    pixels: torch.Tensor,
+    steps: int,
+    atol: float,
+    rtol: float,
+) -> dict[str, Any]:
+    """The exported encoder + step modules, stepped token by token, against the Hugging Face
+    model's logits for the same prefix; OutputValueError beyond atol + rtol * |reference|."""
+    vocab = model.decoder.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, vocab, (len(pixels), steps), generator=gen)
+    ref = adapter.reference_logits(model, pixels, prefix)
+    errors = []
+    with torch.no_grad():
+        state = list(graphs[0].module(pixels))
+        n = len(updates)
+        for t in range(steps):
+            out = graphs[1].module(prefix[:, t], *state)
+            state[:n] = out[2:]
+            err = (out[0].double() - ref[:, t].double()).abs()
+            bad = err > atol + rtol * ref[:, t].double().abs()
+            if bad.any():
+                raise OutputValueError(
+                    f"decoder_step: step {t} logits differ from the Hugging Face model's by up "
+                    f"to {err.max().item():.3g} (atol={atol}, rtol={rtol})"
+                )
+            errors.append(float(err.max()))
+    return {"steps": steps, "max_abs_err_per_step": errors}
+
+
+def export_hf(
+    model_dir: str | Path, out: str | Path, *, task: str | None = None, check_images: int = 4
+) -> dict[str, Any]:
+    """Export a Hugging Face model directory to a bundle at `out`; returns the manifest.
+
+    ModelDirError for a missing or unreadable file, UnsupportedArchitectureError for an
+    architecture no adapter exports, ExportValidationError when ONNX Runtime, the Hugging Face
+    model and the bundle disagree. Nothing is left at `out` unless the export succeeds."""
+    d = read_model_dir(model_dir)
+    arch = _architecture(d, task)
+    task_name, adapter, kind = ADAPTERS[arch]
+    preprocess = PreprocessConfig.from_hf(d.processor)
+    out = Path(out)
+    with _staging(out) as tmp:
+        model = adapter.load(d)
+        vocab_size = int(model.decoder.config.vocab_size)
+        n_tokens, cleanup, tok_ids = _tokenizer(d, tmp, vocab_size)
+        generation = _generation(d, model)
+        for name, i in (
+            ("decoder_start_token_id", generation.decoder_start_token_id),
+            *(("eos_token_id", e) for e in generation.eos_token_id),
+        ):
+            if not 0 <= i < n_tokens:
+                raise ModelDirError(
+                    f"{d.path}: {name} {i} is outside the tokenizer's {n_tokens} tokens"
+                )
+        graphs, updates = adapter.specs(model, preprocess.size)
+        torch.manual_seed(0)
+        report: dict[str, Any] = {}
+        sections: dict[str, Any] = {}
+        for spec in graphs:
+            path = tmp / spec.file
+            _export_graph(spec, path)
+            report[spec.file] = validate_graph(
+                spec, path, {f"batch{b}": spec.example(b) for b in (1, 3)}
+            )
+            sections[spec.file] = {
+                "inputs": spec.input_names,
+                "outputs": spec.output_names,
+                "dynamic": {k: {str(a): s for a, s in v.items()} for k, v in spec.dynamic.items()},
+                "atol": spec.atol,
+                "rtol": spec.rtol,
+                "notes": spec.notes,
+            }
+        images = _images(check_images, preprocess.size)
+        from mmfast.preprocess import preprocess_batch
+
+        pixels = torch.from_numpy(preprocess_batch(images, preprocess))
+        step_spec = graphs[1]
+        report["reference"] = _check_reference(
+            adapter, model, graphs, updates, pixels, 6, step_spec.atol, step_spec.rtol
+        )
+        eos = generation.eos_token_id[0]
+        special = SpecialTokens(
+            pad=generation.pad_token_id if generation.pad_token_id is not None else eos,
+            bos=generation.decoder_start_token_id,
+            eos=eos,
+            unk=tok_ids.get("unk", eos),
+        )
+        manifest: dict[str, Any] = {
+            "task": task_name,
+            "kind": kind,
+            "config": {
+                "architecture": arch,
+                "encoder": d.config.get("encoder", {}).get("model_type"),
+                "decoder": d.config.get("decoder", {}).get("model_type"),
+                "decoder_vocab_size": vocab_size,
+            },
+            "opset": OPSET,
+            "graphs": sections,
+            "preprocess": preprocess.to_dict(),
+            "vocab": "tokenizer.json",
+            "tokenizer": {"clean_up_tokenization_spaces": cleanup},
+            "special_tokens": asdict(special),
+            "decoder": {"state_updates": updates, "max_len": adapter.max_new_tokens(model)},
+            "generation": asdict(generation),
+            "validation": report,
+            "provenance": {
+                "model_dir": str(d.path.resolve()),
+                "git_commit": _git_commit(),
+                "torch": torch.__version__,
+                "transformers": _transformers_version(),
+                "python": sys.version.split()[0],
+            },
+        }
+        write_manifest(tmp, manifest)
+        report["generate"] = _check_generate(tmp, model, images, pixels, generation)
+        manifest["validation"] = report
+        write_manifest(tmp, manifest)
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
+def _check_generate(
+    bundle: Path,
+    model: torch.nn.Module,
+    images: list[np.ndarray],
+    pixels: torch.Tensor,
+    generation: GenerationConfig,
+) -> dict[str, Any]:
+    """The bundle's greedy captions of `images` against ``model.generate``: tokens identical
+    (TokenMismatchError naming the first image that differs)."""
+    from mmfast.captioner import Captioner
+
+    new = min(20, generation.max_length - 1)
+    cap = Captioner.load(bundle, threads=1)
+    got = cap.caption(images, beam_size=1, max_new_tokens=new)
+    with torch.no_grad():
+        ref = model.generate(pixel_values=pixels, num_beams=1, do_sample=False, max_new_tokens=new)
+    for i, (c, row) in enumerate(zip(got, ref.tolist(), strict=True)):
+        want = _strip(row[1:], generation.eos_token_id)
+        if c.tokens != want:
+            raise TokenMismatchError(
+                f"greedy caption of check image {i}: the bundle gives {c.tokens}, "
+                f"model.generate gives {want}"
+            )
+    return {"images": len(images), "max_new_tokens": new, "greedy_tokens_identical": True}
+
+
+def _strip(ids: list[int], eos: tuple[int, ...]) -> list[int]:
+    """Generated ids up to (excluding) the first eos."""
+    for j, t in enumerate(ids):
+        if t in eos:
+            return ids[:j]
+    return ids

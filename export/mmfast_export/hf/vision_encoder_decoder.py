@@ -1,0 +1,141 @@
+"""Adapter: Hugging Face ``VisionEncoderDecoderModel`` (a ViT or DeiT encoder, a GPT-2 decoder
+with cross-attention) -> a caption bundle's two graphs.
+
+- ``encoder.onnx``: images (B, 3, S, S) -> the decoder's whole initial state: every layer's
+  cross-attention keys and values, computed once per image (Optimum's export recomputes them
+  at every step), and every layer's self-attention cache, empty (B, H, 0, D).
+- ``decoder_step.onnx``: the previous token (B,) and the state -> logits (B, V), attention
+  (B, N) and the self-attention cache one token longer.
+
+The encoder's states pass through ``enc_to_dec_proj`` when the two hidden sizes differ (as
+the model's own forward does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmfast._checks import one_line
+
+from ..onnx_export import GraphSpec
+from .gpt2 import GPT2CrossKV, GPT2Step, check_gpt2_decoder
+from .model_dir import ModelDir, ModelDirError
+
+__all__ = ["ENCODERS", "VEDEncoder", "load", "specs"]
+
+ENCODERS = ("vit", "deit")
+# decoder model_type -> (config check, cross K/V module, step module)
+DECODERS: dict[str, tuple[Any, type[nn.Module], type[nn.Module]]] = {
+    "gpt2": (check_gpt2_decoder, GPT2CrossKV, GPT2Step),
+}
+
+
+def load(d: ModelDir) -> nn.Module:
+    """The model of a VisionEncoderDecoder directory, checked to be one this adapter cuts."""
+    from transformers import VisionEncoderDecoderModel
+
+    enc = d.config.get("encoder", {}).get("model_type")
+    dec = d.config.get("decoder", {}).get("model_type")
+    if enc not in ENCODERS:
+        raise ValueError(
+            f"{d.path}: encoder model_type {enc!r} is not supported (supported: "
+            f"{', '.join(ENCODERS)})"
+        )
+    if dec not in DECODERS:
+        raise ValueError(
+            f"{d.path}: decoder model_type {dec!r} is not supported (supported: "
+            f"{', '.join(DECODERS)})"
+        )
+    try:
+        model = VisionEncoderDecoderModel.from_pretrained(d.path, local_files_only=True)
+    except Exception as e:  # safetensors, torch and transformers each raise their own
+        raise ModelDirError(f"{d.path}: the weights cannot be loaded ({one_line(e)})") from e
+    DECODERS[dec][0](model.decoder.config)
+    return model.eval()
+
+
+class VEDEncoder(nn.Module):
+    """images -> (empty self-attention caches..., cross-attention K/V...), see the docstring."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        enc_cfg, dec_cfg = model.encoder.config, model.decoder.config
+        needs_proj = enc_cfg.hidden_size != dec_cfg.hidden_size and (
+            getattr(dec_cfg, "cross_attention_hidden_size", None) is None
+        )
+        self.proj = model.enc_to_dec_proj if needs_proj else None
+        self.cross = DECODERS[dec_cfg.model_type][1](model.decoder)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        enc = self.encoder(pixel_values=images).last_hidden_state  # (B, N, C_enc)
+        if self.proj is not None:
+            enc = self.proj(enc)
+        cross = self.cross(enc)
+        empty = [kv[:, :, :0] for kv in cross]  # (B, H, 0, D): no token decoded yet
+        return (*empty, *cross)
+
+
+def state_names(n_layers: int) -> tuple[list[str], list[str], list[str]]:
+    """(self-attention cache inputs, their outputs after a step, cross-attention K/V)."""
+    past = [f"past_{kv}_{i}" for i in range(n_layers) for kv in ("key", "value")]
+    present = [f"present_{kv}_{i}" for i in range(n_layers) for kv in ("key", "value")]
+    cross = [f"cross_{kv}_{i}" for i in range(n_layers) for kv in ("key", "value")]
+    return past, present, cross
+
+
+def specs(model: nn.Module, image_size: int) -> tuple[list[GraphSpec], dict[str, str]]:
+    """The two graphs, and the step's state updates (past_* -> present_*)."""
+    n_layers = model.decoder.config.num_hidden_layers
+    vocab = model.decoder.config.vocab_size
+    past, present, cross = state_names(n_layers)
+    encoder = VEDEncoder(model).eval()
+    step = DECODERS[model.decoder.config.model_type][2](model.decoder).eval()
+
+    def enc_example(b: int) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(b, 3, image_size, image_size),)
+
+    def step_example(b: int) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            state = list(encoder(*enc_example(b)))
+            for _ in range(3):  # a cache of 3 tokens (the first step's, empty, is checked too)
+                out = step(torch.randint(0, vocab, (b,)), *state)
+                state[: len(past)] = out[2:]
+        return (torch.randint(0, vocab, (b,)), *state)
+
+    batch, cache = {0: "batch"}, {0: "batch", 2: "past"}
+    graphs = [
+        GraphSpec(
+            "encoder.onnx",
+            encoder,
+            ["images"],
+            [*past, *cross],
+            {"images": batch},
+            example=enc_example,
+            notes="every layer's cross-attention K/V once per image; empty self-attention caches",
+        ),
+        GraphSpec(
+            "decoder_step.onnx",
+            step,
+            ["tokens", *past, *cross],
+            ["logits", "attention", *present],
+            {"tokens": batch, **dict.fromkeys(past, cache), **dict.fromkeys(cross, batch)},
+            example=step_example,
+            notes="self-attention KV cache grows by one token a step; position = cache length",
+        ),
+    ]
+    return graphs, dict(zip(past, present, strict=True))
+
+
+def max_new_tokens(model: nn.Module) -> int:
+    """Tokens the decoder can generate after its start token (its position embeddings)."""
+    return int(model.decoder.config.max_position_embeddings)
+
+
+@torch.no_grad()
+def reference_logits(model: nn.Module, images: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    """The Hugging Face model's logits (B, T, V) for decoder input `prefix` (B, T)."""
+    return model(pixel_values=images, decoder_input_ids=prefix).logits

@@ -1,0 +1,225 @@
+"""Hugging Face captioners (VisionEncoderDecoder: ViT/DeiT + GPT-2) exported and run
+torch-free: token-identical to ``model.generate`` on real photos, per-step logits within 1e-4
+of transformers, and clear errors for directories that cannot be exported.
+
+Tiny configs (built in about a second) with random weights; a random decoder rarely says
+<eos>, so the checks also bias the output layer toward it (some beams then finish early, which
+is where beam search implementations differ)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.export
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+skdata = pytest.importorskip("skimage.data")
+
+from mmfast import Captioner  # noqa: E402
+from mmfast_export import export  # noqa: E402
+from mmfast_export.hf.build import build_vit_gpt2  # noqa: E402
+from mmfast_export.hf.export import UnsupportedArchitectureError  # noqa: E402
+from mmfast_export.hf.model_dir import ModelDirError  # noqa: E402
+
+
+def _photos() -> list[np.ndarray]:
+    """Real photos of several sizes and aspect ratios (uint8 (H, W, 3))."""
+    gray = skdata.camera()[::3, ::2]
+    return [
+        skdata.astronaut(),
+        skdata.coffee(),
+        skdata.chelsea(),
+        skdata.rocket(),
+        np.stack([gray] * 3, -1),
+        skdata.astronaut()[37:170, 11:300],
+    ]
+
+
+def _bias_eos(model_dir: Path, amount: float) -> None:
+    """Make <eos> likelier by `amount` logits: the model's last layer norm's bias pushed along
+    <eos>'s embedding (tied with the output layer), saved back."""
+    model = transformers.VisionEncoderDecoderModel.from_pretrained(model_dir)
+    dec = model.decoder
+    eos = model.generation_config.eos_token_id
+    e = dec.lm_head.weight[eos].detach()
+    with torch.no_grad():
+        dec.transformer.ln_f.bias += amount * e / e.dot(e)
+    model.save_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def ved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(model directory, bundle) of a tiny ViT + GPT-2 captioner."""
+    root = tmp_path_factory.mktemp("hf")
+    model_dir = build_vit_gpt2(root / "model", "tiny", seed=1)
+    _bias_eos(model_dir, 3.0)
+    export(model_dir, root / "bundle")
+    return model_dir, root / "bundle"
+
+
+def _generate(model_dir: Path, images: list[np.ndarray], **kw: object) -> list[list[int]]:
+    """model.generate on the Hugging Face processor's pixels: generated ids, cut at <eos>."""
+    model = transformers.VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+    proc = transformers.AutoImageProcessor.from_pretrained(model_dir)
+    pixels = proc(images=images, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        out = model.generate(pixel_values=pixels, **kw)
+    eos = model.generation_config.eos_token_id
+    ids = []
+    for row in out.tolist():
+        row = row[1:]
+        ids.append(row[: row.index(eos)] if eos in row else row)
+    return ids
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+@pytest.mark.parametrize("batch", [1, 6])
+def test_tokens_identical_to_generate(ved: tuple[Path, Path], beams: int, batch: int) -> None:
+    model_dir, bundle = ved
+    images = _photos()[:batch]
+    want = _generate(model_dir, images, num_beams=beams, max_new_tokens=12)
+    got = Captioner.load(bundle).caption(images, beam_size=beams, max_new_tokens=12)
+    assert [c.tokens for c in got] == want
+    assert any(len(w) < 12 for w in want) or beams == 1  # some beams did finish early
+
+
+def test_beam_settings_follow_generate(ved: tuple[Path, Path]) -> None:
+    """length_penalty given per call, the rest from the bundle's generation config."""
+    model_dir, bundle = ved
+    images = _photos()
+    cap = Captioner.load(bundle)
+    for lp in (0.0, 2.0, -1.0):
+        want = _generate(model_dir, images, num_beams=3, max_new_tokens=10, length_penalty=lp)
+        got = cap.caption(images, beam_size=3, max_new_tokens=10, length_penalty=lp)
+        assert [c.tokens for c in got] == want, lp
+
+
+def test_text_is_the_tokenizers_decode(ved: tuple[Path, Path]) -> None:
+    model_dir, bundle = ved
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    for c in Captioner.load(bundle).caption(_photos()[:3], max_new_tokens=8):
+        assert c.text == tok.decode(c.tokens, skip_special_tokens=True)
+
+
+def test_step_logits_match_transformers(ved: tuple[Path, Path]) -> None:
+    """The bundle's encoder + step graphs, token by token (ONNX Runtime), against the
+    Hugging Face model's logits for the same prefix: within 1e-4 at every step."""
+    model_dir, bundle = ved
+    model = transformers.VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+    cap = Captioner.load(bundle)
+    pixels = cap.pixels(_photos()[:3])
+    prefix = torch.randint(
+        0, model.decoder.config.vocab_size, (3, 8), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        ref = model(pixel_values=torch.from_numpy(pixels), decoder_input_ids=prefix).logits
+    state = cap.encode(pixels)
+    for t in range(prefix.shape[1]):
+        logits, state, _ = cap._step(prefix[:, t].numpy(), state)
+        np.testing.assert_allclose(logits, ref[:, t].numpy(), atol=1e-4, rtol=0)
+
+
+def test_deit_encoder(tmp_path: Path) -> None:
+    model_dir = build_vit_gpt2(tmp_path / "model", "tiny", seed=2, encoder="deit")
+    _bias_eos(model_dir, 3.0)
+    export(model_dir, tmp_path / "bundle")
+    images = _photos()[:3]
+    for beams in (1, 3):
+        want = _generate(model_dir, images, num_beams=beams, max_new_tokens=10)
+        got = Captioner.load(tmp_path / "bundle").caption(
+            images, beam_size=beams, max_new_tokens=10
+        )
+        assert [c.tokens for c in got] == want
+
+
+def test_manifest_records_the_checks(ved: tuple[Path, Path]) -> None:
+    m = json.loads((ved[1] / "manifest.json").read_text())
+    assert m["kind"] == "hf_vision_encoder_decoder"
+    assert m["vocab"] == "tokenizer.json"
+    assert m["validation"]["generate"]["greedy_tokens_identical"] is True
+    assert max(m["validation"]["reference"]["max_abs_err_per_step"]) < 1e-4
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _no_bundle_left(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_missing_weights(ved: tuple[Path, Path], tmp_path: Path) -> None:
+    d = _copy(ved[0], tmp_path / "m")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ModelDirError, match="no weights"):
+        export(d, tmp_path / "out")
+    _no_bundle_left(tmp_path / "out")
+
+
+def test_missing_tokenizer(ved: tuple[Path, Path], tmp_path: Path) -> None:
+    d = _copy(ved[0], tmp_path / "m")
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(ModelDirError, match="no tokenizer"):
+        export(d, tmp_path / "out")
+    _no_bundle_left(tmp_path / "out")
+
+
+def test_unsupported_architecture(tmp_path: Path) -> None:
+    d = tmp_path / "bert"
+    transformers.BertModel(
+        transformers.BertConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    ).save_pretrained(d)
+    (d / "tokenizer.json").write_text("{}")
+    (d / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(UnsupportedArchitectureError, match=r"BertModel.*VisionEncoderDecoderModel"):
+        export(d, tmp_path / "out")
+    _no_bundle_left(tmp_path / "out")
+
+
+def test_tokenizer_larger_than_vocab(ved: tuple[Path, Path], tmp_path: Path) -> None:
+    """A tokenizer of another model: more tokens than the decoder's embedding table."""
+    d = _copy(ved[0], tmp_path / "m")
+    from mmfast_export.hf.build import train_tokenizer
+
+    words = [f"{a}{b}{c}" for a in "bcdfgklmnprst" for b in "aeiou" for c in "xyzqjvw"]
+    big = train_tokenizer([" ".join(words[i:]) for i in range(0, len(words), 7)], 1000)
+    vocab = transformers.AutoConfig.from_pretrained(d).decoder.vocab_size
+    assert len(big) > vocab
+    (d / "tokenizer.json").unlink()
+    big.save_pretrained(d)
+    with pytest.raises(ModelDirError, match="more than the decoder's vocab_size"):
+        export(d, tmp_path / "out")
+    _no_bundle_left(tmp_path / "out")
+
+
+def test_failed_export_keeps_the_old_bundle(ved: tuple[Path, Path], tmp_path: Path) -> None:
+    out = _copy(ved[1], tmp_path / "bundle")
+    before = (out / "manifest.json").read_bytes()
+    d = _copy(ved[0], tmp_path / "m")
+    (d / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelDirError, match="weights cannot be loaded"):
+        export(d, out)
+    assert (out / "manifest.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.")]
+
+
+def test_out_that_is_not_a_bundle_is_refused(ved: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a bundle"):
+        export(ved[0], out)
+    assert (out / "notes.txt").read_text() == "mine"
