@@ -7,6 +7,14 @@ model's own logits, decode real images through the finished bundle with mmfast's
 compare with ``model.generate``, and only then move the bundle into place: a failed export
 leaves no bundle behind (it is built in a hidden directory beside ``out``).
 
+An adapter is a module with: ``load(d) -> model`` (eval mode; ValueError/ModelDirError for
+a variant it does not cut), ``specs(model, image_size) -> (graphs, state_updates)`` (the
+encoder's and the step's GraphSpecs; the step takes ``tokens`` and the encoder's outputs and
+gives ``logits``, ``attention`` and the updated state), ``vocab_size(model)``,
+``max_new_tokens(model)``, ``reference_logits(model, pixels, prefix) -> (B, T, V)`` (the
+Hugging Face model's own forward), ``describe(d) -> dict`` and ``ID_CONFIGS`` (sub-configs
+holding token ids).
+
 Validation, in the manifest's ``validation`` report:
 - each graph, ONNX Runtime against the PyTorch module it was exported from (batch 1 and 3);
 - ``reference``: the exported modules, stepped token by token, against the Hugging Face
@@ -107,13 +115,13 @@ def _tokenizer(d: ModelDir, out: Path, vocab_size: int) -> tuple[int, bool, dict
     return n, bool(getattr(tok, "clean_up_tokenization_spaces", False)), ids
 
 
-def _generation(d: ModelDir, model: torch.nn.Module) -> GenerationConfig:
+def _generation(d: ModelDir, model: torch.nn.Module, adapter: ModuleType) -> GenerationConfig:
     """generation_config.json, with the model config's ids where it lacks them (as
-    ``generate`` does)."""
+    ``generate`` does; the adapter names the sub-configs to look in, e.g. "decoder")."""
     merged: dict[str, Any] = {}
-    dec = d.config.get("decoder", {})
+    subs = [d.config.get(k, {}) for k in adapter.ID_CONFIGS]
     for key in ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
-        for source in (d.generation, d.config, dec):
+        for source in (d.generation, d.config, *subs):
             if source.get(key) is not None:
                 merged[key] = source[key]
                 break
@@ -172,7 +180,7 @@ def _check_reference(
 ) -> dict[str, Any]:
     """The exported encoder + step modules, stepped token by token, against the Hugging Face
     model's logits for the same prefix; OutputValueError beyond atol + rtol * |reference|."""
-    vocab = model.decoder.config.vocab_size
+    vocab = adapter.vocab_size(model)
     gen = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, vocab, (len(pixels), steps), generator=gen)
     ref = adapter.reference_logits(model, pixels, prefix)
@@ -209,9 +217,9 @@ def export_hf(
     out = Path(out)
     with _staging(out) as tmp:
         model = adapter.load(d)
-        vocab_size = int(model.decoder.config.vocab_size)
+        vocab_size = adapter.vocab_size(model)
         n_tokens, cleanup, tok_ids = _tokenizer(d, tmp, vocab_size)
-        generation = _generation(d, model)
+        generation = _generation(d, model, adapter)
         for name, i in (
             ("decoder_start_token_id", generation.decoder_start_token_id),
             *(("eos_token_id", e) for e in generation.eos_token_id),
@@ -258,8 +266,7 @@ def export_hf(
             "kind": kind,
             "config": {
                 "architecture": arch,
-                "encoder": d.config.get("encoder", {}).get("model_type"),
-                "decoder": d.config.get("decoder", {}).get("model_type"),
+                **adapter.describe(d),
                 "decoder_vocab_size": vocab_size,
             },
             "opset": OPSET,

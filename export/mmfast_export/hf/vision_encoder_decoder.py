@@ -24,7 +24,17 @@ from ..onnx_export import GraphSpec
 from .gpt2 import GPT2CrossKV, GPT2Step, check_gpt2_decoder
 from .model_dir import ModelDir, ModelDirError
 
-__all__ = ["ENCODERS", "VEDEncoder", "load", "specs"]
+__all__ = [
+    "ENCODERS",
+    "ID_CONFIGS",
+    "VEDEncoder",
+    "describe",
+    "load",
+    "max_new_tokens",
+    "reference_logits",
+    "specs",
+    "vocab_size",
+]
 
 ENCODERS = ("vit", "deit")
 # decoder model_type -> (config check, cross K/V module, step module)
@@ -128,6 +138,23 @@ def specs(model: nn.Module, image_size: int) -> tuple[list[GraphSpec], dict[str,
         ),
     ]
     return graphs, dict(zip(past, present, strict=True))
+
+
+# sub-configs of config.json where generate() finds token ids generation_config.json lacks
+ID_CONFIGS = ("decoder",)
+
+
+def vocab_size(model: nn.Module) -> int:
+    """Rows of the decoder's output layer (the logits)."""
+    return int(model.decoder.config.vocab_size)
+
+
+def describe(d: ModelDir) -> dict[str, Any]:
+    """What the manifest's config records of the model."""
+    return {
+        "encoder": d.config.get("encoder", {}).get("model_type"),
+        "decoder": d.config.get("decoder", {}).get("model_type"),
+    }
 
 
 def max_new_tokens(model: nn.Module) -> int:
