@@ -22,7 +22,6 @@ encoder timed alone on the same images, decoding = the rest of the call (medians
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -84,7 +83,6 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()  # its max_length vs max_new_tokens notice
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import onnxruntime as ort
     import torch
     import transformers as tf

@@ -4,7 +4,9 @@
 VQA model (small, CPU; reused from WORKDIR when already trained);  3. export each to an ONNX
 bundle, validated against PyTorch;  4. with the torch-free runtime: caption test images,
 search them by text, answer questions;  5. latency of PyTorch eager vs mmfast on the same
-inputs.
+inputs;  6. bring your own model: a Hugging Face VisionEncoderDecoder (ViT + GPT-2) fine-tuned
+with transformers for a couple of minutes, saved with save_pretrained, exported from that
+directory and captioned by the same runtime, token for token as ``model.generate``.
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=".demo", help="data, runs and bundles (reused)")
     p.add_argument("--num-images", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument(
+        "--hf-seconds", type=float, default=150.0, help="fine-tuning time of the HF captioner"
+    )
     a = p.parse_args(argv)
     work = Path(a.workdir)
     import torch
@@ -205,11 +210,50 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'':28} {'PyTorch':>9} {'mmfast':>9} {'speedup':>8}  tokens")
     for name, tt, tm, same in rows:
         print(f"  {name:28} {tt:9.2f} {tm:9.2f} {tt / tm:7.2f}x  {same}")
+    _huggingface(work, data, paths[:4], [refs[im["id"]][0] for im in images[:4]], a.hf_seconds)
     print(
         f"\nmmfast {mmfast.__version__}: kernels {mmfast._C.active_variant()}, "
         f"bundles in {work / 'bundles'}"
     )
     return 0
+
+
+def _huggingface(work: Path, data: Path, paths: list[str], refs: list[str], seconds: float) -> None:
+    """Step 6: a Hugging Face model directory -> bundle -> captions (reused when present)."""
+    import torch
+    import transformers
+
+    from mmfast.captioner import Captioner
+
+    from . import export
+    from .hf.finetune import finetune_vit_gpt2
+
+    _say("6. bring your own model: Hugging Face ViT + GPT-2 (transformers) -> mmfast")
+    model_dir, bundle = work / "hf" / "vit-gpt2", work / "bundles" / "hf-vit-gpt2"
+    if (model_dir / "model.safetensors").is_file():
+        print(f"reusing fine-tuned model {model_dir}")
+    else:
+        r = _quiet(finetune_vit_gpt2, data, model_dir, seconds=seconds)
+        print(
+            f"fine-tuned {r.steps} steps in {r.seconds:.0f} s (loss {r.first_loss:.2f} -> "
+            f"{r.last_loss:.2f}); saved with save_pretrained to {model_dir}"
+        )
+    if not (bundle / "manifest.json").is_file():
+        t0 = time.time()
+        _quiet(export, model_dir, bundle)
+        print(f"exported {model_dir} -> {bundle} in {time.time() - t0:.0f} s (validated)")
+    cap = Captioner.load(bundle, threads=2)
+    got = cap.caption(paths, beam_size=3)
+    model = transformers.VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+    pixels = torch.from_numpy(cap.pixels(paths))
+    with torch.no_grad():
+        want = model.generate(pixel_values=pixels, num_beams=3).tolist()
+    eos = model.generation_config.eos_token_id
+    for path, c, ref, w in zip(paths, got, refs, want, strict=True):
+        w = w[1:]
+        same = c.tokens == (w[: w.index(eos)] if eos in w else w)
+        print(f"  {Path(path).name}: {c.text}   [{'same as' if same else 'DIFFERS from'} generate]")
+        print(f"  {'':10}  reference: {ref}")
 
 
 if __name__ == "__main__":

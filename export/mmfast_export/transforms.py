@@ -31,6 +31,12 @@ def normalize(x: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
 
 def preprocess_tensor(x: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     """uint8 or float (B, 3, H, W) or (3, H, W) RGB pixels -> (B, 3, S, S) float32 model input."""
+    if cfg.resample != "bilinear_antialias":
+        # a Hugging Face processor's steps (PIL resize on 8-bit data, crop) exist in numpy only
+        raise ValueError(
+            f"resample {cfg.resample!r}: the torch preprocessing does mmfast's own float "
+            "bilinear resize only; use mmfast.preprocess for a Hugging Face processor's"
+        )
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[1] != 3:

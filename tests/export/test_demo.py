@@ -11,7 +11,8 @@ pytest.importorskip("torch")
 def test_demo_runs_end_to_end(tmp_path, capsys):
     from mmfast_export.demo import main
 
-    assert main(["--workdir", str(tmp_path), "--num-images", "60", "--epochs", "1"]) == 0
+    args = ["--workdir", str(tmp_path), "--num-images", "60", "--epochs", "1", "--hf-seconds", "3"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     for step in (
         "1. data",
@@ -21,12 +22,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         "4b. text search",
         "4c. questions",
         "5. latency",
+        "6. bring your own model",
     ):
         assert f"== {step}" in out
     # (token identity with PyTorch is asserted on sharpened models in test_onnx_export.py; a
     # 1-epoch model can have near-tied logits, so here only the table's presence is checked)
     assert "caption, 32 images, greedy" in out
     # a second run reuses everything it made
-    assert main(["--workdir", str(tmp_path), "--num-images", "60", "--epochs", "1"]) == 0
+    assert main(args) == 0
     again = capsys.readouterr().out
     assert "reusing dataset" in again and "reusing bundle" in again
+    assert "reusing fine-tuned model" in again

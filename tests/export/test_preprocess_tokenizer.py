@@ -131,3 +131,13 @@ def test_torch_and_numpy_preprocessing_agree(hw: tuple[int, int]) -> None:
     got = preprocess_tensor(torch.from_numpy(img).permute(2, 0, 1), cfg)[0].numpy()
     assert got.shape == ref.shape == (3, 64, 64)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.export
+def test_torch_preprocessing_refuses_a_hugging_face_processors_config() -> None:
+    torch = pytest.importorskip("torch")
+    from mmfast_export.transforms import preprocess_tensor
+
+    cfg = PreprocessConfig(size=32, resample="pil_bicubic")
+    with pytest.raises(ValueError, match="resample 'pil_bicubic'"):
+        preprocess_tensor(torch.zeros(3, 40, 40, dtype=torch.uint8), cfg)
