@@ -1,9 +1,11 @@
 """Hugging Face model directories built here, from configs (no model hub is reachable): a
 VisionEncoderDecoder (ViT + GPT-2) with a byte-level BPE tokenizer trained on the shapes
-captions, saved with ``save_pretrained`` exactly as a downloaded checkpoint would be.
+captions, and a BLIP captioner (``BlipForConditionalGeneration``) with a BERT-style WordPiece
+tokenizer, saved with ``save_pretrained`` exactly as a downloaded checkpoint would be.
 
 Sizes: ``tiny`` (tests: built in about a second), ``small`` (fine-tuned by the demo),
-``base`` (ViT-B/16 at 224 + GPT-2 124M, the benchmark's; random weights).
+``base`` (ViT-B/16 at 224 + GPT-2 124M, the benchmark's; BLIP base: ViT-B/16 at 384 + a
+BERT-base text decoder; random weights).
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SIZES", "build_vit_gpt2", "train_tokenizer"]
+__all__ = [
+    "BLIP_SIZES",
+    "SIZES",
+    "build_blip",
+    "build_vit_gpt2",
+    "train_tokenizer",
+    "train_wordpiece",
+]
 
 EOT = "<|endoftext|>"  # GPT-2's one special token: start, end and padding
 
@@ -134,4 +143,163 @@ def build_vit_gpt2(
             "crop_size": {"height": side, "width": side},
         }
     processor(**kw).save_pretrained(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------ BLIP
+
+# BERT's special tokens, and the two BLIP adds: [DEC] starts the decoder (its bos), [ENC] marks
+# the image-grounded text encoder's input
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+DEC, ENC = "[DEC]", "[ENC]"
+BERT_VOCAB = 30522  # bert-base-uncased's vocab.txt: [DEC] and [ENC] come after it
+
+# BLIP's initialisation (std 0.02) leaves a tiny random model's captions the same for every
+# image (the image's share of the post-LayerNorm residual stream is lost); std 0.1 lets the
+# image through
+_TINY_INIT = 0.1
+# size -> (BlipVisionConfig, BlipTextConfig, BERT's id layout); vocab_size: the tokenizer's
+BLIP_SIZES: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
+    "tiny": (
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+            "initializer_range": _TINY_INIT,
+        },
+        {
+            "hidden_size": 48,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+            "initializer_range": _TINY_INIT,
+        },
+        False,
+    ),
+    "base": (  # Salesforce/blip-image-captioning-base's shapes
+        {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "image_size": 384,
+            "patch_size": 16,
+        },
+        {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "max_position_embeddings": 512,
+        },
+        True,
+    ),
+}
+
+
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int = 400, *, bert_layout: bool = False
+) -> Any:
+    """A BERT-style (uncased WordPiece) tokenizer learnt from `texts`, as BLIP's: [PAD] = 0,
+    [UNK], [CLS], [SEP], [MASK], the learnt pieces, then the added [DEC] (bos) and [ENC];
+    "[CLS] text [SEP]" for one text. bert_layout: bert-base-uncased's ids ([UNK] = 100,
+    [CLS] = 101, [SEP] = 102, [MASK] = 103, [unusedN] fillers up to 30522), so [DEC] = 30522
+    and [ENC] = 30523 as in BLIP's checkpoints. transformers' BertTokenizerFast."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import BertTokenizerFast
+
+    specials = [PAD, UNK, CLS, SEP, MASK]
+
+    def pipeline(tok: Any) -> Any:
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        return tok
+
+    learner = pipeline(Tokenizer(models.WordPiece(unk_token=UNK)))
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False
+    )
+    learner.train_from_iterator(list(texts), trainer)
+    learnt = sorted(learner.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
+    pieces = [t for t, _ in learnt if t not in specials]
+    if bert_layout:
+        tokens = [PAD, *(f"[unused{i}]" for i in range(99)), UNK, CLS, SEP, MASK, *pieces]
+        if len(tokens) > BERT_VOCAB:
+            raise ValueError(f"vocab_size: {len(tokens)} tokens do not fit BERT's {BERT_VOCAB}")
+        tokens += [f"[unused{i}]" for i in range(99, 99 + BERT_VOCAB - len(tokens))]
+    else:
+        tokens = [*specials, *pieces]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = pipeline(Tokenizer(models.WordPiece(vocab, unk_token=UNK)))
+    tok.add_special_tokens(specials)  # already in the vocabulary: they keep their ids
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}",
+        pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+        special_tokens=[(CLS, vocab[CLS]), (SEP, vocab[SEP])],
+    )
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token=UNK,
+        sep_token=SEP,
+        pad_token=PAD,
+        cls_token=CLS,
+        mask_token=MASK,
+        bos_token=DEC,
+        additional_special_tokens=[ENC],
+        do_lower_case=True,
+    )
+
+
+def build_blip(
+    out: str | Path, size: str = "tiny", *, seed: int = 0, texts: Iterable[str] | None = None
+) -> Path:
+    """Write a BLIP captioning model directory (``BlipForConditionalGeneration``) with random
+    weights; returns `out`. texts: the tokenizer's training text (default: shapes captions).
+
+    As BLIP's checkpoints: text_config's bos is [DEC], sep [SEP], pad [PAD] and eos 2 (BLIP's
+    value, which its generate() does not use); a BlipImageProcessor at the vision model's side
+    (bicubic, CLIP's mean and std). The text decoder's output layer is tied to its word
+    embeddings; base has BLIP's 30524 rows (tiny: the tokenizer's)."""
+    import torch
+    import transformers as tf
+
+    if size not in BLIP_SIZES:
+        raise ValueError(f"size: expected one of {', '.join(BLIP_SIZES)}, got {size!r}")
+    vis_kw, text_kw, bert_layout = BLIP_SIZES[size]
+    tok = train_wordpiece(
+        texts if texts is not None else _shapes_captions(), bert_layout=bert_layout
+    )
+    ids = {t: tok.convert_tokens_to_ids(t) for t in (PAD, SEP, DEC)}
+    cfg = tf.BlipConfig(
+        vision_config=vis_kw,
+        text_config={
+            **text_kw,
+            "vocab_size": len(tok),
+            "encoder_hidden_size": vis_kw["hidden_size"],
+            "bos_token_id": ids[DEC],
+            "sep_token_id": ids[SEP],
+            "pad_token_id": ids[PAD],
+            "eos_token_id": 2,
+        },
+    )
+    torch.manual_seed(seed)
+    model = tf.BlipForConditionalGeneration(cfg).eval()
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    side = vis_kw["image_size"]
+    tf.BlipImageProcessor(size={"height": side, "width": side}).save_pretrained(out)
     return out

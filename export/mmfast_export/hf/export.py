@@ -13,7 +13,9 @@ encoder's and the step's GraphSpecs; the step takes ``tokens`` and the encoder's
 gives ``logits``, ``attention`` and the updated state), ``vocab_size(model)``,
 ``max_new_tokens(model)``, ``reference_logits(model, pixels, prefix) -> (B, T, V)`` (the
 Hugging Face model's own forward), ``describe(d) -> dict`` and ``ID_CONFIGS`` (sub-configs
-holding token ids).
+holding token ids). Optionally ``generation_settings(d, model) -> dict``: the generation
+settings its ``generate`` runs with, for a model whose ``generate`` does not read
+generation_config.json + the config's ids (BLIP: the text decoder's own, ending at [SEP]).
 
 Validation, in the manifest's ``validation`` report:
 - each graph, ONNX Runtime against the PyTorch module it was exported from (batch 1 and 3);
@@ -52,7 +54,7 @@ from ..onnx_export import (
     _git_commit,
     validate_graph,
 )
-from . import vision_encoder_decoder
+from . import blip, vision_encoder_decoder
 from .model_dir import ModelDir, ModelDirError, read_model_dir
 
 __all__ = ["ADAPTERS", "TokenMismatchError", "UnsupportedArchitectureError", "export_hf"]
@@ -60,9 +62,13 @@ __all__ = ["ADAPTERS", "TokenMismatchError", "UnsupportedArchitectureError", "ex
 # config.json's architecture -> (mmfast task, adapter module, bundle kind)
 ADAPTERS: dict[str, tuple[str, ModuleType, str]] = {
     "VisionEncoderDecoderModel": ("caption", vision_encoder_decoder, "hf_vision_encoder_decoder"),
+    "BlipForConditionalGeneration": ("caption", blip, "hf_blip"),
 }
 # model_type -> architecture, for a config.json without "architectures"
-_BY_MODEL_TYPE = {"vision-encoder-decoder": "VisionEncoderDecoderModel"}
+_BY_MODEL_TYPE = {
+    "vision-encoder-decoder": "VisionEncoderDecoderModel",
+    "blip": "BlipForConditionalGeneration",
+}
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -117,7 +123,10 @@ def _tokenizer(d: ModelDir, out: Path, vocab_size: int) -> tuple[int, bool, dict
 
 def _generation(d: ModelDir, model: torch.nn.Module, adapter: ModuleType) -> GenerationConfig:
     """generation_config.json, with the model config's ids where it lacks them (as
-    ``generate`` does; the adapter names the sub-configs to look in, e.g. "decoder")."""
+    ``generate`` does; the adapter names the sub-configs to look in, e.g. "decoder"), or the
+    adapter's own generation_settings where it has them."""
+    if hasattr(adapter, "generation_settings"):
+        return GenerationConfig.from_hf(adapter.generation_settings(d, model))
     merged: dict[str, Any] = {}
     subs = [d.config.get(k, {}) for k in adapter.ID_CONFIGS]
     for key in ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
