@@ -42,14 +42,19 @@ def _photos() -> list[np.ndarray]:
 
 
 def _bias_eos(model_dir: Path, amount: float) -> None:
-    """Make <eos> likelier by `amount` logits: the model's last layer norm's bias pushed along
-    <eos>'s embedding (tied with the output layer), saved back."""
+    """Make <eos> likelier by `amount` logits, saved back: the output layer's bias (BERT), or
+    for GPT-2, which has none, the last layer norm's bias pushed along <eos>'s embedding (tied
+    with the output layer)."""
     model = transformers.VisionEncoderDecoderModel.from_pretrained(model_dir)
     dec = model.decoder
     eos = model.generation_config.eos_token_id
-    e = dec.lm_head.weight[eos].detach()
+    out = dec.get_output_embeddings()
     with torch.no_grad():
-        dec.transformer.ln_f.bias += amount * e / e.dot(e)
+        if out.bias is not None:
+            out.bias[eos] += amount
+        else:
+            e = out.weight[eos].detach()
+            dec.transformer.ln_f.bias += amount * e / e.dot(e)
     model.save_pretrained(model_dir)
 
 
@@ -223,3 +228,53 @@ def test_out_that_is_not_a_bundle_is_refused(ved: tuple[Path, Path], tmp_path: P
     with pytest.raises(FileExistsError, match="not a bundle"):
         export(ved[0], out)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_bert_decoder(tmp_path: Path) -> None:
+    """VisionEncoderDecoder with a BERT-style decoder (BertLMHeadModel + cross-attention), as
+    ViT + BERT captioners are built: same export, same token identity."""
+    from mmfast_export.hf.build import _shapes_captions, train_wordpiece
+
+    tok = train_wordpiece(_shapes_captions(100))
+    enc = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    dec = transformers.BertConfig(
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=len(tok),
+        is_decoder=True,
+        add_cross_attention=True,
+        initializer_range=0.1,
+    )
+    cfg = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    cfg.decoder_start_token_id = tok.cls_token_id
+    cfg.eos_token_id, cfg.pad_token_id = tok.sep_token_id, tok.pad_token_id
+    torch.manual_seed(3)
+    model = transformers.VisionEncoderDecoderModel(cfg).eval()
+    model.generation_config = transformers.GenerationConfig(
+        decoder_start_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+        max_length=21,
+    )
+    d = tmp_path / "model"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
+    _bias_eos(d, 3.0)
+    export(d, tmp_path / "bundle")
+    images = _photos()[:4]
+    for beams in (1, 3):
+        want = _generate(d, images, num_beams=beams, max_new_tokens=10)
+        got = Captioner.load(tmp_path / "bundle").caption(
+            images, beam_size=beams, max_new_tokens=10
+        )
+        assert [c.tokens for c in got] == want

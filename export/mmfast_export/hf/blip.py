@@ -37,8 +37,8 @@ from mmfast._checks import one_line
 
 from ..onnx_export import GraphSpec
 from .bert import BertCrossKV, BertStep, check_bert_decoder
+from .graphs import cache_graphs
 from .model_dir import ModelDir, ModelDirError
-from .vision_encoder_decoder import state_names
 
 __all__ = [
     "ID_CONFIGS",
@@ -103,44 +103,13 @@ def specs(model: nn.Module, image_size: int) -> tuple[list[GraphSpec], dict[str,
             f"model takes {side}x{side} (vision_config.image_size)"
         )
     text = model.config.text_config
-    n_layers, vocab = text.num_hidden_layers, text.vocab_size
-    past, present, cross = state_names(n_layers)
-    encoder = BlipEncoder(model).eval()
-    step = BertStep(model.text_decoder).eval()
-
-    def enc_example(b: int) -> tuple[torch.Tensor, ...]:
-        return (torch.randn(b, 3, image_size, image_size),)
-
-    def step_example(b: int) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad():
-            state = list(encoder(*enc_example(b)))
-            for _ in range(3):  # a cache of 3 tokens (the first step's, empty, is checked too)
-                out = step(torch.randint(0, vocab, (b,)), *state)
-                state[: len(past)] = out[2:]
-        return (torch.randint(0, vocab, (b,)), *state)
-
-    batch, cache = {0: "batch"}, {0: "batch", 2: "past"}
-    graphs = [
-        GraphSpec(
-            "encoder.onnx",
-            encoder,
-            ["images"],
-            [*past, *cross],
-            {"images": batch},
-            example=enc_example,
-            notes="every layer's cross-attention K/V once per image; empty self-attention caches",
-        ),
-        GraphSpec(
-            "decoder_step.onnx",
-            step,
-            ["tokens", *past, *cross],
-            ["logits", "attention", *present],
-            {"tokens": batch, **dict.fromkeys(past, cache), **dict.fromkeys(cross, batch)},
-            example=step_example,
-            notes="self-attention KV cache grows by one token a step; position = cache length",
-        ),
-    ]
-    return graphs, dict(zip(past, present, strict=True))
+    return cache_graphs(
+        BlipEncoder(model),
+        BertStep(model.text_decoder),
+        text.num_hidden_layers,
+        text.vocab_size,
+        image_size,
+    )
 
 
 # sub-configs of config.json holding token ids (generation_settings reads them itself)

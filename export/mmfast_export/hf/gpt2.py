@@ -23,9 +23,9 @@ from torch import nn
 __all__ = ["GPT2CrossKV", "GPT2Step", "check_gpt2_decoder"]
 
 
-def check_gpt2_decoder(config: object) -> None:
-    """ValueError unless a GPT-2 config can be a captioner's decoder here."""
-    if not getattr(config, "add_cross_attention", False):
+def check_gpt2_decoder(lm: nn.Module) -> None:
+    """ValueError unless a GPT-2 LM head model can be a captioner's decoder here."""
+    if not getattr(lm.config, "add_cross_attention", False):
         raise ValueError(
             "the GPT-2 decoder has no cross-attention (config.add_cross_attention is false): "
             "it cannot attend to the image"

@@ -1,5 +1,6 @@
-"""Adapter: Hugging Face ``VisionEncoderDecoderModel`` (a ViT or DeiT encoder, a GPT-2 decoder
-with cross-attention) -> a caption bundle's two graphs.
+"""Adapter: Hugging Face ``VisionEncoderDecoderModel`` (a ViT or DeiT encoder; a GPT-2 decoder,
+:mod:`.gpt2`, or a BERT-style one, ``BertLMHeadModel``, :mod:`.bert`, with cross-attention) ->
+a caption bundle's two graphs (:mod:`.graphs`).
 
 - ``encoder.onnx``: images (B, 3, S, S) -> the decoder's whole initial state: every layer's
   cross-attention keys and values, computed once per image (Optimum's export recomputes them
@@ -21,7 +22,9 @@ from torch import nn
 from mmfast._checks import one_line
 
 from ..onnx_export import GraphSpec
+from .bert import BertCrossKV, BertStep, check_bert_decoder
 from .gpt2 import GPT2CrossKV, GPT2Step, check_gpt2_decoder
+from .graphs import cache_graphs
 from .model_dir import ModelDir, ModelDirError
 
 __all__ = [
@@ -40,6 +43,7 @@ ENCODERS = ("vit", "deit")
 # decoder model_type -> (config check, cross K/V module, step module)
 DECODERS: dict[str, tuple[Any, type[nn.Module], type[nn.Module]]] = {
     "gpt2": (check_gpt2_decoder, GPT2CrossKV, GPT2Step),
+    "bert": (check_bert_decoder, BertCrossKV, BertStep),  # BertLMHeadModel, cross-attention
 }
 
 
@@ -63,7 +67,7 @@ def load(d: ModelDir) -> nn.Module:
         model = VisionEncoderDecoderModel.from_pretrained(d.path, local_files_only=True)
     except Exception as e:  # safetensors, torch and transformers each raise their own
         raise ModelDirError(f"{d.path}: the weights cannot be loaded ({one_line(e)})") from e
-    DECODERS[dec][0](model.decoder.config)
+    DECODERS[dec][0](model.decoder)
     return model.eval()
 
 
@@ -89,55 +93,11 @@ class VEDEncoder(nn.Module):
         return (*empty, *cross)
 
 
-def state_names(n_layers: int) -> tuple[list[str], list[str], list[str]]:
-    """(self-attention cache inputs, their outputs after a step, cross-attention K/V)."""
-    past = [f"past_{kv}_{i}" for i in range(n_layers) for kv in ("key", "value")]
-    present = [f"present_{kv}_{i}" for i in range(n_layers) for kv in ("key", "value")]
-    cross = [f"cross_{kv}_{i}" for i in range(n_layers) for kv in ("key", "value")]
-    return past, present, cross
-
-
 def specs(model: nn.Module, image_size: int) -> tuple[list[GraphSpec], dict[str, str]]:
     """The two graphs, and the step's state updates (past_* -> present_*)."""
-    n_layers = model.decoder.config.num_hidden_layers
-    vocab = model.decoder.config.vocab_size
-    past, present, cross = state_names(n_layers)
-    encoder = VEDEncoder(model).eval()
-    step = DECODERS[model.decoder.config.model_type][2](model.decoder).eval()
-
-    def enc_example(b: int) -> tuple[torch.Tensor, ...]:
-        return (torch.randn(b, 3, image_size, image_size),)
-
-    def step_example(b: int) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad():
-            state = list(encoder(*enc_example(b)))
-            for _ in range(3):  # a cache of 3 tokens (the first step's, empty, is checked too)
-                out = step(torch.randint(0, vocab, (b,)), *state)
-                state[: len(past)] = out[2:]
-        return (torch.randint(0, vocab, (b,)), *state)
-
-    batch, cache = {0: "batch"}, {0: "batch", 2: "past"}
-    graphs = [
-        GraphSpec(
-            "encoder.onnx",
-            encoder,
-            ["images"],
-            [*past, *cross],
-            {"images": batch},
-            example=enc_example,
-            notes="every layer's cross-attention K/V once per image; empty self-attention caches",
-        ),
-        GraphSpec(
-            "decoder_step.onnx",
-            step,
-            ["tokens", *past, *cross],
-            ["logits", "attention", *present],
-            {"tokens": batch, **dict.fromkeys(past, cache), **dict.fromkeys(cross, batch)},
-            example=step_example,
-            notes="self-attention KV cache grows by one token a step; position = cache length",
-        ),
-    ]
-    return graphs, dict(zip(past, present, strict=True))
+    dec = model.decoder.config
+    step = DECODERS[dec.model_type][2](model.decoder)
+    return cache_graphs(VEDEncoder(model), step, dec.num_hidden_layers, dec.vocab_size, image_size)
 
 
 # sub-configs of config.json where generate() finds token ids generation_config.json lacks
