@@ -229,6 +229,8 @@ def _huggingface(work: Path, data: Path, paths: list[str], refs: list[str], seco
     from .hf.finetune import finetune_vit_gpt2
 
     _say("6. bring your own model: Hugging Face ViT + GPT-2 (transformers) -> mmfast")
+    transformers.logging.set_verbosity_error()  # its notices and loading progress bars
+    transformers.logging.disable_progress_bar()
     model_dir, bundle = work / "hf" / "vit-gpt2", work / "bundles" / "hf-vit-gpt2"
     if (model_dir / "model.safetensors").is_file():
         print(f"reusing fine-tuned model {model_dir}")

@@ -95,7 +95,7 @@ def finetune_vit_gpt2(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         step += 1
     model.eval()
     model.save_pretrained(out)
