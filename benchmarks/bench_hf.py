@@ -1,9 +1,10 @@
 """Hugging Face captioner, one model, one process: transformers eager ``generate`` vs Hugging
 Face Optimum's ONNX Runtime model (``ORTModelForVision2Seq``) vs mmfast.
 
-    python benchmarks/bench_hf.py [--size base] [--threads 2] [--repeats 10]
+    python benchmarks/bench_hf.py [--model vit-gpt2|blip] [--size base] [--threads 2]
 
-The model is a VisionEncoderDecoder (ViT-B/16 at 224 + GPT-2 124M for --size base) built from
+The model is a VisionEncoderDecoder (ViT-B/16 at 224 + GPT-2 124M for --size base; Optimum
+takes it) or BLIP base (ViT-B/16 at 384 + a BERT-base decoder; Optimum does not) built from
 configs with random weights (no hub here) and saved with save_pretrained; all three load that
 directory. Each engine runs from decoded images (uint8 arrays) to token ids, its own
 preprocessing included. Greedy and beam 4, 20 new tokens (<eos> is never likely for a random
@@ -27,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +73,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="vit-gpt2", choices=["vit-gpt2", "blip"])
     p.add_argument("--size", default="base", choices=["tiny", "small", "base"])
     p.add_argument("--workdir", default=".bench-hf")
     p.add_argument("--threads", type=int, default=2)
@@ -90,21 +93,25 @@ def main() -> None:
     import mmfast
     from mmfast import Captioner
     from mmfast_export import export
-    from mmfast_export.hf.build import build_vit_gpt2
+    from mmfast_export.hf.build import build_blip, build_vit_gpt2
 
     torch.set_num_threads(a.threads)
-    work = Path(a.workdir) / a.size
+    work = Path(a.workdir) / a.size if a.model == "vit-gpt2" else Path(a.workdir) / f"blip-{a.size}"
     model_dir, bundle = work / "model", work / "bundle"
     if not (model_dir / "config.json").is_file():
-        print(f"building {a.size} ViT + GPT-2 in {model_dir} ...", flush=True)
-        build_vit_gpt2(model_dir, a.size)
+        print(f"building {a.size} {a.model} in {model_dir} ...", flush=True)
+        (build_vit_gpt2 if a.model == "vit-gpt2" else build_blip)(model_dir, a.size)
     if not (bundle / "manifest.json").is_file():
         t = timed(lambda: export(model_dir, bundle))
         print(f"mmfast export: {t:.0f} s", flush=True)
 
-    model = tf.VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+    if a.model == "vit-gpt2":
+        model = tf.VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+        eos = model.generation_config.eos_token_id
+    else:  # BLIP's generate stops at [SEP]
+        model = tf.BlipForConditionalGeneration.from_pretrained(model_dir).eval()
+        eos = model.config.text_config.sep_token_id
     proc = tf.AutoImageProcessor.from_pretrained(model_dir)
-    eos = model.generation_config.eos_token_id
     cap = Captioner.load(bundle, threads=a.threads)
     engines: dict[str, Callable[[list[np.ndarray], int], list[list[int]]]] = {}
 
@@ -115,20 +122,25 @@ def main() -> None:
         return strip(out.tolist(), eos)
 
     engines["transformers eager"] = hf_eager
+    ort_vision2seq: Any = None
     try:
-        from optimum.onnxruntime import ORTModelForVision2Seq
+        from optimum.onnxruntime import ORTModelForVision2Seq as ort_vision2seq
     except ImportError:
         print("optimum-onnx is not installed here: its column is skipped", flush=True)
-    else:
+    if ort_vision2seq is not None and a.model != "vit-gpt2":
+        # ORTModelForVision2Seq takes VisionEncoderDecoder and Pix2Struct models
+        print(f"Optimum's ORTModelForVision2Seq does not take {a.model}: skipped", flush=True)
+        ort_vision2seq = None
+    if ort_vision2seq is not None:
         opt_dir = work / "optimum"
         so = ort.SessionOptions()
         so.intra_op_num_threads = a.threads
         if not (opt_dir / "config.json").is_file():
             t0 = time.perf_counter()
-            m = ORTModelForVision2Seq.from_pretrained(model_dir, export=True)
+            m = ort_vision2seq.from_pretrained(model_dir, export=True)
             m.save_pretrained(opt_dir)
             print(f"optimum export: {time.perf_counter() - t0:.0f} s", flush=True)
-        opt = ORTModelForVision2Seq.from_pretrained(opt_dir, session_options=so, use_cache=True)
+        opt = ort_vision2seq.from_pretrained(opt_dir, session_options=so, use_cache=True)
 
         def optimum(images: list[np.ndarray], beams: int) -> list[list[int]]:
             px = proc(images=images, return_tensors="pt").pixel_values

@@ -38,7 +38,13 @@ from mmfast.tokenizer import WORD_LEVEL
 
 from .runs import load_run
 
-__all__ = ["ExportValidationError", "GraphSpec", "UnsupportedModelError", "export_run"]
+__all__ = [
+    "ExportValidationError",
+    "GraphSpec",
+    "UnsupportedModelError",
+    "export_graphs",
+    "export_run",
+]
 
 OPSET = 18
 
@@ -429,6 +435,30 @@ def validate_graph(
     return report
 
 
+def export_graphs(specs: list[GraphSpec], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Export each spec into `out` and validate it against PyTorch; returns the validation
+    report and the manifest's ``graphs`` sections (file -> inputs, outputs, ...)."""
+    torch.manual_seed(0)
+    report: dict[str, Any] = {}
+    graphs: dict[str, Any] = {}
+    for spec in specs:
+        path = out / spec.file
+        _export_graph(spec, path)
+        # dynamic batch: validated at another size than the export's example (2)
+        report[spec.file] = validate_graph(
+            spec, path, {f"batch{b}": spec.example(b) for b in (1, 3)}
+        )
+        graphs[spec.file] = {
+            "inputs": spec.input_names,
+            "outputs": spec.output_names,
+            "dynamic": {k: {str(a): s for a, s in v.items()} for k, v in spec.dynamic.items()},
+            "atol": spec.atol,
+            "rtol": spec.rtol,
+            "notes": spec.notes,
+        }
+    return report, graphs
+
+
 def _git_commit() -> str | None:
     try:
         r = subprocess.run(
@@ -456,24 +486,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     image_size = int(cfg["preprocess"]["size"])
     specs = SPECS[kind](model, image_size)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    report: dict[str, Any] = {}
-    graphs: dict[str, Any] = {}
-    for spec in specs:
-        path = out / spec.file
-        _export_graph(spec, path)
-        # dynamic batch: validated at another size than the export's example (2)
-        report[spec.file] = validate_graph(
-            spec, path, {f"batch{b}": spec.example(b) for b in (1, 3)}
-        )
-        graphs[spec.file] = {
-            "inputs": spec.input_names,
-            "outputs": spec.output_names,
-            "dynamic": {k: {str(a): s for a, s in v.items()} for k, v in spec.dynamic.items()},
-            "atol": spec.atol,
-            "rtol": spec.rtol,
-            "notes": spec.notes,
-        }
+    report, graphs = export_graphs(specs, out)
     shutil.copy(run / "vocab.txt", out / "vocab.txt")
     extra: dict[str, Any] = {}
     if kind == "vqa":

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.export
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-skdata = pytest.importorskip("skimage.data")
+
+from hf_photos import real_photos  # noqa: E402
 
 from mmfast import Captioner  # noqa: E402
 from mmfast_export import export  # noqa: E402
@@ -30,19 +31,6 @@ from mmfast_export.hf.model_dir import ModelDirError  # noqa: E402
 
 # generation settings generate() ignores (the text decoder's are used): a trap for the export
 IGNORED_GENERATION = {"num_beams": 3, "max_length": 7, "length_penalty": 2.0}
-
-
-def _photos() -> list[np.ndarray]:
-    """Real photos of several sizes and aspect ratios (uint8 (H, W, 3))."""
-    gray = skdata.camera()[::3, ::2]
-    return [
-        skdata.astronaut(),
-        skdata.coffee(),
-        skdata.chelsea(),
-        skdata.rocket(),
-        np.stack([gray] * 3, -1),
-        skdata.astronaut()[37:170, 11:300],
-    ]
 
 
 def _load(model_dir: Path) -> torch.nn.Module:
@@ -95,7 +83,7 @@ def _generate(model_dir: Path, images: list[np.ndarray], **kw: object) -> list[l
 @pytest.mark.parametrize("batch", [1, 6])
 def test_tokens_identical_to_generate(blip: tuple[Path, Path], beams: int, batch: int) -> None:
     model_dir, bundle = blip
-    images = _photos()[:batch]
+    images = real_photos()[:batch]
     want = _generate(model_dir, images, num_beams=beams, max_new_tokens=12)
     got = Captioner.load(bundle, threads=1).caption(images, beam_size=beams, max_new_tokens=12)
     assert [c.tokens for c in got] == want
@@ -106,7 +94,7 @@ def test_tokens_identical_to_generate(blip: tuple[Path, Path], beams: int, batch
 def test_beam_settings_follow_generate(blip: tuple[Path, Path]) -> None:
     """3 beams, length_penalty given per call."""
     model_dir, bundle = blip
-    images = _photos()
+    images = real_photos()
     cap = Captioner.load(bundle, threads=1)
     for lp in (0.0, 2.0):
         want = _generate(model_dir, images, num_beams=3, max_new_tokens=10, length_penalty=lp)
@@ -119,7 +107,7 @@ def test_defaults_are_generates(blip: tuple[Path, Path]) -> None:
     """No settings: the bundle decodes as generate(pixel_values) does (greedy, 20 new tokens,
     from [DEC] to [SEP]), not as the ignored generation_config.json says."""
     model_dir, bundle = blip
-    images = _photos()[:3]
+    images = real_photos()[:3]
     got = Captioner.load(bundle, threads=1).caption(images)
     assert [c.tokens for c in got] == _generate(model_dir, images)
     gen = json.loads((bundle / "manifest.json").read_text())["generation"]
@@ -133,7 +121,7 @@ def test_defaults_are_generates(blip: tuple[Path, Path]) -> None:
 def test_text_is_the_tokenizers_decode(blip: tuple[Path, Path]) -> None:
     model_dir, bundle = blip
     proc = transformers.BlipProcessor.from_pretrained(model_dir)
-    images = _photos()[:3]
+    images = real_photos()[:3]
     got = Captioner.load(bundle, threads=1).caption(images, max_new_tokens=8)
     with torch.no_grad():
         out = _load(model_dir).generate(pixel_values=_pixels(model_dir, images), max_new_tokens=8)
@@ -149,7 +137,7 @@ def test_step_logits_match_transformers(blip: tuple[Path, Path]) -> None:
     model_dir, bundle = blip
     model = _load(model_dir)
     cap = Captioner.load(bundle, threads=1)
-    pixels = cap.pixels(_photos()[:3])
+    pixels = cap.pixels(real_photos()[:3])
     vocab = model.config.text_config.vocab_size
     prefix = torch.randint(0, vocab, (3, 8), generator=torch.Generator().manual_seed(0))
     prefix[:, 0] = model.config.text_config.bos_token_id

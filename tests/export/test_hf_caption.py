@@ -19,26 +19,14 @@ pytestmark = pytest.mark.export
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-skdata = pytest.importorskip("skimage.data")
+
+from hf_photos import real_photos  # noqa: E402
 
 from mmfast import Captioner  # noqa: E402
 from mmfast_export import export  # noqa: E402
 from mmfast_export.hf.build import build_vit_gpt2  # noqa: E402
 from mmfast_export.hf.export import UnsupportedArchitectureError  # noqa: E402
 from mmfast_export.hf.model_dir import ModelDirError  # noqa: E402
-
-
-def _photos() -> list[np.ndarray]:
-    """Real photos of several sizes and aspect ratios (uint8 (H, W, 3))."""
-    gray = skdata.camera()[::3, ::2]
-    return [
-        skdata.astronaut(),
-        skdata.coffee(),
-        skdata.chelsea(),
-        skdata.rocket(),
-        np.stack([gray] * 3, -1),
-        skdata.astronaut()[37:170, 11:300],
-    ]
 
 
 def _bias_eos(model_dir: Path, amount: float) -> None:
@@ -87,7 +75,7 @@ def _generate(model_dir: Path, images: list[np.ndarray], **kw: object) -> list[l
 @pytest.mark.parametrize("batch", [1, 6])
 def test_tokens_identical_to_generate(ved: tuple[Path, Path], beams: int, batch: int) -> None:
     model_dir, bundle = ved
-    images = _photos()[:batch]
+    images = real_photos()[:batch]
     want = _generate(model_dir, images, num_beams=beams, max_new_tokens=12)
     got = Captioner.load(bundle).caption(images, beam_size=beams, max_new_tokens=12)
     assert [c.tokens for c in got] == want
@@ -97,7 +85,7 @@ def test_tokens_identical_to_generate(ved: tuple[Path, Path], beams: int, batch:
 def test_beam_settings_follow_generate(ved: tuple[Path, Path]) -> None:
     """length_penalty given per call, the rest from the bundle's generation config."""
     model_dir, bundle = ved
-    images = _photos()
+    images = real_photos()
     cap = Captioner.load(bundle)
     for lp in (0.0, 2.0, -1.0):
         want = _generate(model_dir, images, num_beams=3, max_new_tokens=10, length_penalty=lp)
@@ -108,7 +96,7 @@ def test_beam_settings_follow_generate(ved: tuple[Path, Path]) -> None:
 def test_text_is_the_tokenizers_decode(ved: tuple[Path, Path]) -> None:
     model_dir, bundle = ved
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    for c in Captioner.load(bundle).caption(_photos()[:3], max_new_tokens=8):
+    for c in Captioner.load(bundle).caption(real_photos()[:3], max_new_tokens=8):
         assert c.text == tok.decode(c.tokens, skip_special_tokens=True)
 
 
@@ -118,7 +106,7 @@ def test_step_logits_match_transformers(ved: tuple[Path, Path]) -> None:
     model_dir, bundle = ved
     model = transformers.VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
     cap = Captioner.load(bundle)
-    pixels = cap.pixels(_photos()[:3])
+    pixels = cap.pixels(real_photos()[:3])
     prefix = torch.randint(
         0, model.decoder.config.vocab_size, (3, 8), generator=torch.Generator().manual_seed(0)
     )
@@ -134,7 +122,7 @@ def test_deit_encoder(tmp_path: Path) -> None:
     model_dir = build_vit_gpt2(tmp_path / "model", "tiny", seed=2, encoder="deit")
     _bias_eos(model_dir, 3.0)
     export(model_dir, tmp_path / "bundle")
-    images = _photos()[:3]
+    images = real_photos()[:3]
     for beams in (1, 3):
         want = _generate(model_dir, images, num_beams=beams, max_new_tokens=10)
         got = Captioner.load(tmp_path / "bundle").caption(
@@ -271,7 +259,7 @@ def test_bert_decoder(tmp_path: Path) -> None:
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
     _bias_eos(d, 3.0)
     export(d, tmp_path / "bundle")
-    images = _photos()[:4]
+    images = real_photos()[:4]
     for beams in (1, 3):
         want = _generate(d, images, num_beams=beams, max_new_tokens=10)
         got = Captioner.load(tmp_path / "bundle").caption(

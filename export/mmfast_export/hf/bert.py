@@ -18,10 +18,8 @@ Per layer (x the hidden state of the new token; LN(a + b) is the ``*.output`` mo
   x = LN(x + W_o softmax(q K_img^T / sqrt(D)) V_img)  cross-attention over the image
   x = LN(x + W_2 act(W_1 x))                          feed-forward
 
-Shapes: B sequences, H heads, D head size (C = H * D), T cached tokens, N encoder positions.
-  cross_kv(enc (B, N, C_enc)) -> [cross_key_i, cross_value_i (B, H, N, D) for each layer]
-  step(tokens (B,), past_key_i / past_value_i (B, H, T, D)..., cross_key_i / cross_value_i...)
-    -> logits (B, V), attention (B, N), present_key_i / present_value_i (B, H, T + 1, D)...
+The cross K/V module and the step take and give the state of :mod:`.graphs` (names, shapes);
+the step's ``attention`` is the last layer's cross-attention averaged over heads, (B, N).
 """
 
 from __future__ import annotations

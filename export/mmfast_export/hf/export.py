@@ -50,9 +50,8 @@ from ..onnx_export import (
     OPSET,
     ExportValidationError,
     OutputValueError,
-    _export_graph,
     _git_commit,
-    validate_graph,
+    export_graphs,
 )
 from . import blip, vision_encoder_decoder
 from .model_dir import ModelDir, ModelDirError, read_model_dir
@@ -238,23 +237,7 @@ def export_hf(
                     f"{d.path}: {name} {i} is outside the tokenizer's {n_tokens} tokens"
                 )
         graphs, updates = adapter.specs(model, preprocess.size)
-        torch.manual_seed(0)
-        report: dict[str, Any] = {}
-        sections: dict[str, Any] = {}
-        for spec in graphs:
-            path = tmp / spec.file
-            _export_graph(spec, path)
-            report[spec.file] = validate_graph(
-                spec, path, {f"batch{b}": spec.example(b) for b in (1, 3)}
-            )
-            sections[spec.file] = {
-                "inputs": spec.input_names,
-                "outputs": spec.output_names,
-                "dynamic": {k: {str(a): s for a, s in v.items()} for k, v in spec.dynamic.items()},
-                "atol": spec.atol,
-                "rtol": spec.rtol,
-                "notes": spec.notes,
-            }
+        report, sections = export_graphs(graphs, tmp)
         images = _images(check_images, preprocess.size)
         from mmfast.preprocess import preprocess_batch
 

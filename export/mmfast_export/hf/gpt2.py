@@ -9,10 +9,8 @@ takes and returns the cache as plain tensors, one input and one output per layer
 (the runtime reorders them between beams; no stacking copy). The adapter checks it against
 the Hugging Face model's logits.
 
-Shapes: B sequences, H heads, D head size (C = H * D), T cached tokens, N encoder positions.
-  cross_kv(enc (B, N, C)) -> [cross_key_i, cross_value_i (B, H, N, D) for each layer]
-  step(tokens (B,), past_key_i / past_value_i (B, H, T, D)..., cross_key_i / cross_value_i...)
-    -> logits (B, V), attention (B, N), present_key_i / present_value_i (B, H, T + 1, D)...
+The cross K/V module and the step take and give the state of :mod:`.graphs` (names, shapes);
+the step's ``attention`` is the last layer's cross-attention averaged over heads, (B, N).
 """
 
 from __future__ import annotations
