@@ -138,7 +138,7 @@ class Captioner(Pipeline):
         new = max_new_tokens if max_new_tokens is not None else max_len
         if new is None:  # the model's setting, or 20 tokens; fewer if the model's limit is
             new = gen.max_length - 1 if gen is not None else 20
-            new = min(new, self.max_len) if self.max_len else new
+            new = min(new, self.max_len or MAX_CAPTION_LEN, MAX_CAPTION_LEN)
         new = positive_int(name, new, at_most=MAX_CAPTION_LEN)
         if (self.kind == "caption_transformer" or gen is not None) and self.max_len:
             if new > self.max_len:

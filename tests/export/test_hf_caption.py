@@ -266,3 +266,19 @@ def test_bert_decoder(tmp_path: Path) -> None:
             images, beam_size=beams, max_new_tokens=10
         )
         assert [c.tokens for c in got] == want
+
+
+def test_caption_arguments(ved: tuple[Path, Path]) -> None:
+    """max_new_tokens is bounded by the model's positions (tiny GPT-2: 64); max_len is its
+    old name; Hugging Face's length penalty may be negative."""
+    cap = Captioner.load(ved[1])
+    image = real_photos()[:1]
+    with pytest.raises(ValueError, match="max_new_tokens: this model decodes at most 64"):
+        cap.caption(image, max_new_tokens=65)
+    with pytest.raises(ValueError, match="give one"):
+        cap.caption(image, max_new_tokens=5, max_len=6)
+    assert cap.caption(image, max_len=5) == cap.caption(image, max_new_tokens=5)
+    assert len(cap.caption(image, max_new_tokens=3)[0].tokens) <= 3
+    cap.caption(image, beam_size=2, length_penalty=-1.0)
+    with pytest.raises(ValueError, match="length_penalty"):
+        cap.caption(image, beam_size=2, length_penalty=float("nan"))
