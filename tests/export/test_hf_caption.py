@@ -282,3 +282,21 @@ def test_caption_arguments(ved: tuple[Path, Path]) -> None:
     cap.caption(image, beam_size=2, length_penalty=-1.0)
     with pytest.raises(ValueError, match="length_penalty"):
         cap.caption(image, beam_size=2, length_penalty=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("{", "unreadable"),
+        ("[]", "not a JSON object"),
+    ],
+)
+def test_unreadable_processor_config(
+    ved: tuple[Path, Path], tmp_path: Path, text: str, message: str
+) -> None:
+    d = _copy(ved[0], tmp_path / "m")
+    (d / "preprocessor_config.json").write_text(text)
+    with pytest.raises(ModelDirError, match=message):
+        export(d, tmp_path / "out")
+    _no_bundle_left(tmp_path / "out")

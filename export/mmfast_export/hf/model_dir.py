@@ -43,6 +43,8 @@ class ModelDir:
 def _json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # JSON nested deeper than Python's parser recurses
+        raise ModelDirError(f"{path}: unreadable (nested too deeply)") from None
     except (OSError, ValueError) as e:
         raise ModelDirError(f"{path}: unreadable ({e})") from e
     if not isinstance(data, dict):
@@ -55,9 +57,10 @@ def is_hf_model_dir(path: str | Path) -> bool:
     as opposed to an mmfast training run."""
     cfg = Path(path) / "config.json"
     try:
-        return "model_type" in json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # a run's loader says what is wrong
         return False
+    return isinstance(data, dict) and "model_type" in data
 
 
 def read_model_dir(path: str | Path) -> ModelDir:
