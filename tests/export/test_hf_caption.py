@@ -300,3 +300,11 @@ def test_unreadable_processor_config(
     with pytest.raises(ModelDirError, match=message):
         export(d, tmp_path / "out")
     _no_bundle_left(tmp_path / "out")
+
+
+def test_corrupt_tokenizer(ved: tuple[Path, Path], tmp_path: Path) -> None:
+    d = _copy(ved[0], tmp_path / "m")
+    (d / "tokenizer.json").write_text('{"model": 3}')
+    with pytest.raises(ModelDirError, match="the tokenizer cannot be loaded"):
+        export(d, tmp_path / "out")
+    _no_bundle_left(tmp_path / "out")

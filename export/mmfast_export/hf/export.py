@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmfast._checks import one_line
 from mmfast.bundle import write_manifest
 from mmfast.generation import GenerationConfig
 from mmfast.preprocess import PreprocessConfig
@@ -99,8 +100,8 @@ def _tokenizer(d: ModelDir, out: Path, vocab_size: int) -> tuple[int, bool, dict
 
     try:
         tok = AutoTokenizer.from_pretrained(d.path, local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise ModelDirError(f"{d.path}: the tokenizer cannot be loaded ({e})") from e
+    except Exception as e:  # tokenizers, sentencepiece and transformers each raise their own
+        raise ModelDirError(f"{d.path}: the tokenizer cannot be loaded ({one_line(e)})") from e
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise ModelDirError(f"{d.path}: the tokenizer has no fast (tokenizers) version")
