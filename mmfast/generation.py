@@ -53,7 +53,8 @@ __all__ = ["GenerationConfig", "beam_search", "generate", "greedy"]
 # transformers' mask for finished / impossible beams; exactly representable in float32
 _NEG = np.float32(-1.0e9)
 # max_length when a generation config sets neither max_length nor max_new_tokens:
-# transformers 5 generates 20 new tokens (4.x: 20 tokens in all, the start token included)
+# transformers generates 20 new tokens for an encoder-decoder (5.x by rule; 4.57 adds the start
+# token to its default max_length of 20), as tests check under both
 _DEFAULT_NEW_TOKENS = 20
 
 IntArray = npt.NDArray[np.int64]

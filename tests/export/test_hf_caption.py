@@ -308,3 +308,25 @@ def test_corrupt_tokenizer(ved: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(ModelDirError, match="the tokenizer cannot be loaded"):
         export(d, tmp_path / "out")
     _no_bundle_left(tmp_path / "out")
+
+
+def test_default_length_is_generates(tmp_path: Path) -> None:
+    """A generation config without max_length: caption() with no arguments decodes as long as
+    this transformers' generate() does by default (20 new tokens in 4.57 and 5.x, by different
+    rules)."""
+    d = build_vit_gpt2(tmp_path / "model", "tiny", seed=4, generation={"max_length": None})
+    _bias_eos(d, -10.0)  # <eos> never comes: the length limit ends every caption
+    export(d, tmp_path / "bundle")
+    images = real_photos()[:2]
+    model = transformers.VisionEncoderDecoderModel.from_pretrained(d).eval()
+    pixels = transformers.AutoImageProcessor.from_pretrained(d)(images, return_tensors="pt")
+    with torch.no_grad():
+        want = model.generate(pixel_values=pixels.pixel_values).tolist()
+    got = Captioner.load(tmp_path / "bundle").caption(images)
+    eos = model.generation_config.eos_token_id
+    assert [c.tokens for c in got] == [_cut(w[1:], eos) for w in want]
+    assert max(len(w) for w in want) > 15  # the limit, not <eos>, ended them
+
+
+def _cut(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos)] if eos in ids else ids

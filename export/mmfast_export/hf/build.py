@@ -103,7 +103,7 @@ def build_vit_gpt2(
     """Write a VisionEncoderDecoder (ViT or DeiT encoder + GPT-2 decoder) model directory with
     random weights; returns `out`. texts: the tokenizer's training text (default: shapes
     captions). generation: generation_config.json settings over the defaults (greedy, 20 new
-    tokens)."""
+    tokens; a None value leaves the setting out)."""
     import torch
     import transformers as tf
 
@@ -131,7 +131,9 @@ def build_vit_gpt2(
         "max_length": 21,
         "num_beams": 1,
     }
-    model.generation_config = tf.GenerationConfig(**{**gen, **(generation or {})})
+    # a None setting leaves it out (transformers' default applies)
+    settings = {k: v for k, v in {**gen, **(generation or {})}.items() if v is not None}
+    model.generation_config = tf.GenerationConfig(**settings)
     out = Path(out)
     model.save_pretrained(out)
     tok.save_pretrained(out)

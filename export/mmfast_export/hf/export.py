@@ -138,6 +138,8 @@ def _generation(d: ModelDir, model: torch.nn.Module, adapter: ModuleType) -> Gen
     # transformers' defaults (its full dict carries version-specific switches)
     gen = dict(model.generation_config.to_diff_dict())
     gen.update(merged)
+    # no length set: 20 new tokens (from_hf's default), in 4.57 as in 5.x (4.57 adds the
+    # decoder's start token to the default max_length of 20; tested under both)
     return GenerationConfig.from_hf(gen)
 
 
