@@ -197,6 +197,7 @@ _IGNORED = frozenset(
         "_from_model_config",
         "_commit_hash",
         "use_cache",
+        "return_legacy_cache",  # transformers 4.x: the cache object's type, not the tokens
         "cache_implementation",
         "cache_config",
         "max_cache_len",

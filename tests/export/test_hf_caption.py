@@ -330,3 +330,15 @@ def test_default_length_is_generates(tmp_path: Path) -> None:
 
 def _cut(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos)] if eos in ids else ids
+
+
+def test_no_eos_anywhere(ved: tuple[Path, Path], tmp_path: Path) -> None:
+    d = _copy(ved[0], tmp_path / "m")
+    for name in ("generation_config.json", "config.json"):
+        cfg = json.loads((d / name).read_text())
+        cfg.pop("eos_token_id", None)
+        cfg.get("decoder", {}).pop("eos_token_id", None)
+        (d / name).write_text(json.dumps(cfg))
+    with pytest.raises(ModelDirError, match="no eos_token_id"):
+        export(d, tmp_path / "out")
+    _no_bundle_left(tmp_path / "out")

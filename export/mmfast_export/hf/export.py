@@ -44,7 +44,7 @@ import torch
 from mmfast._checks import one_line
 from mmfast.bundle import write_manifest
 from mmfast.generation import GenerationConfig
-from mmfast.preprocess import PreprocessConfig
+from mmfast.preprocess import PreprocessConfig, preprocess_batch
 from mmfast.tokenizer import SpecialTokens
 
 from ..onnx_export import (
@@ -231,6 +231,8 @@ def export_hf(
         vocab_size = adapter.vocab_size(model)
         n_tokens, cleanup, tok_ids = _tokenizer(d, tmp, vocab_size)
         generation = _generation(d, model, adapter)
+        if not generation.eos_token_id:  # a caption would always run to the length limit
+            raise ModelDirError(f"{d.path}: no eos_token_id in the generation or model config")
         for name, i in (
             ("decoder_start_token_id", generation.decoder_start_token_id),
             *(("eos_token_id", e) for e in generation.eos_token_id),
@@ -242,8 +244,6 @@ def export_hf(
         graphs, updates = adapter.specs(model, preprocess.size)
         report, sections = export_graphs(graphs, tmp)
         images = _images(check_images, preprocess.size)
-        from mmfast.preprocess import preprocess_batch
-
         pixels = torch.from_numpy(preprocess_batch(images, preprocess))
         step_spec = graphs[1]
         report["reference"] = _check_reference(
