@@ -29,6 +29,8 @@ import math
 import torch
 from torch import nn
 
+from .graphs import split_heads
+
 __all__ = ["BertCrossKV", "BertStep", "check_bert_decoder"]
 
 
@@ -54,12 +56,6 @@ def check_bert_decoder(lm: nn.Module) -> None:
         )
 
 
-def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
-    """(B, S, C) -> (B, H, S, D)"""
-    b, s, c = x.shape
-    return x.view(b, s, h, c // h).transpose(1, 2)
-
-
 class BertCrossKV(nn.Module):
     """Every layer's cross-attention keys and values from the encoder's states (B, N, C_enc)."""
 
@@ -72,7 +68,10 @@ class BertCrossKV(nn.Module):
         out = []
         for layer in self.layers:
             att = layer.crossattention.self
-            out += [_heads(att.key(enc), self.n_head), _heads(att.value(enc), self.n_head)]
+            out += [
+                split_heads(att.key(enc), self.n_head),
+                split_heads(att.value(enc), self.n_head),
+            ]
         return out
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .graphs import split_heads
+
 __all__ = ["GPT2CrossKV", "GPT2Step", "check_gpt2_decoder"]
 
 
@@ -40,12 +42,6 @@ def _scaling(layer: int, config: object) -> float:
     return scale
 
 
-def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
-    """(B, S, C) -> (B, H, S, D)"""
-    b, s, c = x.shape
-    return x.view(b, s, h, c // h).transpose(1, 2)
-
-
 class GPT2CrossKV(nn.Module):
     """Every layer's cross-attention keys and values from the encoder's states (B, N, C)."""
 
@@ -59,7 +55,7 @@ class GPT2CrossKV(nn.Module):
         out = []
         for blk in self.blocks:
             k, v = blk.crossattention.c_attn(enc).split(self.embed_dim, dim=2)
-            out += [_heads(k, self.n_head), _heads(v, self.n_head)]
+            out += [split_heads(k, self.n_head), split_heads(v, self.n_head)]
         return out
 
 

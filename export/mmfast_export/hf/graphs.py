@@ -16,7 +16,13 @@ from torch import nn
 
 from ..onnx_export import GraphSpec
 
-__all__ = ["cache_graphs", "state_names"]
+__all__ = ["cache_graphs", "split_heads", "state_names"]
+
+
+def split_heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """(B, S, C) -> (B, H, S, C / H): a projection's output as the heads' K or V."""
+    b, s, c = x.shape
+    return x.view(b, s, h, c // h).transpose(1, 2)
 
 
 def state_names(n_layers: int) -> tuple[list[str], list[str], list[str]]:
