@@ -342,3 +342,26 @@ def test_no_eos_anywhere(ved: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(ModelDirError, match="no eos_token_id"):
         export(d, tmp_path / "out")
     _no_bundle_left(tmp_path / "out")
+
+
+def test_cli_export_and_caption(
+    ved: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mmfast export MODEL_DIR --out BUNDLE`, then `mmfast caption`; a bad directory is one
+    line on stderr and status 2."""
+    from mmfast import cli as runtime_cli
+    from mmfast_export import cli
+
+    assert cli.main_export([str(ved[0]), "--out", str(tmp_path / "b"), "--task", "caption"]) == 0
+    out = capsys.readouterr().out
+    assert "exported hf_vision_encoder_decoder" in out and "tokens identical" in out
+    image = tmp_path / "astronaut.png"
+    from PIL import Image
+
+    Image.fromarray(real_photos()[0]).save(image)
+    assert runtime_cli.main(["caption", "--model", str(tmp_path / "b"), str(image)]) == 0
+    want = Captioner.load(ved[1]).caption([str(image)])[0].text
+    assert capsys.readouterr().out.startswith(f"{image}\t{want}\t")
+    assert cli.main_export([str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmfast export: ") and "\n" not in err
