@@ -48,7 +48,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from . import ops
 from .decoding import DecodeResult, State, StepFn
 
-__all__ = ["GenerationConfig", "beam_search", "generate", "greedy"]
+__all__ = ["GenerationConfig", "beam_search", "cut_at_eos", "generate", "greedy"]
 
 # transformers' mask for finished / impossible beams; exactly representable in float32
 _NEG = np.float32(-1.0e9)
@@ -364,7 +364,7 @@ def _process(ids: IntArray, scores: FloatArray, cfg: GenerationConfig) -> FloatA
     return scores
 
 
-def _cut(ids: list[int], eos: tuple[int, ...]) -> list[int]:
+def cut_at_eos(ids: list[int], eos: tuple[int, ...]) -> list[int]:
     """Generated ids up to (excluding) the first <eos>."""
     for j, i in enumerate(ids):
         if i in eos:
@@ -414,7 +414,7 @@ def greedy(
         if not unfinished.any():
             break
     att_all = np.stack(atts, 1)  # (B, T, N)
-    tokens = [_cut(s[1:cur].tolist(), cfg.eos_token_id) for s in ids]
+    tokens = [cut_at_eos(s[1:cur].tolist(), cfg.eos_token_id) for s in ids]
     return DecodeResult(tokens, score, [att_all[i, : len(t) + 1] for i, t in enumerate(tokens)])
 
 
@@ -539,7 +539,7 @@ def beam_search(
         state = {n: (s if n in constant else s[src_rows]) for n, s in state.items()}
 
     # the best finished hypothesis (the finished set is sorted by score)
-    tokens = [_cut(seq[i, 0, prompt:cur].tolist(), cfg.eos_token_id) for i in range(b)]
+    tokens = [cut_at_eos(seq[i, 0, prompt:cur].tolist(), cfg.eos_token_id) for i in range(b)]
     attention = []
     for i, t in enumerate(tokens):
         n = min(len(t) + 1, cur - prompt)

@@ -43,7 +43,7 @@ import torch
 
 from mmfast._checks import one_line
 from mmfast.bundle import write_manifest
-from mmfast.generation import GenerationConfig
+from mmfast.generation import GenerationConfig, cut_at_eos
 from mmfast.preprocess import PreprocessConfig, preprocess_batch
 from mmfast.tokenizer import SpecialTokens
 
@@ -311,18 +311,10 @@ def _check_generate(
     with torch.no_grad():
         ref = model.generate(pixel_values=pixels, num_beams=1, do_sample=False, max_new_tokens=new)
     for i, (c, row) in enumerate(zip(got, ref.tolist(), strict=True)):
-        want = _strip(row[1:], generation.eos_token_id)
+        want = cut_at_eos(row[1:], generation.eos_token_id)
         if c.tokens != want:
             raise TokenMismatchError(
                 f"greedy caption of check image {i}: the bundle gives {c.tokens}, "
                 f"model.generate gives {want}"
             )
     return {"images": len(images), "max_new_tokens": new, "greedy_tokens_identical": True}
-
-
-def _strip(ids: list[int], eos: tuple[int, ...]) -> list[int]:
-    """Generated ids up to (excluding) the first eos."""
-    for j, t in enumerate(ids):
-        if t in eos:
-            return ids[:j]
-    return ids
