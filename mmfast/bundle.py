@@ -56,6 +56,7 @@ __all__ = [
     "DecoderSection",
     "GraphSection",
     "Manifest",
+    "RerankSection",
     "RetrievalSection",
     "TokenizerSection",
     "VQASection",
@@ -142,16 +143,41 @@ class TokenizerSection:
 
 @dataclass(frozen=True)
 class RetrievalSection:
-    """``retrieval``: fused re-ranking score = logit_scale * cosine + re-ranker score."""
+    """``retrieval``: the towers' embeddings are compared by cosine.
+
+    Own models: fused re-ranking score = logit_scale * cosine + re-ranker score. Zero-shot
+    classification (every model): logits = logit_scale * cosine + logit_bias, turned into
+    probabilities by ``activation`` (CLIP: softmax over the labels; SigLIP: a sigmoid each).
+    """
 
     logit_scale: float
     rerank: bool  # the bundle has reranker.onnx
     max_len: int  # text tokens the text tower takes at most
+    logit_bias: float = 0.0
+    activation: str = "softmax"  # "softmax" or "sigmoid"
+    # pad every text to max_len (a model trained on padded texts that pools the last token,
+    # SigLIP's); false: pad a batch to its longest text
+    pad_to_max_len: bool = False
 
     def __post_init__(self) -> None:
         # json reads 1e999 as inf (NaN/Infinity are refused as not JSON): every fused score NaN
-        if not math.isfinite(self.logit_scale):
-            raise ValueError(f"logit_scale must be finite, got {self.logit_scale}")
+        for name in ("logit_scale", "logit_bias"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        if self.activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation must be softmax or sigmoid, got {self.activation!r}")
+        _check_token_limit(self.max_len)
+
+
+@dataclass(frozen=True)
+class RerankSection:
+    """``rerank``: a stand-alone re-ranker (an image-text matching model, BLIP's ITM head),
+    attachable to any retriever: image_encoder.onnx gives each image's features once,
+    itm.onnx scores (text, image features) pairs; score = P(match) in [0, 1]."""
+
+    max_len: int  # text tokens the matching model takes at most
+
+    def __post_init__(self) -> None:
         _check_token_limit(self.max_len)
 
 
@@ -175,6 +201,7 @@ TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "caption": ("kind", "decoder"),
     "retrieval": ("retrieval",),
     "vqa": ("vqa", "answers"),
+    "rerank": ("rerank",),
 }
 
 
@@ -201,6 +228,7 @@ class Manifest:
     kind: str | None = None  # model kind, e.g. "caption_lstm" (caption: required)
     decoder: DecoderSection | None = None  # caption: required
     retrieval: RetrievalSection | None = None  # retrieval: required
+    rerank: RerankSection | None = None  # rerank: required
     vqa: VQASection | None = None  # vqa: required
     answers: str | None = None  # the answers file, one a line (vqa: required)
     tokenizer: TokenizerSection | None = None  # vocab is a tokenizer.json (Hugging Face)

@@ -152,7 +152,7 @@ WRONG = [  # kind, key, value, what the message says
         "caption_lstm",
         "task",
         "detect",
-        "'task' must be one of caption, retrieval, vqa, got 'detect'",
+        "'task' must be one of caption, retrieval, vqa, rerank, got 'detect'",
     ),
     ("caption_lstm", "special_tokens.pad", -1, "'special_tokens': pad: expected a token id"),
     (
