@@ -27,12 +27,6 @@ Validation, in the manifest's ``validation`` report:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
@@ -41,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfast._checks import one_line
 from mmfast.bundle import write_manifest
 from mmfast.generation import GenerationConfig, cut_at_eos
 from mmfast.preprocess import PreprocessConfig, preprocess_batch
@@ -51,10 +44,10 @@ from ..onnx_export import (
     OPSET,
     ExportValidationError,
     OutputValueError,
-    _git_commit,
     export_graphs,
 )
-from . import blip, vision_encoder_decoder
+from . import blip, common, vision_encoder_decoder
+from .common import provenance, save_tokenizer, staging
 from .model_dir import ModelDir, ModelDirError, read_model_dir
 
 __all__ = ["ADAPTERS", "TokenMismatchError", "UnsupportedArchitectureError", "export_hf"]
@@ -94,33 +87,6 @@ def _architecture(d: ModelDir, task: str | None) -> str:
     return arch
 
 
-def _tokenizer(d: ModelDir, out: Path, vocab_size: int) -> tuple[int, bool, dict[str, int]]:
-    """tokenizer.json into `out`; (its size, clean_up_tokenization_spaces, special ids)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(d.path, local_files_only=True)
-    except Exception as e:  # tokenizers, sentencepiece and transformers each raise their own
-        raise ModelDirError(f"{d.path}: the tokenizer cannot be loaded ({one_line(e)})") from e
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        raise ModelDirError(f"{d.path}: the tokenizer has no fast (tokenizers) version")
-    backend.save(str(out / "tokenizer.json"))
-    n = len(tok)
-    if n > vocab_size:
-        # ids past the embedding table would crash the decoder or read garbage
-        raise ModelDirError(
-            f"{d.path}: the tokenizer has {n} tokens, more than the decoder's vocab_size "
-            f"{vocab_size} (a tokenizer of another model?)"
-        )
-    ids = {
-        name: int(i)
-        for name in ("pad", "bos", "eos", "unk")
-        if (i := getattr(tok, f"{name}_token_id", None)) is not None
-    }
-    return n, bool(getattr(tok, "clean_up_tokenization_spaces", False)), ids
-
-
 def _generation(d: ModelDir, model: torch.nn.Module, adapter: ModuleType) -> GenerationConfig:
     """generation_config.json, with the model config's ids where it lacks them (as
     ``generate`` does; the adapter names the sub-configs to look in, e.g. "decoder"), or the
@@ -141,42 +107,6 @@ def _generation(d: ModelDir, model: torch.nn.Module, adapter: ModuleType) -> Gen
     # no length set: 20 new tokens (from_hf's default), in 4.57 as in 5.x (4.57 adds the
     # decoder's start token to the default max_length of 20; tested under both)
     return GenerationConfig.from_hf(gen)
-
-
-@contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A hidden directory beside `out` to build the bundle in; moved to `out` on success,
-    removed on failure. An existing `out` is replaced only if it is empty or a bundle."""
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"out: {out} exists and is not a directory")
-        if any(out.iterdir()) and not (out / "manifest.json").is_file():
-            raise FileExistsError(f"out: {out} is a non-empty directory that is not a bundle")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    mask = os.umask(0)  # mkdtemp makes it private; the bundle gets a directory's usual mode
-    os.umask(mask)
-    tmp.chmod(0o777 & ~mask)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
-def _images(n: int, size: int) -> list[np.ndarray]:
-    """n real-looking images: generated scenes of coloured shapes (uint8 (H, W, 3))."""
-    from ..shapes import ShapesConfig, render, sample_scene
-
-    cfg = ShapesConfig(size=max(64, size))
-    return [np.asarray(render(sample_scene(cfg, i), cfg)) for i in range(n)]
 
 
 def _check_reference(
@@ -226,10 +156,10 @@ def export_hf(
     task_name, adapter, kind = ADAPTERS[arch]
     preprocess = PreprocessConfig.from_hf(d.processor)
     out = Path(out)
-    with _staging(out) as tmp:
+    with staging(out) as tmp:
         model = adapter.load(d)
         vocab_size = adapter.vocab_size(model)
-        n_tokens, cleanup, tok_ids = _tokenizer(d, tmp, vocab_size)
+        n_tokens, cleanup, tok_ids = save_tokenizer(d, tmp, vocab_size)
         generation = _generation(d, model, adapter)
         if not generation.eos_token_id:  # a caption would always run to the length limit
             raise ModelDirError(f"{d.path}: no eos_token_id in the generation or model config")
@@ -243,7 +173,7 @@ def export_hf(
                 )
         graphs, updates = adapter.specs(model, preprocess.size)
         report, sections = export_graphs(graphs, tmp)
-        images = _images(check_images, preprocess.size)
+        images = common.check_images(check_images, preprocess.size)
         pixels = torch.from_numpy(preprocess_batch(images, preprocess))
         step_spec = graphs[1]
         report["reference"] = _check_reference(
@@ -273,25 +203,13 @@ def export_hf(
             "decoder": {"state_updates": updates, "max_len": adapter.max_new_tokens(model)},
             "generation": asdict(generation),
             "validation": report,
-            "provenance": {
-                "model_dir": str(d.path.resolve()),
-                "git_commit": _git_commit(),
-                "torch": torch.__version__,
-                "transformers": _transformers_version(),
-                "python": sys.version.split()[0],
-            },
+            "provenance": provenance(d),
         }
         write_manifest(tmp, manifest)
         report["generate"] = _check_generate(tmp, model, images, pixels, generation)
         manifest["validation"] = report
         write_manifest(tmp, manifest)
     return json.loads((out / "manifest.json").read_text())
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return str(transformers.__version__)
 
 
 def _check_generate(
