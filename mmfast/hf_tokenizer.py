@@ -61,11 +61,30 @@ class HFTokenizer:
     def __len__(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
 
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+    def encode(
+        self, text: str, add_bos: bool = True, add_eos: bool = True, max_length: int | None = None
+    ) -> list[int]:
         """Ids of `text`, with the special tokens the tokenizer's post-processor adds when
-        add_bos or add_eos (it decides which: BERT adds [CLS] and [SEP], GPT-2 none)."""
-        ids: list[int] = self._tok.encode(text, add_special_tokens=add_bos or add_eos).ids
-        return ids
+        add_bos or add_eos (it decides which: BERT adds [CLS] and [SEP], GPT-2 none).
+
+        max_length: at most this many ids, special tokens included, cut as transformers'
+        ``truncation=True`` cuts: the text's tokens are cut first and the special tokens added
+        after, so a text tower that pools at its end-of-text token still finds it."""
+        special = add_bos or add_eos
+        if max_length is None:
+            ids: list[int] = self._tok.encode(text, add_special_tokens=special).ids
+            return ids
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        enc = self._tok.encode(text, add_special_tokens=False)
+        room = max_length - (self._tok.num_special_tokens_to_add(False) if special else 0)
+        if room < 0:
+            raise ValueError(f"max_length {max_length} leaves no room for the special tokens")
+        enc.truncate(room)
+        if special:
+            enc = self._tok.post_process(enc, add_special_tokens=True)
+        out: list[int] = enc.ids
+        return out
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         """Ids -> text, as transformers decodes them (special tokens skipped)."""
