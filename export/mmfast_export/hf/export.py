@@ -154,8 +154,14 @@ def export_hf(
     d = read_model_dir(model_dir)
     arch = _architecture(d, task)
     task_name, adapter, kind = ADAPTERS[arch]
-    preprocess = PreprocessConfig.from_hf(d.processor)
     out = Path(out)
+    if task_name != "caption":
+        # one module does the whole export of a retrieval or re-ranking model: its graphs
+        # share nothing with a captioner's encoder + step (adapter.export_bundle's docstring)
+        with staging(out) as tmp:
+            adapter.export_bundle(d, tmp, arch=arch, kind=kind, check_images=check_images)
+        return json.loads((out / "manifest.json").read_text())
+    preprocess = PreprocessConfig.from_hf(d.processor)
     with staging(out) as tmp:
         model = adapter.load(d)
         vocab_size = adapter.vocab_size(model)
