@@ -18,8 +18,10 @@ With a ``pil_*`` resample (``PreprocessConfig.from_hf``: Hugging Face's slow, PI
 processors, ``ViTImageProcessor``, ``DeiTImageProcessor``, ``BlipImageProcessor``), steps 2-4
 are those processors' instead, rounding step by step as they do (no torch twin):
   2'. resize the 8-bit RGB image with ``PIL.Image.resize`` and that filter to
-      (resize, resize), or (size, size) without ``resize``; Pillow rounds the result to uint8;
-  3'. with ``resize``, center crop to (size, size) (top = (resize - size) // 2, likewise left);
+      (resize, resize), or (size, size) without ``resize``; with ``resize_mode``
+      "shortest_edge" (CLIP's processor) the shorter side to ``resize`` and the longer to
+      int(resize * long / short), keeping the aspect ratio; Pillow rounds the result to uint8;
+  3'. with ``resize``, center crop to (size, size) (top = (height - size) // 2, likewise left);
   4'. x = float32(float64(x) * rescale), then (x - mean) / std in float32 (mean and std rounded
       to float32 first).
 """
@@ -81,6 +83,7 @@ PIL_FILTERS: dict[str, Image.Resampling] = {
 # the float-domain resize of steps 2-5 (the module docstring), the one with a torch twin
 _FLOAT_RESAMPLE = "bilinear_antialias"
 _RESAMPLES = (_FLOAT_RESAMPLE, *PIL_FILTERS)
+_RESIZE_MODES = ("square", "shortest_edge")
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,9 @@ class PreprocessConfig:
     resize: the side to resize to before a center crop to `size` (``pil_*`` only; at least
         `size`); None: resize straight to `size`;
     rescale: the factor from 0..255 pixel values, applied before mean/std (1/255; another
-        value needs a ``pil_*`` resample, 1.0 is Hugging Face's do_rescale=False).
+        value needs a ``pil_*`` resample, 1.0 is Hugging Face's do_rescale=False);
+    resize_mode: "square" (`resize` is both sides) or "shortest_edge" (`resize` is the shorter
+        side, the aspect ratio kept; needs `resize`).
     """
 
     size: int = 64
@@ -105,6 +110,7 @@ class PreprocessConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     resize: int | None = None
     rescale: float = 1 / 255
+    resize_mode: str = "square"
 
     def __post_init__(self) -> None:
         if not 1 <= self.size <= MAX_SIZE:
@@ -135,6 +141,12 @@ class PreprocessConfig:
                     f"resize must be in size..{MAX_SIZE} (size={self.size}: the crop is inside "
                     f"the resized image), got {self.resize}"
                 )
+        if self.resize_mode not in _RESIZE_MODES:
+            raise ValueError(
+                f"resize_mode must be one of {', '.join(_RESIZE_MODES)}, got {self.resize_mode!r}"
+            )
+        if self.resize_mode != "square" and self.resize is None:
+            raise ValueError(f"resize_mode {self.resize_mode!r} needs resize (the shorter side)")
         if not (math.isfinite(self.rescale) and self.rescale > 0):
             raise ValueError(f"rescale must be positive and finite, got {self.rescale}")
         if float_path and self.rescale != 1 / 255:
@@ -154,6 +166,7 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         known = {"size", "mean", "std", "resample", "version", "extra", "resize", "rescale"}
+        known.add("resize_mode")
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
@@ -174,6 +187,7 @@ class PreprocessConfig:
             extra=dict(d.get("extra", {})),
             resize=None if resize is None else int(resize),
             rescale=float(d.get("rescale", 1 / 255)),
+            resize_mode=str(d.get("resize_mode", "square")),
         )
 
     @classmethod
@@ -223,6 +237,23 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
         "resample": int(Image.Resampling.BICUBIC),
         "do_center_crop": True,
         "crop_size": {"height": 224, "width": 224},
+        "image_mean": _IMAGENET_STANDARD,
+        "image_std": _IMAGENET_STANDARD,
+    },
+    "CLIP": _HF_COMMON
+    | {
+        "size": {"shortest_edge": 224},
+        "default_to_square": False,
+        "do_center_crop": True,
+        "crop_size": {"height": 224, "width": 224},
+        "resample": int(Image.Resampling.BICUBIC),
+        "image_mean": _OPENAI_CLIP_MEAN,
+        "image_std": _OPENAI_CLIP_STD,
+    },
+    "Siglip": _HF_COMMON
+    | {
+        "size": {"height": 224, "width": 224},
+        "resample": int(Image.Resampling.BICUBIC),
         "image_mean": _IMAGENET_STANDARD,
         "image_std": _IMAGENET_STANDARD,
     },
@@ -309,6 +340,22 @@ def _hf_side(key: str, value: object, default_to_square: bool = True) -> int:
     return side
 
 
+def _shortest_edge(value: object, default_to_square: bool) -> int | None:
+    """The side of a {"shortest_edge": n} size (or an int one with default_to_square false),
+    None for any other size (which _hf_side reads)."""
+    if _is_int(value) and not default_to_square:
+        value = {"shortest_edge": value}
+    if not (isinstance(value, dict) and "shortest_edge" in value):
+        return None
+    n = value["shortest_edge"]
+    if set(value) != {"shortest_edge"}:  # longest_edge caps the longer side: not reproduced
+        raise ValueError(f"'size' is {value!r}: only shortest_edge alone is reproduced")
+    if not (_is_int(n) and n > 0):
+        raise ValueError(f"'size' shortest_edge must be a positive integer, got {n!r}")
+    side: int = n
+    return side
+
+
 def _hf_channels(key: str, value: object, positive: bool = False) -> tuple[float, float, float]:
     if _is_number(value):
         value = [value] * 3  # transformers' normalize: one value for every channel
@@ -352,10 +399,22 @@ def _from_hf(d: dict[str, Any]) -> PreprocessConfig:
     if not _hf_bool("do_resize", get("do_resize")):
         raise ValueError("'do_resize' false: each image would keep its own size; mmfast's is fixed")
     size = get("size")
+    # default_to_square only says what an int size means
     square = _is_int(size) and _hf_bool("default_to_square", get("default_to_square"))
-    side = _hf_side("size", size, square)
+    shortest = _shortest_edge(size, square or not _is_int(size))  # CLIP's: the shorter side, aspect ratio kept
+    crop_it = _hf_bool("do_center_crop", get("do_center_crop"))
+    mode = "square"
+    if shortest is not None:
+        if not crop_it:
+            raise ValueError(
+                f"'size' is {size!r} without a center crop: each image would keep its own "
+                "aspect ratio; mmfast's input is square"
+            )
+        side, mode = shortest, "shortest_edge"
+    else:
+        side = _hf_side("size", size, square)
     resize: int | None = None
-    if _hf_bool("do_center_crop", get("do_center_crop")):
+    if crop_it:
         crop = _hf_side("crop_size", get("crop_size"))  # an int crop_size is always a square
         if crop > side:
             raise ValueError(
@@ -387,6 +446,7 @@ def _from_hf(d: dict[str, Any]) -> PreprocessConfig:
             resample=_HF_RESAMPLE[code],
             resize=resize,
             rescale=rescale,
+            resize_mode=mode,
         )
     except ValueError as e:
         raise ValueError(f"preprocessor config: {e}") from None
@@ -578,12 +638,21 @@ def _preprocess_pil(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig
     resize, center_crop, rescale, normalize in image_transforms.py)."""
     side = cfg.size if cfg.resize is None else cfg.resize
     img = _as_rgb_image(image)
+    w, h = side, side
+    if cfg.resize_mode == "shortest_edge":
+        # get_resize_output_image_size(default_to_square=False): the shorter side to `side`,
+        # the longer to int(side * long / short), truncated
+        if img.width <= img.height:
+            h = int(side * img.height / img.width)
+        else:
+            w = int(side * img.width / img.height)
     # transformers' resize: PIL.Image.resize on the 8-bit image, so the result is uint8
     # (Pillow rounds and clips each resampled value); reducing_gap None
-    resized = img.resize((side, side), resample=PIL_FILTERS[cfg.resample])
-    u8 = np.asarray(resized, dtype=np.uint8)  # (R, R, 3)
-    top = (side - cfg.size) // 2  # center_crop: (orig - crop) // 2, the same for left
-    u8 = u8[top : top + cfg.size, top : top + cfg.size]  # (S, S, 3)
+    resized = img.resize((w, h), resample=PIL_FILTERS[cfg.resample])
+    u8 = np.asarray(resized, dtype=np.uint8)  # (H', W', 3)
+    # center_crop: (orig - crop) // 2 from the top and from the left
+    top, left = (h - cfg.size) // 2, (w - cfg.size) // 2
+    u8 = u8[top : top + cfg.size, left : left + cfg.size]  # (S, S, 3)
     # rescale: float64 product, rounded once to float32
     x = (u8.transpose(2, 0, 1).astype(np.float64) * cfg.rescale).astype(np.float32)  # (3, S, S)
     # normalize: in the image's dtype, float32, with mean and std rounded to float32 first

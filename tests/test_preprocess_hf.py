@@ -76,6 +76,42 @@ HF_CONFIGS: dict[str, dict[str, Any]] = {
         "rescale_factor": 0.00392156862745098,
         "size": {"height": 384, "width": 384},
     },
+    # a CLIP retriever's (openai/clip-vit-base-patch32): the shorter side to 224, aspect kept,
+    # then a center crop
+    "clip": {
+        "image_processor_type": "CLIPImageProcessor",
+        "crop_size": {"height": 224, "width": 224},
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": OPENAI_CLIP_MEAN,
+        "image_std": OPENAI_CLIP_STD,
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"shortest_edge": 224},
+    },
+    # CLIP's rule with an int size read as the shorter side, odd margins on both axes
+    "clip_int_odd": {
+        "image_processor_type": "CLIPImageProcessor",
+        "size": 101,
+        "default_to_square": False,
+        "crop_size": 63,
+        "resample": 2,
+    },
+    # a SigLIP retriever's: 224 square, bicubic, mean/std 0.5
+    "siglip": {
+        "image_processor_type": "SiglipImageProcessor",
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"height": 224, "width": 224},
+    },
     # ViT with a non-default filter (LANCZOS), mean/std and an awkward size
     "vit_lanczos_97": {
         "image_processor_type": "ViTImageProcessor",
@@ -240,7 +276,7 @@ def test_class_defaults_match_hf(pil_images: dict[str, Image.Image]) -> None:
     """A config naming only the processor takes that processor's defaults, as transformers'
     do (ViT: 224 bilinear; DeiT: 256 bicubic, crop 224; BLIP: 384 bicubic, CLIP mean/std)."""
     img = pil_images["rocket"]
-    for name, side in [("ViT", 224), ("DeiT", 224), ("Blip", 384)]:
+    for name, side in [("ViT", 224), ("DeiT", 224), ("Blip", 384), ("CLIP", 224), ("Siglip", 224)]:
         config = {"image_processor_type": f"{name}ImageProcessor"}
         cfg = PreprocessConfig.from_hf(config)
         assert cfg.size == side
@@ -331,8 +367,15 @@ DEIT = {"image_processor_type": "DeiTImageProcessor"}
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({**VIT, "size": {"shortest_edge": 224}}, r"'size' is \{'shortest_edge': 224\}.*aspect"),
-        ({**VIT, "size": 224, "default_to_square": False}, r"'size' is \{'shortest_edge': 224\}"),
+        (
+            {**VIT, "size": {"shortest_edge": 224}},
+            r"'size' is \{'shortest_edge': 224\} without.*aspect",
+        ),
+        ({**VIT, "size": 224, "default_to_square": False}, r"'size' is 224 without a center crop"),
+        (
+            {**VIT, "size": {"shortest_edge": 224, "longest_edge": 300}, "do_center_crop": True},
+            r"only shortest_edge alone",
+        ),
         ({**VIT, "size": {"height": 224, "width": 320}}, r"'size' is 224 x 320.*square"),
         ({**VIT, "size": [224]}, r"'size' must be an int, \[height, width\] or an object"),
         ({**VIT, "size": {"height": 0, "width": 0}}, r"'size' needs positive integer"),

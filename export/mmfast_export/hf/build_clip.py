@@ -1,0 +1,179 @@
+"""CLIP model directories built here from configs (no model hub is reachable): a ``CLIPModel``
+with a CLIP-style tokenizer trained on the shapes captions, saved with ``save_pretrained``
+exactly as a downloaded checkpoint would be (config.json, model.safetensors, tokenizer.json +
+tokenizer_config.json, preprocessor_config.json with CLIP's shortest-edge resize + center crop).
+
+Sizes: ``tiny`` (tests: about a second), ``small`` (the demo's), ``base`` (ViT-B/32 at 224 +
+CLIP's 12-layer 512-wide text Transformer, the benchmark's; random weights).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLIP_SIZES", "build_clip", "train_clip_tokenizer"]
+
+SOT, EOT = "<|startoftext|>", "<|endoftext|>"  # CLIP's bos and eos (eos also pads)
+# CLIP's pre-tokenizer: contractions, letter runs, single digits, other non-space runs
+_CLIP_SPLIT = (
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+    r"""[^\s\p{L}\p{N}]+"""
+)
+
+# size -> (CLIPVisionConfig, CLIPTextConfig, projection_dim); vocab_size: the tokenizer's
+CLIP_SIZES: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
+    "tiny": (
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 32,
+        },
+        16,
+    ),
+    "small": (
+        {
+            "hidden_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "intermediate_size": 256,
+            "image_size": 64,
+            "patch_size": 8,
+        },
+        {
+            "hidden_size": 128,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "intermediate_size": 256,
+            "max_position_embeddings": 32,
+        },
+        128,
+    ),
+    "base": (  # openai/clip-vit-base-patch32's shapes
+        {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "image_size": 224,
+            "patch_size": 32,
+        },
+        {
+            "hidden_size": 512,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+            "intermediate_size": 2048,
+            "max_position_embeddings": 77,
+        },
+        512,
+    ),
+}
+
+
+def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 500) -> Any:
+    """A tokenizer built the way transformers converts CLIP's (lower-cased, whitespace
+    collapsed, byte-level BPE with a ``</w>`` end-of-word suffix, <|startoftext|> ...
+    <|endoftext|> around every text), learnt from `texts`; a CLIPTokenizerFast."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import processors, trainers
+    from transformers import CLIPTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=EOT, end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[SOT, EOT],
+        initial_alphabet=alphabet,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    # as in CLIP's vocabulary, every byte also as a word's last symbol ("x</w>"): no text
+    # maps to the unknown token, whatever characters it holds
+    learnt = json.loads(tok.to_str())["model"]
+    vocab: dict[str, int] = dict(learnt["vocab"])
+    for c in alphabet:
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learnt["merges"]]
+    tok.model = models.BPE(vocab, merges, unk_token=EOT, end_of_word_suffix="</w>")
+    sot, eot = tok.token_to_id(SOT), tok.token_to_id(EOT)
+    tok.post_processor = processors.RobertaProcessing(
+        (EOT, eot), (SOT, sot), add_prefix_space=False, trim_offsets=False
+    )
+    return CLIPTokenizerFast(
+        tokenizer_object=tok, bos_token=SOT, eos_token=EOT, pad_token=EOT, unk_token=EOT
+    )
+
+
+def _shapes_captions(n: int = 400) -> list[str]:
+    from ..shapes import ShapesConfig, captions, sample_scene
+
+    cfg = ShapesConfig(size=64)
+    return [c for i in range(n) for c in captions(sample_scene(cfg, i), cfg.size)]
+
+
+def build_clip(
+    out: str | Path,
+    size: str = "tiny",
+    *,
+    seed: int = 0,
+    texts: Iterable[str] | None = None,
+    legacy_eos: bool = False,
+) -> Path:
+    """Write a CLIPModel directory with random weights; returns `out`. texts: the tokenizer's
+    training text (default: shapes captions). legacy_eos: config eos_token_id 2, as CLIP
+    checkpoints saved before transformers 4.31 have (the text tower then pools at the highest
+    token id, CLIP's original rule, instead of at the first <|endoftext|>)."""
+    import torch
+    import transformers as tf
+
+    if size not in CLIP_SIZES:
+        raise ValueError(f"size: expected one of {', '.join(CLIP_SIZES)}, got {size!r}")
+    vis_kw, txt_kw, proj = CLIP_SIZES[size]
+    tok = train_clip_tokenizer(texts if texts is not None else _shapes_captions())
+    sot, eot = tok.convert_tokens_to_ids(SOT), tok.convert_tokens_to_ids(EOT)
+    text_cfg = tf.CLIPTextConfig(
+        vocab_size=len(tok),
+        bos_token_id=sot,
+        eos_token_id=2 if legacy_eos else eot,
+        pad_token_id=eot,
+        **txt_kw,
+    )
+    cfg = tf.CLIPConfig(
+        text_config=text_cfg.to_dict(),
+        vision_config=tf.CLIPVisionConfig(**vis_kw).to_dict(),
+        projection_dim=proj,
+    )
+    torch.manual_seed(seed)
+    model = tf.CLIPModel(cfg).eval()
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.model_max_length = txt_kw["max_position_embeddings"]
+    tok.save_pretrained(out)
+    side = vis_kw["image_size"]
+    tf.CLIPImageProcessor(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    ).save_pretrained(out)
+    return out
