@@ -399,9 +399,10 @@ def _from_hf(d: dict[str, Any]) -> PreprocessConfig:
     if not _hf_bool("do_resize", get("do_resize")):
         raise ValueError("'do_resize' false: each image would keep its own size; mmfast's is fixed")
     size = get("size")
-    # default_to_square only says what an int size means
+    # default_to_square only says what an int size means. CLIP's shortest_edge: the shorter
+    # side, the aspect ratio kept
     square = _is_int(size) and _hf_bool("default_to_square", get("default_to_square"))
-    shortest = _shortest_edge(size, square or not _is_int(size))  # CLIP's: the shorter side, aspect ratio kept
+    shortest = _shortest_edge(size, square or not _is_int(size))
     crop_it = _hf_bool("do_center_crop", get("do_center_crop"))
     mode = "square"
     if shortest is not None:

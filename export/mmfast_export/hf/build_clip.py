@@ -86,8 +86,16 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 500) -> Any:
     """A tokenizer built the way transformers converts CLIP's (lower-cased, whitespace
     collapsed, byte-level BPE with a ``</w>`` end-of-word suffix, <|startoftext|> ...
     <|endoftext|> around every text), learnt from `texts`; a CLIPTokenizerFast."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import CLIPTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=EOT, end_of_word_suffix="</w>"))
