@@ -83,9 +83,10 @@ def load_image(image: object, i: int) -> Image.Image | np.ndarray:
     )
 
 
-def pad_tokens(ids: list[list[int]], max_len: int, pad: int) -> np.ndarray:
-    """Token id lists -> (B, T) int64, right-padded with `pad` (<pad>'s id), cut at max_len."""
-    t = max(1, min(max_len, max(len(x) for x in ids)))
+def pad_tokens(ids: list[list[int]], max_len: int, pad: int, fixed: bool = False) -> np.ndarray:
+    """Token id lists -> (B, T) int64, right-padded with `pad` (<pad>'s id), cut at max_len;
+    T = the longest list's length, or max_len if `fixed`."""
+    t = max_len if fixed else max(1, min(max_len, max(len(x) for x in ids)))
     out = np.full((len(ids), t), pad, np.int64)
     for i, x in enumerate(ids):
         x = x[:t]
@@ -218,12 +219,17 @@ class Pipeline:
                 f"{self.bundle.path / graph}: {name!r} has size {got} on axis {axis}, but {why}"
             )
 
-    def tokens(self, texts: Sequence[str], max_len: int) -> np.ndarray:
-        """(B, T) int64 model input: each text's ids (<bos> ... <eos>), padded with <pad>."""
+    def tokens(self, texts: Sequence[str], max_len: int, fixed: bool = False) -> np.ndarray:
+        """(B, T) int64 model input: each text's ids (<bos> ... <eos>), padded with <pad> (to
+        max_len if `fixed`). A Hugging Face tokenizer cuts a long text as transformers'
+        truncation=True does (its special tokens kept); the word-level one at max_len."""
         if len(texts) == 0:
             raise ValueError("texts: nothing to tokenize")
-        ids = [self.tokenizer.encode(t) for t in texts]
-        return pad_tokens(ids, max_len, self.tokenizer.pad_id)
+        if isinstance(self.tokenizer, HFTokenizer):
+            ids = [self.tokenizer.encode(t, max_length=max_len) for t in texts]
+        else:
+            ids = [self.tokenizer.encode(t) for t in texts]
+        return pad_tokens(ids, max_len, self.tokenizer.pad_id, fixed)
 
     def pixels(self, images: Sequence[ImageLike], first: int = 0) -> np.ndarray:
         """(B, 3, S, S) float32 model input. Each image is decoded and resized in turn (one

@@ -128,7 +128,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if not paths:
         print(f"mmfast index build: no images under {root}", file=sys.stderr)
         return 2
-    r = Retriever.load(args.model, device=args.device, threads=args.threads)
+    r = Retriever.load(args.model, device=args.device, threads=args.threads, reranker=args.reranker)
     ids = [str(p.relative_to(root)) for p in paths]
     r.add_images(
         [str(p) for p in paths], ids=ids, batch_size=args.batch_size, progress=not args.quiet
@@ -136,6 +136,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
     r.index.metadata.update(
         {"bundle": str(Path(args.model).resolve()), "images": str(root.resolve())}
     )
+    if args.reranker is not None:
+        r.index.metadata["reranker"] = str(Path(args.reranker).resolve())
     r.save(args.out)
     print(f"indexed {len(paths)} images from {root} into {args.out}")
     return 0
@@ -150,10 +152,28 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if not bundle or not isinstance(bundle, str):
         print("mmfast search: the index names no bundle; pass --model", file=sys.stderr)
         return 2
-    r = Retriever.load(bundle, device=args.device, threads=args.threads, index=args.index)
+    reranker = args.reranker or (meta.get("reranker") if args.rerank else None)
+    r = Retriever.load(
+        bundle,
+        device=args.device,
+        threads=args.threads,
+        index=args.index,
+        reranker=reranker if isinstance(reranker, str) else None,
+    )
     ids, scores = r.search(args.text, k=args.k, rerank=args.rerank)
     for rank, (i, sc) in enumerate(zip(ids, scores, strict=True), 1):
         print(f"{rank}\t{sc:.4f}\t{i}")
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from .retriever import Retriever
+
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    r = Retriever.load(args.model, device=args.device, threads=args.threads)
+    probs = r.classify(args.image, labels, template=args.template)
+    for j in sorted(range(len(labels)), key=lambda j: -float(probs[j])):
+        print(f"{probs[j]:.4f}\t{labels[j]}")
     return 0
 
 
@@ -220,6 +240,9 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="index directory to write")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--quiet", action="store_true", help="no progress output")
+    b.add_argument(
+        "--reranker", default=None, help="a re-ranker bundle (BLIP ITM) to keep features for"
+    )
     _runtime_args(b)
     b.set_defaults(func=_cmd_index)
 
@@ -229,8 +252,21 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10, help="results to print")
     s.add_argument("--rerank", action="store_true", help="re-rank the top with cross-attention")
     s.add_argument("--model", default=None, help="retrieval bundle (default: the index's)")
+    s.add_argument(
+        "--reranker", default=None, help="re-ranker bundle (default: the index's, if any)"
+    )
     _runtime_args(s)
     s.set_defaults(func=_cmd_search)
+
+    s = sub.add_parser("classify", help="zero-shot labels for an image (CLIP, SigLIP)")
+    s.add_argument("--model", required=True, help="retrieval bundle directory")
+    s.add_argument("image", help="image file")
+    s.add_argument("--labels", required=True, help="comma-separated labels")
+    s.add_argument(
+        "--template", default="a photo of a {}.", help="prompt each label is put into ({})"
+    )
+    _runtime_args(s)
+    s.set_defaults(func=_cmd_classify)
 
     s = sub.add_parser("ask", help="answer questions about an image")
     s.add_argument("--model", required=True, help="VQA bundle directory")

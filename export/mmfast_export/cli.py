@@ -171,7 +171,7 @@ def main_export(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument(
         "--task",
-        choices=["caption"],
+        choices=["caption", "retrieval", "rerank"],
         default=None,
         help="Hugging Face models: the task to export for (default: from config.json)",
     )
@@ -189,9 +189,15 @@ def main_export(argv: list[str]) -> int:
         if g.endswith(".onnx"):
             err = max(o["max_abs_err"] for chk in checks.values() for o in chk.values())
             print(f"  {g:22} ORT vs PyTorch max abs err {err:.2e}")
-    if ref := manifest["validation"].get("reference"):
+    ref = manifest["validation"].get("reference") or {}
+    if "max_abs_err_per_step" in ref:  # a captioner's step
         err = max(ref["max_abs_err_per_step"])
         print(f"  {'step vs transformers':22} logits max abs err {err:.2e} ({ref['steps']} steps)")
+    for what in ("image", "text"):  # a dual encoder's embeddings
+        if (dist := ref.get(f"{what}_max_cosine_distance")) is not None:
+            print(f"  {what + ' embeddings':22} cosine distance to transformers <= {dist:.1e}")
+    if ref.get("rankings_identical"):
+        print(f"  {'rankings':22} identical to transformers'")
     if gen := manifest["validation"].get("generate"):
         print(f"  {'captions':22} tokens identical to model.generate on {gen['images']} images")
     return 0

@@ -111,7 +111,7 @@ def test_retrieval_bad_input(retrieval):
     with pytest.raises(ValueError, match="search: the index is empty"):
         r.search("a red circle")
     r.add_images(images(3))
-    with pytest.raises(ValueError, match=r"text\[0\]: expected a non-empty string"):
+    with pytest.raises(ValueError, match="text: expected a non-empty string"):
         r.search("   ")
     ids, _ = r.search("zebra unicorn", k=2)  # unknown words map to <unk>: still answers
     assert len(ids) == 2

@@ -10,11 +10,19 @@ CLIP's 12-layer 512-wide text Transformer, the benchmark's; random weights).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIP_SIZES", "build_clip", "train_clip_tokenizer"]
+__all__ = [
+    "CLIP_SIZES",
+    "SIGLIP_SIZES",
+    "build_clip",
+    "build_siglip",
+    "train_clip_tokenizer",
+    "train_siglip_tokenizer",
+]
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"  # CLIP's bos and eos (eos also pads)
 # CLIP's pre-tokenizer: contractions, letter runs, single digits, other non-space runs
@@ -184,4 +192,106 @@ def build_clip(
     tf.CLIPImageProcessor(
         size={"shortest_edge": side}, crop_size={"height": side, "width": side}
     ).save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------- SigLIP
+
+# size -> (SiglipVisionConfig, SiglipTextConfig); the text tower pools its last position, so
+# texts are padded to max_position_embeddings (SigLIP's processor: padding="max_length")
+SIGLIP_SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tiny": (
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 16,
+        },
+    ),
+    "base": (  # google/siglip-base-patch16-224's shapes
+        {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "image_size": 224,
+            "patch_size": 16,
+        },
+        {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "max_position_embeddings": 64,
+        },
+    ),
+}
+PAD_EOS, UNK = "</s>", "<unk>"  # SigLIP's: </s> ends every text and pads it
+
+
+def train_siglip_tokenizer(texts: Iterable[str], vocab_size: int = 400) -> Any:
+    """A SentencePiece-style (Metaspace, Unigram) tokenizer ending every text with </s>, as
+    SigLIP's, learnt from `texts`; a PreTrainedTokenizerFast (SigLIP's own tokenizer class is
+    SentencePiece's, which needs the sentencepiece package this project does not use)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=[UNK, PAD_EOS], unk_token=UNK, show_progress=False
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    eos = tok.token_to_id(PAD_EOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"$A {PAD_EOS}", special_tokens=[(PAD_EOS, eos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=PAD_EOS, pad_token=PAD_EOS, unk_token=UNK
+    )
+
+
+def build_siglip(
+    out: str | Path, size: str = "tiny", *, seed: int = 0, texts: Iterable[str] | None = None
+) -> Path:
+    """Write a SiglipModel directory with random weights; returns `out`."""
+    import torch
+    import transformers as tf
+
+    if size not in SIGLIP_SIZES:
+        raise ValueError(f"size: expected one of {', '.join(SIGLIP_SIZES)}, got {size!r}")
+    vis_kw, txt_kw = SIGLIP_SIZES[size]
+    tok = train_siglip_tokenizer(texts if texts is not None else _shapes_captions())
+    pad = tok.convert_tokens_to_ids(PAD_EOS)
+    cfg = tf.SiglipConfig(
+        text_config={
+            "vocab_size": len(tok),
+            "pad_token_id": pad,
+            "bos_token_id": pad,
+            "eos_token_id": pad,
+            **txt_kw,
+        },
+        vision_config=vis_kw,
+    )
+    torch.manual_seed(seed)
+    model = tf.SiglipModel(cfg).eval()
+    with torch.no_grad():  # the paper's initial temperature and bias (HF's init leaves 1, 0)
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.model_max_length = txt_kw["max_position_embeddings"]
+    tok.save_pretrained(out)
+    side = vis_kw["image_size"]
+    tf.SiglipImageProcessor(size={"height": side, "width": side}).save_pretrained(out)
     return out
