@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -176,3 +178,16 @@ def test_cli_missing_images_and_file(fake_cli, tmp_path, capsys):
     assert "9 of the split's 9 images are missing" in capsys.readouterr().err
     assert main([*argv, "--karpathy", str(tmp_path / "no.json"), "--images", str(root)]) == 2
     assert "no.json" in capsys.readouterr().err
+
+
+def test_modules_import_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "from mmfast import karpathy, retrieval_eval, retrieval_metrics\n"
+        "print(retrieval_metrics.retrieval_metrics(np.eye(3), np.arange(3)).rsum)\n"
+        "print(sorted(m for m in ('onnxruntime', 'mmfast_export') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["600.0", "[]"]
