@@ -18,9 +18,10 @@ Recalls are percentages (0-100, as papers print them); ``rsum`` is the sum of th
 (R@1, R@5, R@10 in each direction), so at most 600.
 
 Memory: the similarity matrix ``sim`` (n_texts, n_images) is read a chunk of rows at a time;
-besides ``sim`` and O(n_texts + n_images) vectors, one (chunk, n_images) block is alive at a
-time (a boolean comparison, or the chunk of ``sim`` itself when it is computed from
-embeddings). 25k captions x 5k images with the default chunk of 1024 rows: 5 MB blocks.
+besides ``sim`` and O(n_texts + n_images) vectors, one (chunk, n_images) boolean comparison is
+alive at a time (25k captions x 5k images, default chunk of 1024 rows: 5 MB). From
+embeddings, ``sim`` is never built: the float32 chunk of it (20 MB there) is alive beside
+that comparison, and the normalised copies of the embeddings.
 """
 
 from __future__ import annotations
