@@ -187,6 +187,47 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """`mmfast eval retrieval`: the Karpathy-split protocol's metrics of a retrieval bundle."""
+    import json
+
+    from .karpathy import read_karpathy
+    from .retrieval_eval import evaluate_retrieval
+    from .retriever import Retriever
+
+    split = read_karpathy(
+        args.karpathy,
+        args.images,
+        args.split,
+        limit=args.limit,
+        captions_per_image=args.captions_per_image or None,  # 0: all
+    )
+    r = Retriever.load(args.model, device=args.device, threads=args.threads)
+    m = evaluate_retrieval(r, split, batch_size=args.batch_size, progress=not args.quiet)
+    report = {
+        "model": str(Path(args.model).resolve()),
+        "karpathy": str(Path(args.karpathy).resolve()),
+        "dataset": split.dataset,
+        "split": split.name,
+        **m,
+    }
+    if args.json is not None:
+        text = json.dumps(report, indent=2) + "\n"
+        if args.json == "-":
+            print(text, end="")
+            return 0
+        Path(args.json).write_text(text)
+    name = f"{split.dataset} {split.name}" if split.dataset else split.name
+    print(f"{name}: {m['n_images']} images, {m['n_texts']} captions")
+    print(f"{'':12} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'medR':>6} {'meanR':>8}")
+    for label, d in (("text->image", "t2i"), ("image->text", "i2t")):
+        r1, r5, r10 = (m[f"{d}_r{k}"] for k in (1, 5, 10))
+        med, mean = m[f"{d}_median_rank"], m[f"{d}_mean_rank"]
+        print(f"{label:12} {r1:6.2f} {r5:6.2f} {r10:6.2f} {med:6g} {mean:8.2f}")
+    print(f"rSUM {m['rsum']:.2f}  (recalls in %; ties ranked pessimistically)")
+    return 0
+
+
 def _runtime_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
@@ -274,6 +315,25 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("questions", nargs="+", help="one or more questions")
     _runtime_args(s)
     s.set_defaults(func=_cmd_ask)
+
+    s = sub.add_parser("eval", help="evaluate a bundle on a benchmark split")
+    esub = s.add_subparsers(dest="eval_command", metavar="TASK", required=True)
+    e = esub.add_parser(
+        "retrieval", help="R@1/5/10 both ways, rSUM, ranks, on a Karpathy-split JSON"
+    )
+    e.add_argument("--model", required=True, help="retrieval bundle directory")
+    e.add_argument("--karpathy", required=True, help="dataset_coco.json or the like")
+    e.add_argument("--images", required=True, help="image root (ROOT/filepath/filename)")
+    e.add_argument("--split", default="test", help="train, val, test or restval (default test)")
+    e.add_argument("--limit", type=int, default=None, help="the split's first N images only")
+    e.add_argument(
+        "--captions-per-image", type=int, default=5, help="first N captions (default 5; 0: all)"
+    )
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--json", default=None, metavar="OUT", help="also write JSON here (-: stdout)")
+    e.add_argument("--quiet", action="store_true", help="no progress output")
+    _runtime_args(e)
+    e.set_defaults(func=_cmd_eval)
 
     for name, (_, help_text) in _TORCH_COMMANDS.items():
         # The PyTorch side parses its own arguments (and prints its own --help).

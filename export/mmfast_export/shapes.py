@@ -12,6 +12,8 @@ Output (``write_dataset``)::
     DIR/captions_{split}.json   COCO captions format: images[], annotations[] (+ objects per image)
     DIR/vqa_{split}.json        {"questions": [{question_id, image_id, question, answer, type}]}
     DIR/dataset.json            the generator's parameters and counts
+    DIR/dataset_shapes.json     the same splits and captions in Karpathy-split format
+                                (mmfast.karpathy; image root DIR/images)
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mmfast.karpathy import KarpathyImage, write_karpathy
 
 from .field_checks import FieldError, at_least, finite_at_least, in_range
 
@@ -396,6 +400,21 @@ def write_dataset(cfg: ShapesConfig, out: str | Path, workers: int | None = None
             "captions": len(coco["annotations"]),
             "questions": len(vqa["questions"]),
         }
+    # The Karpathy-split file retrieval is evaluated on (`mmfast eval retrieval --images
+    # DIR/images`); file_name is "{split}/000123.png", the split's folder is the filepath.
+    write_karpathy(
+        out / "dataset_shapes.json",
+        [
+            KarpathyImage(
+                filename=Path(it["file_name"]).name,
+                split=it["split"],
+                sentences=tuple(it["captions"]),
+                filepath=it["split"],
+            )
+            for it in items
+        ],
+        dataset="shapes",
+    )
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
