@@ -355,5 +355,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in _PLANNED:
         print(f"mmfast {args.command}: not available in this version yet", file=sys.stderr)
         return 2
-    name = args.command + (f" {args.index_command}" if args.command == "index" else "")
+    action = getattr(args, "index_command", None) or getattr(args, "eval_command", None)
+    name = args.command + (f" {action}" if action else "")
     return _report(name, lambda: int(args.func(args)))

@@ -167,7 +167,7 @@ def test_cli_errors_are_one_line(fake_cli, capsys, extra, message):
     argv = ["eval", "retrieval", "--model", "B", "--karpathy", str(path), "--images", str(root)]
     assert main([*argv, "--quiet", *extra]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("mmfast eval: ")
+    assert err.count("\n") == 1 and err.startswith("mmfast eval retrieval: ")
     assert re.search(message, err), err
 
 

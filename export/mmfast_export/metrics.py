@@ -34,7 +34,9 @@ def recall_at_k(
     """scores (Q, I) text-to-image similarities; target (Q,) the right image of each query.
     R@k: the fraction of queries whose right image is among the k best (ties count against)."""
     right = scores.gather(1, target[:, None])  # (Q, 1)
-    rank = (scores > right).sum(1)  # (Q,) 0 = first
+    # images scoring at least as high, itself excluded: a tie with another image counts
+    # against (an untrained model scoring every image alike gets R@1 = 0, not 1)
+    rank = (scores >= right).sum(1) - 1  # (Q,) 0 = first
     return {f"r@{k}": float((rank < k).float().mean()) for k in ks}
 
 

@@ -129,4 +129,4 @@ def test_eval_retrieval_wrong_bundle_task(tiny_shapes, bundle, tmp_path, capsys)
     argv += ["--karpathy", str(tiny_shapes / "dataset_shapes.json")]
     assert main([*argv, "--images", str(tiny_shapes / "images")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mmfast eval: ") and err.count("\n") == 1
+    assert err.startswith("mmfast eval retrieval: ") and err.count("\n") == 1
