@@ -227,3 +227,27 @@ def test_cli_export_and_classify(dual: Any, tmp_path: Path) -> None:
         ["cat", "astronaut", "rocket"][i] for i in np.argsort(-probs, kind="stable")
     ]
     np.testing.assert_allclose([float(x[0]) for x in lines], np.sort(probs)[::-1], atol=1e-4)
+
+
+def test_eval_retrieval_on_a_karpathy_split(dual: Any, tmp_path: Path) -> None:
+    """mmfast eval's metrics for an HF bundle equal those of transformers' embeddings."""
+    from PIL import Image
+
+    from mmfast.karpathy import KarpathyImage, read_karpathy, write_karpathy
+    from mmfast.retrieval_eval import evaluate_retrieval
+    from mmfast.retrieval_metrics import retrieval_metrics
+
+    kind, model_dir, bundle = dual
+    photos = real_photos()
+    entries = []
+    for i, photo in enumerate(photos):
+        Image.fromarray(photo).save(tmp_path / f"{i}.png")
+        caps = (TEXTS[i % len(TEXTS)], TEXTS[(i + 2) % len(TEXTS)])
+        entries.append(KarpathyImage(f"{i}.png", "test", caps))
+    write_karpathy(tmp_path / "k.json", entries)
+    split = read_karpathy(tmp_path / "k.json", tmp_path, "test")
+    got = evaluate_retrieval(Retriever.load(bundle), split)
+    ref_img, ref_txt, _ = _reference(kind, model_dir, photos, split.captions)
+    want = retrieval_metrics(ref_txt @ ref_img.T, split.image_of_text).as_dict()
+    for key in ("t2i_r1", "t2i_r5", "i2t_r1", "rsum", "t2i_median_rank", "i2t_median_rank"):
+        assert got[key] == want[key], key
