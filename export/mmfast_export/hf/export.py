@@ -46,7 +46,7 @@ from ..onnx_export import (
     OutputValueError,
     export_graphs,
 )
-from . import blip, common, vision_encoder_decoder
+from . import blip, blip_itm, common, vision_encoder_decoder
 from .common import provenance, save_tokenizer, staging
 from .model_dir import ModelDir, ModelDirError, read_model_dir
 
@@ -56,6 +56,7 @@ __all__ = ["ADAPTERS", "TokenMismatchError", "UnsupportedArchitectureError", "ex
 ADAPTERS: dict[str, tuple[str, ModuleType, str]] = {
     "VisionEncoderDecoderModel": ("caption", vision_encoder_decoder, "hf_vision_encoder_decoder"),
     "BlipForConditionalGeneration": ("caption", blip, "hf_blip"),
+    "BlipForImageTextRetrieval": ("rerank", blip_itm, "hf_blip_itm"),
 }
 # model_type -> architecture, for a config.json without "architectures"
 _BY_MODEL_TYPE = {
