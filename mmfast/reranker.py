@@ -120,9 +120,11 @@ class Reranker(Pipeline):
 
     # ------------------------------------------------------------------------ scores
 
-    def _ids(self, text: str) -> list[int]:
-        """ "[CLS] text [SEP]" ids, the text's tokens cut to fit max_len."""
-        return self._tok.encode(text, max_length=self.max_len)
+    def encode(self, text: str, name: str = "text") -> list[int]:
+        """The ids the model reads for `text`: [CLS] text [SEP], the text's tokens cut to fit
+        max_len as transformers' ``truncation=True`` cuts them. `name`: the argument's name
+        in errors."""
+        return self._tok.encode(_check_text(name, text), max_length=self.max_len)
 
     def _run_itm(self, ids: list[list[int]], feats: np.ndarray) -> np.ndarray:
         """One itm.onnx run: ids[i] (padded) against feats[i] -> P(match) (B,) float32."""
@@ -137,15 +139,14 @@ class Reranker(Pipeline):
         """P(match) (B,) float32 of `text` with each image, image_features (B, N, D) from
         :meth:`image_features`. The text's tokens are repeated over a batch of images, one run
         per batch_size images (bounds the memory: the cross-attention's keys and values)."""
-        ids = self._ids(_check_text("text", text))
+        ids = self.encode(text)
         feats = self._features(image_features)
         batch_size = positive_int("batch_size", batch_size)
-        return np.concatenate(
-            [
-                self._run_itm([ids] * len(feats[s : s + batch_size]), feats[s : s + batch_size])
-                for s in range(0, len(feats), batch_size)
-            ]
-        )
+        out = []
+        for s in range(0, len(feats), batch_size):
+            chunk = feats[s : s + batch_size]  # (b, N, D)
+            out.append(self._run_itm([ids] * len(chunk), chunk))
+        return np.concatenate(out)
 
     def score_pairs(
         self, texts: Sequence[str], image_features: np.ndarray, batch_size: int = 32
@@ -153,7 +154,7 @@ class Reranker(Pipeline):
         """P(match) (B,) float32 of texts[i] with image i (one text per image)."""
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise ValueError(f"texts: expected a list of strings, got {type(texts).__name__}")
-        ids = [self._ids(_check_text(f"texts[{i}]", t)) for i, t in enumerate(texts)]
+        ids = [self.encode(t, f"texts[{i}]") for i, t in enumerate(texts)]
         feats = self._features(image_features)
         if len(ids) != len(feats):
             raise ValueError(f"texts: {len(ids)} texts for {len(feats)} images' features")

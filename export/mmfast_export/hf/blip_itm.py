@@ -26,7 +26,7 @@ Graphs:
   cache machinery in the graph (it differs between 4.57 and 5.x).
 
 Validation (the manifest's ``validation``): each graph, ONNX Runtime against PyTorch
-(:func:`~mmfast_export.onnx_export.export_graphs`); then ``reference``: the finished bundle run
+(:func:`~mmfast_export.onnx_export.export_graphs`); then ``hf_reference``: the finished bundle run
 by mmfast's runtime (tokenizer.json, numpy preprocessing, ONNX Runtime) on generated images and
 several texts (one longer than ``max_len``, cut as ``truncation=True``) against the Hugging
 Face model's own forward in float32 and float64: the bundle's token ids must equal the Hugging
@@ -309,7 +309,7 @@ def _check_reference(
     rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
     for text in texts:
         want = tok(text, truncation=True, max_length=max_len).input_ids
-        got = rr.tokenizer.encode(text, max_length=max_len)
+        got = rr.encode(text)
         if got != want:
             raise TokenizationMismatchError(
                 f"text {text[:40]!r}: the bundle's tokens {got[:12]}... differ from the "
@@ -428,7 +428,7 @@ def export_bundle(
     write_manifest(tmp, manifest)
     images = make_check_images(max(check_images, MIN_RANK_IMAGES), preprocess.size)
     pixels = torch.from_numpy(preprocess_batch(images, preprocess))
-    report["reference"] = _check_reference(tmp, model, tok, images, pixels, max_len)
+    report["hf_reference"] = _check_reference(tmp, model, tok, images, pixels, max_len)
     manifest["validation"] = report
     write_manifest(tmp, manifest)
     return manifest
