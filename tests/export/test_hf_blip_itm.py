@@ -163,6 +163,30 @@ def test_manifest_records_the_checks(itm: tuple[Path, Path]) -> None:
     assert ref["images"] >= 8 and ref["longest_text_tokens"] > MAX_LEN
 
 
+def test_export_check_catches_small_differences(itm: tuple[Path, Path]) -> None:
+    """The export's check against transformers fails for a model that differs from the
+    bundle by 1e-4 in one ITM logit (P(match) moves by about 2.5e-5, over the bound), and for
+    texts cut at another length than the bundle's."""
+    from mmfast.preprocess import PreprocessConfig, preprocess_batch
+    from mmfast_export.hf.blip_itm import TokenizationMismatchError, check_reference
+    from mmfast_export.onnx_export import OutputValueError
+
+    model_dir, bundle = itm
+    model = transformers.BlipForImageTextRetrieval.from_pretrained(model_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    images = check_images(8, 32)
+    cfg = PreprocessConfig.from_hf(json.loads((model_dir / "preprocessor_config.json").read_text()))
+    pixels = torch.from_numpy(preprocess_batch(images, cfg))
+    report = check_reference(bundle, model, tok, images, pixels, MAX_LEN)
+    assert report["tokens_identical"] and report["ranking_identical"]
+    with pytest.raises(TokenizationMismatchError, match="differ from the Hugging Face"):
+        check_reference(bundle, model, tok, images, pixels, MAX_LEN // 2)
+    with torch.no_grad():
+        model.itm_head.bias[1] += 1e-4
+    with pytest.raises(OutputValueError, match="P\\(match\\) differs from the float64"):
+        check_reference(bundle, model, tok, images, pixels, MAX_LEN)
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "ImageFeatures",
     "RankingMismatchError",
     "TokenizationMismatchError",
+    "check_reference",
     "export_bundle",
     "load",
     "score_bound",
@@ -289,7 +290,7 @@ def _hf_scores(
     return logits64.softmax(-1)[:, 1].numpy(), logits64.numpy()
 
 
-def _check_reference(
+def check_reference(
     bundle: Path,
     model: nn.Module,
     tok: Any,
@@ -298,7 +299,9 @@ def _check_reference(
     max_len: int,
 ) -> dict[str, Any]:
     """The finished bundle (mmfast's runtime) against the Hugging Face model's forward; see
-    the module docstring. Raises a named ExportValidationError on any mismatch."""
+    the module docstring. `images` (uint8 (H, W, 3)) are the candidates, `pixels` the same
+    images preprocessed (B, 3, S, S) for the model, `tok` the model's Hugging Face tokenizer.
+    Raises a named ExportValidationError on any mismatch; returns the report."""
     from mmfast.reranker import Reranker
 
     rr = Reranker.load(bundle, threads=1)
@@ -428,7 +431,7 @@ def export_bundle(
     write_manifest(tmp, manifest)
     images = make_check_images(max(check_images, MIN_RANK_IMAGES), preprocess.size)
     pixels = torch.from_numpy(preprocess_batch(images, preprocess))
-    report["hf_reference"] = _check_reference(tmp, model, tok, images, pixels, max_len)
+    report["hf_reference"] = check_reference(tmp, model, tok, images, pixels, max_len)
     manifest["validation"] = report
     write_manifest(tmp, manifest)
     return manifest
