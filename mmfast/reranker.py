@@ -89,12 +89,10 @@ class Reranker(Pipeline):
         if len(images) == 0:
             raise ValueError("images: no images")
         batch_size = positive_int("batch_size", batch_size)
-        out = [
-            self.run(IMAGE, {"images": self.pixels(images[s : s + batch_size], s)})[
-                "image_features"
-            ]
-            for s in range(0, len(images), batch_size)
-        ]
+        out = []
+        for s in range(0, len(images), batch_size):
+            pixels = self.pixels(images[s : s + batch_size], s)  # (b, 3, S, S)
+            out.append(self.run(IMAGE, {"images": pixels})["image_features"])  # (b, N, D)
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def _features(self, image_features: object, name: str = "image_features") -> np.ndarray:
@@ -109,9 +107,8 @@ class Reranker(Pipeline):
         want = f"(B, {n}, {self.feature_dim})"
         if f.dtype.kind != "f":
             raise ValueError(f"{name}: expected a float array {want}, got dtype {f.dtype}")
-        if f.ndim != 3 or f.shape[2] != self.feature_dim or len(f) == 0:
-            raise ValueError(f"{name}: expected shape {want}, got {f.shape}")
-        if self.positions is not None and f.shape[1] != self.positions:
+        wrong_n = self.positions is not None and f.ndim == 3 and f.shape[1] != self.positions
+        if f.ndim != 3 or f.shape[2] != self.feature_dim or len(f) == 0 or wrong_n:
             raise ValueError(f"{name}: expected shape {want}, got {f.shape}")
         f = np.ascontiguousarray(f, dtype=np.float32)
         if not np.isfinite(f).all():
