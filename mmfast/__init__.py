@@ -16,6 +16,7 @@ from ._version import __version__
 __all__ = [
     "VQA",
     "Captioner",
+    "Reranker",
     "Retriever",
     "__version__",
     "cuda_status",
@@ -32,6 +33,10 @@ def __getattr__(name: str) -> object:
         from .captioner import Captioner
 
         return Captioner
+    if name == "Reranker":
+        from .reranker import Reranker
+
+        return Reranker
     if name == "Retriever":
         from .retriever import Retriever
 

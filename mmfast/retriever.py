@@ -182,7 +182,7 @@ class Retriever(Pipeline):
                 if self.can_rerank:
                     regions.extend(out["regions"].astype(np.float16))
                 if self.reranker is not None:
-                    f = self.reranker.image_features_from(batch, start)
+                    f = self.reranker.image_features(batch)  # decoded fine just above
                     features.extend(f.astype(np.float16))
                 if progress:
                     done = min(start + batch_size, len(images))
@@ -402,7 +402,8 @@ class Retriever(Pipeline):
 
     def _load_features(self, path: Path, count: int) -> np.ndarray:
         assert self.reranker is not None
-        return _load_f16(path, count, self.reranker.feature_shape(), "re-ranker features")
+        shape = (self.reranker.positions, self.reranker.feature_dim)
+        return _load_f16(path, count, shape, "re-ranker features")
 
 
 def _load_f16(

@@ -196,6 +196,10 @@ def main_export(argv: list[str]) -> int:
     for what in ("image", "text"):  # a dual encoder's embeddings
         if (dist := ref.get(f"{what}_max_cosine_distance")) is not None:
             print(f"  {what + ' embeddings':22} cosine distance to transformers <= {dist:.1e}")
+    if hf := manifest["validation"].get("hf_reference"):  # a re-ranker's P(match)
+        err = hf.get("score_max_abs_err_vs_float64")
+        if err is not None:
+            print(f"  {'P(match)':22} max abs err vs transformers (float64) {err:.2e}")
     if ref.get("rankings_identical"):
         print(f"  {'rankings':22} identical to transformers'")
     if gen := manifest["validation"].get("generate"):

@@ -18,6 +18,7 @@ __all__ = [
     "BLIP_SIZES",
     "SIZES",
     "build_blip",
+    "build_blip_itm",
     "build_vit_gpt2",
     "train_tokenizer",
     "train_wordpiece",
@@ -299,6 +300,49 @@ def build_blip(
     )
     torch.manual_seed(seed)
     model = tf.BlipForConditionalGeneration(cfg).eval()
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    side = vis_kw["image_size"]
+    tf.BlipImageProcessor(size={"height": side, "width": side}).save_pretrained(out)
+    return out
+
+
+def build_blip_itm(
+    out: str | Path, size: str = "tiny", *, seed: int = 0, texts: Iterable[str] | None = None
+) -> Path:
+    """Write a BLIP image-text matching directory (``BlipForImageTextRetrieval``: a ViT
+    vision model, a BERT-style text encoder with cross-attention to the image, and the ITM
+    head, Salesforce/blip-itm-base-coco's layout) with random weights; returns `out`.
+
+    The sizes of :data:`BLIP_SIZES` (base: ViT-B/16 at 384 + BERT-base), the same tokenizer
+    and image processor as :func:`build_blip`; the tokenizer's model_max_length is the text
+    encoder's position table (as the checkpoints' 512), so ``truncation=True`` cuts there."""
+    import torch
+    import transformers as tf
+
+    if size not in BLIP_SIZES:
+        raise ValueError(f"size: expected one of {', '.join(BLIP_SIZES)}, got {size!r}")
+    vis_kw, text_kw, bert_layout = BLIP_SIZES[size]
+    tok = train_wordpiece(
+        texts if texts is not None else _shapes_captions(), bert_layout=bert_layout
+    )
+    tok.model_max_length = text_kw["max_position_embeddings"]
+    ids = {t: tok.convert_tokens_to_ids(t) for t in (PAD, SEP, DEC)}
+    cfg = tf.BlipConfig(
+        vision_config=vis_kw,
+        text_config={
+            **text_kw,
+            "vocab_size": len(tok),
+            "encoder_hidden_size": vis_kw["hidden_size"],
+            "bos_token_id": ids[DEC],
+            "sep_token_id": ids[SEP],
+            "pad_token_id": ids[PAD],
+            "eos_token_id": 2,
+        },
+    )
+    torch.manual_seed(seed)
+    model = tf.BlipForImageTextRetrieval(cfg).eval()
     out = Path(out)
     model.save_pretrained(out)
     tok.save_pretrained(out)
