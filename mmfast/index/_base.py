@@ -26,6 +26,13 @@ __all__ = ["VectorIndex"]
 T = TypeVar("T", bound="VectorIndex")
 
 
+def _sequence(ids: Sequence[object]) -> Sequence[object]:
+    # a lone string is a sequence of characters: almost surely a mistake for [id]
+    if isinstance(ids, str | bytes):
+        raise ValueError(f"ids: expected a sequence of ids, got the single string {ids!r}")
+    return ids
+
+
 class VectorIndex(ABC):
     """Cosine-similarity index of (id, embedding) pairs; ids are unique strings.
 
@@ -58,7 +65,7 @@ class VectorIndex(ABC):
 
     def check_ids(self, ids: Sequence[object]) -> list[str]:
         """`ids` as strings, ValueError if one is already in the index or repeated."""
-        new = [str(i) for i in ids]
+        new = [str(i) for i in _sequence(ids)]
         dup = set(self._labels).intersection(new) or (
             len(set(new)) != len(new) and {"(within ids)"}
         )
@@ -96,7 +103,7 @@ class VectorIndex(ABC):
     def remove(self, ids: Sequence[object]) -> int:
         """Remove `ids` (each must be in the index: ValueError naming the unknown ones, and then
         nothing is removed); returns how many were removed."""
-        wanted = list(dict.fromkeys(str(i) for i in ids))  # once each, in order
+        wanted = list(dict.fromkeys(str(i) for i in _sequence(ids)))  # once each, in order
         unknown = [i for i in wanted if i not in self._labels]
         if unknown:
             raise ValueError(f"ids: not in the index: {unknown[:5]}")
