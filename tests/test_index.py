@@ -145,6 +145,8 @@ def test_remove_equals_an_index_built_without_them():
     assert "ü1" in idx
     idx.add(emb[:2])  # default ids skip the ones in use
     assert len(set(idx.ids)) == len(idx)
+    with pytest.raises(ValueError, match="ids: expected a sequence of ids, got the single string"):
+        idx.remove("ü1")  # not ["ü", "1"]
 
 
 def test_add_and_remove_after_a_memory_mapped_load_leave_the_file_alone(tmp_path):
