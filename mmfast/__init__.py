@@ -22,6 +22,8 @@ __all__ = [
     "cuda_status",
     "get_num_threads",
     "info",
+    "make_index",
+    "open_index",
     "ops",
     "set_num_threads",
 ]
@@ -45,4 +47,8 @@ def __getattr__(name: str) -> object:
         from .vqa import VQA
 
         return VQA
+    if name in ("make_index", "open_index"):  # vector indexes (numpy; faiss only when asked)
+        from . import index
+
+        return getattr(index, name)
     raise AttributeError(f"module 'mmfast' has no attribute {name!r}")
