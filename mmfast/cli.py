@@ -130,6 +130,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         return 2
     r = Retriever.load(args.model, device=args.device, threads=args.threads, reranker=args.reranker)
     ids = [str(p.relative_to(root)) for p in paths]
+    r.use_index(args.backend, expected_size=len(paths))
     r.add_images(
         [str(p) for p in paths], ids=ids, batch_size=args.batch_size, progress=not args.quiet
     )
@@ -144,10 +145,10 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .index import EmbeddingIndex
+    from .index import open_index
     from .retriever import Retriever
 
-    meta = EmbeddingIndex.load(args.index).metadata
+    meta = open_index(args.index).metadata  # memory-mapped: only index.json is read whole
     bundle = args.model or meta.get("bundle")
     if not bundle or not isinstance(bundle, str):
         print("mmfast search: the index names no bundle; pass --model", file=sys.stderr)
@@ -280,6 +281,12 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--images", required=True, help="folder of images (searched recursively)")
     b.add_argument("--out", required=True, help="index directory to write")
     b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument(
+        "--backend",
+        choices=["auto", "exact", "hnsw", "ivfpq"],
+        default="auto",
+        help="index backend (auto: exact up to ~50k images, HNSW past that; needs faiss-cpu)",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.add_argument(
         "--reranker", default=None, help="a re-ranker bundle (BLIP ITM) to keep features for"

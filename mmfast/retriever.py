@@ -32,7 +32,7 @@ import numpy as np
 from ._checks import positive_int
 from ._pipeline import ImageLike, Pipeline, as_image_list
 from .bundle import Bundle, BundleMismatchError, Manifest
-from .index import EmbeddingIndex
+from .index import VectorIndex, make_index, open_index
 
 if TYPE_CHECKING:
     from .reranker import Reranker
@@ -69,11 +69,30 @@ class Retriever(Pipeline):
         self._pad_to_max_len = cfg.pad_to_max_len
         # what an index records of the model that made it: its image tower's sha256
         self.model_id = bundle.manifest.files["image_tower.onnx"]
-        self.index = EmbeddingIndex(self._dim(), self._metadata())
-        self.text_index = EmbeddingIndex(self._dim(), self._metadata())
+        self.index: VectorIndex = make_index(self._dim(), "exact", metadata=self._metadata())
+        self.text_index: VectorIndex = make_index(self._dim(), "exact", metadata=self._metadata())
         self._regions: dict[str, np.ndarray] = {}  # image id -> float16 (N, D), own re-ranker
         self.reranker: Reranker | None = None
         self._features: dict[str, np.ndarray] = {}  # image id -> float16, attached re-ranker
+
+    def use_index(
+        self, backend: str = "auto", expected_size: int | None = None, **params: Any
+    ) -> None:
+        """Index images with another backend (:func:`mmfast.index.make_index`: "exact",
+        "hnsw", "ivfpq" or "auto", which picks by `expected_size`; params such as ef_search or
+        nprobe go to it). Only while no image is indexed."""
+        if len(self.index):
+            raise ValueError(
+                f"use_index: the index already holds {len(self.index)} images; choose the "
+                "backend before adding any"
+            )
+        self.index = make_index(
+            self.index.dim,
+            backend,
+            expected_size=expected_size,
+            metadata=self._metadata(),
+            **params,
+        )
 
     def _metadata(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle.path), "model": self.model_id}
@@ -372,8 +391,8 @@ class Retriever(Pipeline):
         if texts is not None:
             self.text_index = texts
 
-    def _load_one(self, d: Path, name: str) -> EmbeddingIndex:
-        index = EmbeddingIndex.load(d)
+    def _load_one(self, d: Path, name: str) -> VectorIndex:
+        index = open_index(d)
         if index.dim != self.index.dim:
             raise ValueError(
                 f"{name}: embeddings of dim {index.dim}, this model makes {self.index.dim}"

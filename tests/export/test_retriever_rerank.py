@@ -114,3 +114,31 @@ def test_rerank_needs_features_of_this_reranker(bundles: dict[str, Any], tmp_pat
     assert r2.search("a cat", k=2)[0] == r.search("a cat", k=2)[0]
     with pytest.raises(ValueError, match="re-ranker features"):
         r2.search("a cat", k=2, rerank=True)
+
+
+@pytest.mark.parametrize("backend", ["hnsw", "ivfpq"])
+def test_faiss_backends_behind_the_retriever(
+    bundles: dict[str, Any], backend: str, tmp_path: Path
+) -> None:
+    """Few images: an approximate backend visits them all, so its ranking is the exact one's;
+    it saves and loads (open_index picks the backend), and the backend cannot change once
+    images are in."""
+    pytest.importorskip("faiss")
+    photos = real_photos()
+    ids = [f"p{i}" for i in range(len(photos))]
+    exact = Retriever.load(bundles["clip"])
+    exact.add_images(photos, ids=ids)
+    r = Retriever.load(bundles["clip"])
+    r.use_index(backend)  # IVF-PQ stays exact until it has enough vectors to train on
+    r.add_images(photos, ids=ids)
+    text = "a photo of a cup of coffee"
+    want_ids, want = exact.search(text, k=4)
+    got_ids, got = r.search(text, k=4)
+    assert got_ids == want_ids
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="choose the backend before adding"):
+        r.use_index("exact")
+    r.save(tmp_path / "i")
+    r2 = Retriever.load(bundles["clip"], index=tmp_path / "i")
+    assert type(r2.index) is type(r.index)
+    assert r2.search(text, k=4)[0] == want_ids
