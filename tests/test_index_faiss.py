@@ -208,9 +208,11 @@ def test_bad_inputs_are_value_errors(built):
 def test_auto_picks_exact_below_the_threshold_and_hnsw_above():
     assert type(make_index(512)) is ExactIndex
     assert type(make_index(512, expected_size=10_000)) is ExactIndex
-    assert type(make_index(512, expected_size=1_000_000)) is HNSWIndex
+    assert type(make_index(64, expected_size=300_000)) is ExactIndex  # scaled by 512 / dim
+    hnsw = make_index(512, expected_size=1_000_000, ef_search=32)
+    assert isinstance(hnsw, HNSWIndex) and hnsw.ef_search == 32 and hnsw.ef_construction == 128
     ivf = make_index(512, "ivfpq", expected_size=1_000_000)
-    assert isinstance(ivf, IVFPQIndex) and ivf.nlist == 1024
+    assert isinstance(ivf, IVFPQIndex) and ivf.nlist == 1024 and ivf.refine == 100
 
 
 def test_threads_setting_is_restored(built):
