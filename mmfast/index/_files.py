@@ -183,28 +183,22 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     `target` atomically. `target` must be absent, empty or an index directory; files there that
     are not the index's (INDEX_FILES), e.g. the retriever's regions.npy, are kept (hard links)."""
     target = Path(target)
-    if target.exists():
-        if not target.is_dir():
-            raise ValueError(f"{target}: not a directory")
-        entries = list(target.iterdir())
-        if entries and not (target / MANIFEST).is_file():
-            raise ValueError(f"{target}: not empty and not an index directory; refusing to replace")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # as a plain mkdir would: OSError for a path under a file, or for an existing file
+    target.mkdir(parents=True, exist_ok=True)
+    if any(target.iterdir()) and not (target / MANIFEST).is_file():
+        raise ValueError(f"{target}: not empty and not an index directory; refusing to replace")
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
-            for p in target.iterdir():
-                if p.name not in INDEX_FILES and p.is_file():
-                    try:
-                        os.link(p, tmp / p.name)
-                    except OSError:
-                        shutil.copy2(p, tmp / p.name)
+        for p in target.iterdir():
+            if p.name not in INDEX_FILES and p.is_file():
+                try:
+                    os.link(p, tmp / p.name)
+                except OSError:  # another filesystem's rules: copy instead
+                    shutil.copy2(p, tmp / p.name)
         _fsync_tree(tmp)
-        if not target.exists():
-            os.rename(tmp, target)
-        elif not _exchange(tmp, target):
+        if not _exchange(tmp, target):
             # no atomic swap here: two renames, and a crash between them leaves `target`
             # missing with the old index in .<name>.old-*
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"

@@ -13,6 +13,11 @@ Parameters (faiss names in brackets): ``M`` neighbours per node [M]; ``ef_constr
 candidate list while building [efConstruction]; ``ef_search`` candidate list while searching
 [efSearch], raised to k when smaller. Higher ef_search: higher recall, slower queries
 (benchmarks/README.md "Vector index" has the curve at 1M x 512).
+
+Defaults (M 32, ef_construction 128, ef_search 128), measured at 1M x 512 clustered on 2
+cores: recall@10 0.991 at a 0.47 ms p50; the build takes 7.7 minutes. faiss's own default
+ef_construction (40) builds in 5.2 minutes a graph that stays under 0.9 recall at any
+ef_search: on clustered data the build's candidate list must be wide enough to link clusters.
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ class HNSWIndex(VectorIndex):
         metadata: dict[str, Any] | None = None,
         *,
         M: int = 32,
-        ef_construction: int = 40,
-        ef_search: int = 64,
+        ef_construction: int = 128,
+        ef_search: int = 128,
         threads: int | None = None,
     ) -> None:
         super().__init__(dim, metadata)
