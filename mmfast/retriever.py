@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._checks import positive_int
-from ._pipeline import ImageLike, Pipeline, as_image_list
+from ._pipeline import ImageLike, Pipeline, as_image_list, pad_tokens
 from .bundle import Bundle, BundleMismatchError, Manifest
+from .hf_tokenizer import HFTokenizer
 from .index import VectorIndex, make_index, open_index
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ REGIONS = "regions.npy"  # the own re-ranker's regions, in the index's id order
 RERANK_FEATURES = "rerank_features.npy"  # an attached re-ranker's image features, likewise
 RERANK_INFO = "rerank.json"  # which re-ranker made them
 TEXTS = "texts"  # the text index (image -> text search), a sub-directory
+# texts of similar length run together in groups of this many (see embed_texts)
+_LENGTH_GROUP = 8
 
 
 def _texts(texts: Sequence[str], name: str) -> list[str]:
@@ -164,8 +167,22 @@ class Retriever(Pipeline):
         """The text tower's outputs: text_embedding (B, E) (and the own re-ranker's token
         features). A text longer than the model takes is cut (its end token kept)."""
         texts = _texts(texts, "texts")
-        tokens = self.tokens(texts, self.max_len, fixed=self._pad_to_max_len)
-        return self.run("text_tower.onnx", {"tokens": tokens})
+        causal = isinstance(self.tokenizer, HFTokenizer) and not self._pad_to_max_len  # CLIP
+        if not causal or self.can_rerank or len(texts) <= _LENGTH_GROUP:
+            tokens = self.tokens(texts, self.max_len, fixed=self._pad_to_max_len)
+            return self.run("text_tower.onnx", {"tokens": tokens})
+        # A text's embedding does not depend on the padding after it (CLIP's tower is causal
+        # and pools at its end token; the export checks it against the model with its mask),
+        # so a batch runs as groups of similar length: 32 captions padded to the longest of
+        # all cost ~3x the tokens they hold (benchmarks/README.md, "CLIP embeddings").
+        ids = [self.tokens([t], self.max_len)[0] for t in texts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.empty((len(texts), self.index.dim), np.float32)
+        for g in range(0, len(order), _LENGTH_GROUP):
+            rows = order[g : g + _LENGTH_GROUP]
+            batch = pad_tokens([list(ids[i]) for i in rows], self.max_len, self.tokenizer.pad_id)
+            out[rows] = self.run("text_tower.onnx", {"tokens": batch})["text_embedding"]
+        return {"text_embedding": out}
 
     # ------------------------------------------------------------------------ the indexes
 

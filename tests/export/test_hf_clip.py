@@ -251,3 +251,16 @@ def test_eval_retrieval_on_a_karpathy_split(dual: Any, tmp_path: Path) -> None:
     want = retrieval_metrics(ref_txt @ ref_img.T, split.image_of_text).as_dict()
     for key in ("t2i_r1", "t2i_r5", "i2t_r1", "rsum", "t2i_median_rank", "i2t_median_rank"):
         assert got[key] == want[key], key
+
+
+def test_a_large_text_batch_runs_in_length_groups(dual: Any) -> None:
+    """CLIP's batches run as groups of similar length (SigLIP's pad to max_length): the
+    embeddings are those of each text alone, and transformers' (with its attention mask)."""
+    kind, model_dir, bundle = dual
+    texts = [t[: 3 + 7 * i % len(t)] or t for i, t in enumerate(TEXTS * 4)]  # 24, mixed lengths
+    r = Retriever.load(bundle)
+    batch = r.embed_texts(texts)["text_embedding"]
+    alone = np.concatenate([r.embed_texts([t])["text_embedding"] for t in texts])
+    np.testing.assert_allclose(batch, alone, atol=1e-6, rtol=0)
+    _, ref_txt, _ = _reference(kind, model_dir, real_photos()[:1], texts)
+    assert 1 - _cos(batch, ref_txt).min() <= COSINE
