@@ -10,8 +10,10 @@ against what the pipeline feeds them when the bundle is loaded, not at the first
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -92,6 +94,23 @@ def pad_tokens(ids: list[list[int]], max_len: int, pad: int, fixed: bool = False
         x = x[:t]
         out[i, : len(x)] = x
     return out
+
+
+# Threads preprocessing a batch's images: the cores this process may use, at most 4 (so at
+# most 4 decoded photos are in memory at a time). On one thread a batch of 32 photos spends
+# ~10% of a CLIP call there (benchmarks/README.md, "CLIP embeddings").
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+_PREPROCESS_WORKERS = min(4, _CORES or 1)
+
+
+@functools.cache
+def _preprocess_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_PREPROCESS_WORKERS, thread_name_prefix="mmfast-preprocess")
+
+
+# a forked child has the pool object but none of its threads: it makes its own
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_preprocess_pool.cache_clear)
 
 
 P = TypeVar("P", bound="Pipeline")
@@ -232,19 +251,29 @@ class Pipeline:
         return pad_tokens(ids, max_len, self.tokenizer.pad_id, fixed)
 
     def pixels(self, images: Sequence[ImageLike], first: int = 0) -> np.ndarray:
-        """(B, 3, S, S) float32 model input. Each image is decoded and resized in turn (one
-        decoded photo in memory at a time); errors name it as images[first + i]."""
+        """(B, 3, S, S) float32 model input. Images are decoded and resized by up to
+        _PREPROCESS_WORKERS threads (Pillow's decode and resize and numpy release the GIL), so
+        that many decoded photos are in memory at a time; errors name the first bad image in
+        order as images[first + i]."""
         if len(images) == 0:
             raise ValueError("images: no images")
         out = np.empty(
             (len(images), 3, self.preprocess_config.size, self.preprocess_config.size), np.float32
         )
-        for i, im in enumerate(images):
-            decoded = load_image(im, first + i)
+
+        def one(i: int) -> None:
+            decoded = load_image(images[i], first + i)
             try:
                 out[i] = preprocess(decoded, self.preprocess_config)
             except ValueError as e:
                 raise ValueError(f"images[{first + i}]: {e}") from e
+
+        if len(images) < 2 or _PREPROCESS_WORKERS < 2:
+            for i in range(len(images)):
+                one(i)
+        else:
+            # map re-raises the first failing image's error, in the images' order
+            list(_preprocess_pool().map(one, range(len(images))))
         return out
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
