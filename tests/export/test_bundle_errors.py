@@ -69,7 +69,7 @@ def test_add_images_is_all_or_nothing(retrieval, tmp_path):
     r = Retriever.load(bundle)
     with pytest.raises(ValueError, match=r"images\[1\]: cannot read"):
         r.add_images([IMG, bad], batch_size=1)
-    assert len(r.index) == 0 and r._regions == []  # the first batch was not kept
+    assert len(r.index) == 0 and r._regions == {}  # the first batch was not kept
     r.add_images([IMG], ids=["x"])
     with pytest.raises(ValueError, match=r"ids: already in the index or repeated: \['x'\]"):
         r.add_images([IMG, bad], ids=["y", "x"])  # refused before any image is read
