@@ -226,9 +226,9 @@ def test_out_that_is_not_a_bundle_is_refused(ved: tuple[Path, Path], tmp_path: P
 def test_bert_decoder(tmp_path: Path) -> None:
     """VisionEncoderDecoder with a BERT-style decoder (BertLMHeadModel + cross-attention), as
     ViT + BERT captioners are built: same export, same token identity."""
-    from mmfast_export.hf.build import _shapes_captions, train_wordpiece
+    from mmfast_export.hf.build import shapes_captions, train_wordpiece
 
-    tok = train_wordpiece(_shapes_captions(100))
+    tok = train_wordpiece(shapes_captions(100))
     enc = transformers.ViTConfig(
         hidden_size=32,
         num_hidden_layers=2,

@@ -33,9 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmfast._checks import one_line
-
 from ..onnx_export import GraphSpec
+from . import common
 from .bert import BertCrossKV, BertStep, check_bert_decoder
 from .graphs import cache_graphs
 from .model_dir import ModelDir, ModelDirError
@@ -59,14 +58,8 @@ def load(d: ModelDir) -> nn.Module:
     """The model of a BLIP captioning directory, checked to be one this adapter cuts."""
     from transformers import BlipForConditionalGeneration
 
-    for key, want in (("vision_config", VISION), ("text_config", TEXT)):
-        got = d.config.get(key, {}).get("model_type", want)
-        if got != want:
-            raise ValueError(f"{d.path}: {key}.model_type {got!r} is not {want!r}")
-    try:
-        model = BlipForConditionalGeneration.from_pretrained(d.path, local_files_only=True)
-    except Exception as e:  # safetensors, torch and transformers each raise their own
-        raise ModelDirError(f"{d.path}: the weights cannot be loaded ({one_line(e)})") from e
+    common.check_sub_configs(d, {"vision_config": VISION, "text_config": TEXT})
+    model = common.from_pretrained(d, BlipForConditionalGeneration)
     check_bert_decoder(model.text_decoder)
     if model.config.text_config.sep_token_id is None:
         raise ModelDirError(

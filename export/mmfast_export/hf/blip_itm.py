@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmfast._checks import one_line
 from mmfast.bundle import write_manifest
 from mmfast.preprocess import PreprocessConfig, preprocess_batch
 from mmfast.tokenizer import SpecialTokens
 
-from ..onnx_export import OPSET, ExportValidationError, GraphSpec, OutputValueError, export_graphs
+from ..onnx_export import ExportValidationError, GraphSpec, OutputValueError, export_graphs
+from . import common
 from .common import check_images as make_check_images
 from .common import provenance, save_tokenizer
 from .graphs import split_heads
@@ -92,14 +91,8 @@ def load(d: ModelDir) -> nn.Module:
     """The model of a BLIP ITM directory, checked to be one this adapter cuts (eval mode)."""
     from transformers import BlipForImageTextRetrieval
 
-    for key, want in (("vision_config", VISION), ("text_config", TEXT)):
-        got = d.config.get(key, {}).get("model_type", want)
-        if got != want:
-            raise ValueError(f"{d.path}: {key}.model_type {got!r} is not {want!r}")
-    try:
-        model = BlipForImageTextRetrieval.from_pretrained(d.path, local_files_only=True)
-    except Exception as e:  # safetensors, torch and transformers each raise their own
-        raise ModelDirError(f"{d.path}: the weights cannot be loaded ({one_line(e)})") from e
+    common.check_sub_configs(d, {"vision_config": VISION, "text_config": TEXT})
+    model = common.from_pretrained(d, BlipForImageTextRetrieval)
     enc = model.text_encoder
     if not all(hasattr(layer, "crossattention") for layer in enc.encoder.layer):
         # BlipTextLayer builds its cross-attention only when text_config.is_decoder is true;
@@ -416,12 +409,7 @@ def export_bundle(
             "tokenizer_size": n_tokens,
             "score": "softmax(itm_logits)[:, 1]",
         },
-        "opset": OPSET,
-        "graphs": sections,
-        "preprocess": preprocess.to_dict(),
-        "vocab": "tokenizer.json",
-        "tokenizer": {"clean_up_tokenization_spaces": cleanup},
-        "special_tokens": asdict(special),
+        **common.bundle_sections(sections, preprocess, cleanup, special),
         "rerank": {"max_len": max_len},
         "validation": report,
         "provenance": provenance(d),

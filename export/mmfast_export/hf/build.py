@@ -20,6 +20,7 @@ __all__ = [
     "build_blip",
     "build_blip_itm",
     "build_vit_gpt2",
+    "shapes_captions",
     "train_tokenizer",
     "train_wordpiece",
 ]
@@ -85,7 +86,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 400) -> Any:
     )
 
 
-def _shapes_captions(n: int = 400) -> list[str]:
+def shapes_captions(n: int = 400) -> list[str]:
     from ..shapes import ShapesConfig, captions, sample_scene
 
     cfg = ShapesConfig(size=64)
@@ -111,7 +112,7 @@ def build_vit_gpt2(
     if size not in SIZES:
         raise ValueError(f"size: expected one of {', '.join(SIZES)}, got {size!r}")
     enc_kw, dec_kw, side = SIZES[size]
-    tok = train_tokenizer(texts if texts is not None else _shapes_captions())
+    tok = train_tokenizer(texts if texts is not None else shapes_captions())
     eot = tok.convert_tokens_to_ids(EOT)
     dec_kw = {**dec_kw, "vocab_size": dec_kw["vocab_size"] or len(tok)}
     enc_cls = {"vit": tf.ViTConfig, "deit": tf.DeiTConfig}[encoder]
@@ -276,36 +277,9 @@ def build_blip(
     value, which its generate() does not use); a BlipImageProcessor at the vision model's side
     (bicubic, CLIP's mean and std). The text decoder's output layer is tied to its word
     embeddings; base has BLIP's 30524 rows (tiny: the tokenizer's)."""
-    import torch
     import transformers as tf
 
-    if size not in BLIP_SIZES:
-        raise ValueError(f"size: expected one of {', '.join(BLIP_SIZES)}, got {size!r}")
-    vis_kw, text_kw, bert_layout = BLIP_SIZES[size]
-    tok = train_wordpiece(
-        texts if texts is not None else _shapes_captions(), bert_layout=bert_layout
-    )
-    ids = {t: tok.convert_tokens_to_ids(t) for t in (PAD, SEP, DEC)}
-    cfg = tf.BlipConfig(
-        vision_config=vis_kw,
-        text_config={
-            **text_kw,
-            "vocab_size": len(tok),
-            "encoder_hidden_size": vis_kw["hidden_size"],
-            "bos_token_id": ids[DEC],
-            "sep_token_id": ids[SEP],
-            "pad_token_id": ids[PAD],
-            "eos_token_id": 2,
-        },
-    )
-    torch.manual_seed(seed)
-    model = tf.BlipForConditionalGeneration(cfg).eval()
-    out = Path(out)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    side = vis_kw["image_size"]
-    tf.BlipImageProcessor(size={"height": side, "width": side}).save_pretrained(out)
-    return out
+    return _build_blip(out, size, seed, texts, tf.BlipForConditionalGeneration, None)
 
 
 def build_blip_itm(
@@ -318,6 +292,23 @@ def build_blip_itm(
     The sizes of :data:`BLIP_SIZES` (base: ViT-B/16 at 384 + BERT-base), the same tokenizer
     and image processor as :func:`build_blip`; the tokenizer's model_max_length is the text
     encoder's position table (as the checkpoints' 512), so ``truncation=True`` cuts there."""
+    import transformers as tf
+
+    size_kw = BLIP_SIZES[size][1] if size in BLIP_SIZES else {}
+    max_length = size_kw.get("max_position_embeddings")
+    return _build_blip(out, size, seed, texts, tf.BlipForImageTextRetrieval, max_length)
+
+
+def _build_blip(
+    out: str | Path,
+    size: str,
+    seed: int,
+    texts: Iterable[str] | None,
+    model_cls: Any,
+    max_length: int | None,
+) -> Path:
+    """build_blip and build_blip_itm: one BLIP config, tokenizer and image processor, the
+    model class theirs; max_length: the tokenizer's model_max_length (None: its default)."""
     import torch
     import transformers as tf
 
@@ -325,9 +316,10 @@ def build_blip_itm(
         raise ValueError(f"size: expected one of {', '.join(BLIP_SIZES)}, got {size!r}")
     vis_kw, text_kw, bert_layout = BLIP_SIZES[size]
     tok = train_wordpiece(
-        texts if texts is not None else _shapes_captions(), bert_layout=bert_layout
+        texts if texts is not None else shapes_captions(), bert_layout=bert_layout
     )
-    tok.model_max_length = text_kw["max_position_embeddings"]
+    if max_length is not None:
+        tok.model_max_length = max_length
     ids = {t: tok.convert_tokens_to_ids(t) for t in (PAD, SEP, DEC)}
     cfg = tf.BlipConfig(
         vision_config=vis_kw,
@@ -342,7 +334,7 @@ def build_blip_itm(
         },
     )
     torch.manual_seed(seed)
-    model = tf.BlipForImageTextRetrieval(cfg).eval()
+    model = model_cls(cfg).eval()
     out = Path(out)
     model.save_pretrained(out)
     tok.save_pretrained(out)

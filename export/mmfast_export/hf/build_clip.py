@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .build import shapes_captions
+
 __all__ = [
     "CLIP_SIZES",
     "SIGLIP_SIZES",
@@ -143,37 +145,27 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 500) -> Any:
     )
 
 
-def _shapes_captions(n: int = 400) -> list[str]:
-    from ..shapes import ShapesConfig, captions, sample_scene
-
-    cfg = ShapesConfig(size=64)
-    return [c for i in range(n) for c in captions(sample_scene(cfg, i), cfg.size)]
-
-
 def build_clip(
     out: str | Path,
     size: str = "tiny",
     *,
     seed: int = 0,
     texts: Iterable[str] | None = None,
-    legacy_eos: bool = False,
 ) -> Path:
     """Write a CLIPModel directory with random weights; returns `out`. texts: the tokenizer's
-    training text (default: shapes captions). legacy_eos: config eos_token_id 2, as CLIP
-    checkpoints saved before transformers 4.31 have (the text tower then pools at the highest
-    token id, CLIP's original rule, instead of at the first <|endoftext|>)."""
+    training text (default: shapes captions)."""
     import torch
     import transformers as tf
 
     if size not in CLIP_SIZES:
         raise ValueError(f"size: expected one of {', '.join(CLIP_SIZES)}, got {size!r}")
     vis_kw, txt_kw, proj = CLIP_SIZES[size]
-    tok = train_clip_tokenizer(texts if texts is not None else _shapes_captions())
+    tok = train_clip_tokenizer(texts if texts is not None else shapes_captions())
     sot, eot = tok.convert_tokens_to_ids(SOT), tok.convert_tokens_to_ids(EOT)
     text_cfg = tf.CLIPTextConfig(
         vocab_size=len(tok),
         bos_token_id=sot,
-        eos_token_id=2 if legacy_eos else eot,
+        eos_token_id=eot,
         pad_token_id=eot,
         **txt_kw,
     )
@@ -271,7 +263,7 @@ def build_siglip(
     if size not in SIGLIP_SIZES:
         raise ValueError(f"size: expected one of {', '.join(SIGLIP_SIZES)}, got {size!r}")
     vis_kw, txt_kw = SIGLIP_SIZES[size]
-    tok = train_siglip_tokenizer(texts if texts is not None else _shapes_captions())
+    tok = train_siglip_tokenizer(texts if texts is not None else shapes_captions())
     pad = tok.convert_tokens_to_ids(PAD_EOS)
     cfg = tf.SiglipConfig(
         text_config={

@@ -28,7 +28,6 @@ image ranking for every text.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmfast._checks import one_line
 from mmfast.bundle import write_manifest
 from mmfast.preprocess import PreprocessConfig, preprocess_batch
 from mmfast.tokenizer import SpecialTokens
 
-from ..onnx_export import OPSET, ExportValidationError, GraphSpec, export_graphs
+from ..onnx_export import ExportValidationError, GraphSpec, export_graphs
 from . import common
 from .model_dir import ModelDir, ModelDirError
 
@@ -54,12 +52,8 @@ COSINE_TOLERANCE = 1e-4
 def load(d: ModelDir, arch: str) -> nn.Module:
     import transformers
 
-    cls = getattr(transformers, arch)
-    try:
-        model = cls.from_pretrained(d.path, local_files_only=True)
-    except Exception as e:  # safetensors, torch and transformers each raise their own
-        raise ModelDirError(f"{d.path}: the weights cannot be loaded ({one_line(e)})") from e
-    return model.eval().float()
+    model: nn.Module = common.from_pretrained(d, getattr(transformers, arch))
+    return model.float()
 
 
 def _is_siglip(model: nn.Module) -> bool:
@@ -219,12 +213,7 @@ def export_bundle(d: ModelDir, tmp: Path, *, arch: str, kind: str, check_images:
             "projection_dim": int(getattr(model.config, "projection_dim", 0) or 0),
             "text_max_position_embeddings": int(model.config.text_config.max_position_embeddings),
         },
-        "opset": OPSET,
-        "graphs": sections,
-        "preprocess": preprocess.to_dict(),
-        "vocab": "tokenizer.json",
-        "tokenizer": {"clean_up_tokenization_spaces": cleanup},
-        "special_tokens": asdict(special),
+        **common.bundle_sections(sections, preprocess, cleanup, special),
         "retrieval": {
             "logit_scale": scale,
             "logit_bias": bias,

@@ -20,7 +20,15 @@ from mmfast._checks import one_line
 from ..onnx_export import _git_commit
 from .model_dir import ModelDir, ModelDirError
 
-__all__ = ["check_images", "provenance", "save_tokenizer", "staging"]
+__all__ = [
+    "bundle_sections",
+    "check_images",
+    "check_sub_configs",
+    "from_pretrained",
+    "provenance",
+    "save_tokenizer",
+    "staging",
+]
 
 
 def save_tokenizer(d: ModelDir, out: Path, vocab_size: int) -> tuple[int, bool, dict[str, int]]:
@@ -101,4 +109,42 @@ def provenance(d: ModelDir) -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": _transformers_version(),
         "python": sys.version.split()[0],
+    }
+
+
+def check_sub_configs(d: ModelDir, want: dict[str, str]) -> None:
+    """ValueError unless each sub-config (e.g. "vision_config") has the model_type the
+    adapter cuts (a missing one is taken as that type, as transformers defaults it)."""
+    for key, model_type in want.items():
+        got = d.config.get(key, {}).get("model_type", model_type)
+        if got != model_type:
+            raise ValueError(f"{d.path}: {key}.model_type {got!r} is not {model_type!r}")
+
+
+def from_pretrained(d: ModelDir, cls: Any) -> Any:
+    """``cls.from_pretrained`` of the directory, offline, in eval mode; ModelDirError naming
+    the directory if the weights cannot be loaded."""
+    try:
+        model = cls.from_pretrained(d.path, local_files_only=True)
+    except Exception as e:  # safetensors, torch and transformers each raise their own
+        raise ModelDirError(f"{d.path}: the weights cannot be loaded ({one_line(e)})") from e
+    return model.eval()
+
+
+def bundle_sections(
+    graphs: dict[str, Any], preprocess: Any, clean_up_spaces: bool, special: Any
+) -> dict[str, Any]:
+    """The manifest sections every Hugging Face bundle has the same way: opset, graphs,
+    preprocessing, tokenizer.json and its special-token ids (a SpecialTokens)."""
+    from dataclasses import asdict
+
+    from ..onnx_export import OPSET
+
+    return {
+        "opset": OPSET,
+        "graphs": graphs,
+        "preprocess": preprocess.to_dict(),
+        "vocab": "tokenizer.json",
+        "tokenizer": {"clean_up_tokenization_spaces": clean_up_spaces},
+        "special_tokens": asdict(special),
     }

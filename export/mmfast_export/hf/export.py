@@ -41,7 +41,6 @@ from mmfast.preprocess import PreprocessConfig, preprocess_batch
 from mmfast.tokenizer import SpecialTokens
 
 from ..onnx_export import (
-    OPSET,
     ExportValidationError,
     OutputValueError,
     export_graphs,
@@ -205,12 +204,7 @@ def export_hf(
                 **adapter.describe(d),
                 "decoder_vocab_size": vocab_size,
             },
-            "opset": OPSET,
-            "graphs": sections,
-            "preprocess": preprocess.to_dict(),
-            "vocab": "tokenizer.json",
-            "tokenizer": {"clean_up_tokenization_spaces": cleanup},
-            "special_tokens": asdict(special),
+            **common.bundle_sections(sections, preprocess, cleanup, special),
             "decoder": {"state_updates": updates, "max_len": adapter.max_new_tokens(model)},
             "generation": asdict(generation),
             "validation": report,

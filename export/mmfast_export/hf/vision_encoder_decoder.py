@@ -19,13 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmfast._checks import one_line
-
 from ..onnx_export import GraphSpec
+from . import common
 from .bert import BertCrossKV, BertStep, check_bert_decoder
 from .gpt2 import GPT2CrossKV, GPT2Step, check_gpt2_decoder
 from .graphs import cache_graphs
-from .model_dir import ModelDir, ModelDirError
+from .model_dir import ModelDir
 
 __all__ = [
     "ENCODERS",
@@ -63,10 +62,7 @@ def load(d: ModelDir) -> nn.Module:
             f"{d.path}: decoder model_type {dec!r} is not supported (supported: "
             f"{', '.join(DECODERS)})"
         )
-    try:
-        model = VisionEncoderDecoderModel.from_pretrained(d.path, local_files_only=True)
-    except Exception as e:  # safetensors, torch and transformers each raise their own
-        raise ModelDirError(f"{d.path}: the weights cannot be loaded ({one_line(e)})") from e
+    model = common.from_pretrained(d, VisionEncoderDecoderModel)
     DECODERS[dec][0](model.decoder)
     return model.eval()
 
