@@ -6,7 +6,9 @@ bundle, validated against PyTorch;  4. with the torch-free runtime: caption test
 search them by text, answer questions;  5. latency of PyTorch eager vs mmfast on the same
 inputs;  6. bring your own model: a Hugging Face VisionEncoderDecoder (ViT + GPT-2) fine-tuned
 with transformers for a couple of minutes, saved with save_pretrained, exported from that
-directory and captioned by the same runtime, token for token as ``model.generate``.
+directory and captioned by the same runtime, token for token as ``model.generate``;  7. the
+same for a Hugging Face CLIP, trained contrastively for a minute: retrieval metrics on the test
+split (the same as transformers' embeddings give) and a search.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 # as in `mmfast train`: idle OpenMP threads sleep (only effective before torch is imported)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--hf-seconds", type=float, default=150.0, help="fine-tuning time of the HF captioner"
     )
+    p.add_argument(
+        "--clip-seconds", type=float, default=60.0, help="fine-tuning time of the HF CLIP"
+    )
     a = p.parse_args(argv)
     work = Path(a.workdir)
     import torch
@@ -211,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, tt, tm, same in rows:
         print(f"  {name:28} {tt:9.2f} {tm:9.2f} {tt / tm:7.2f}x  {same}")
     _huggingface(work, data, paths[:4], [refs[im["id"]][0] for im in images[:4]], a.hf_seconds)
+    _huggingface_clip(work, data, a.clip_seconds)
     print(
         f"\nmmfast {mmfast.__version__}: kernels {mmfast._C.active_variant()}, "
         f"bundles in {work / 'bundles'}"
@@ -256,6 +262,79 @@ def _huggingface(work: Path, data: Path, paths: list[str], refs: list[str], seco
         same = c.tokens == (w[: w.index(eos)] if eos in w else w)
         print(f"  {Path(path).name}: {c.text}   [{'same as' if same else 'DIFFERS from'} generate]")
         print(f"  {'':10}  reference: {ref}")
+
+
+def _huggingface_clip(work: Path, data: Path, seconds: float) -> None:
+    """Step 7: a Hugging Face CLIP directory -> retrieval bundle -> search and metrics on the
+    test split, the same as transformers' own embeddings give (reused when present)."""
+    import torch
+    import transformers
+
+    from mmfast.karpathy import read_karpathy
+    from mmfast.preprocess import load_rgb
+    from mmfast.retrieval_eval import evaluate_retrieval
+    from mmfast.retrieval_metrics import retrieval_metrics_from_embeddings
+    from mmfast.retriever import Retriever
+
+    from . import export
+    from .hf.finetune import finetune_clip
+
+    _say("7. bring your own retriever: Hugging Face CLIP (transformers) -> mmfast")
+    transformers.logging.set_verbosity_error()  # as in step 6, when run alone
+    transformers.logging.disable_progress_bar()
+    model_dir, bundle = work / "hf" / "clip", work / "bundles" / "hf-clip"
+    if (model_dir / "model.safetensors").is_file():
+        print(f"reusing fine-tuned model {model_dir}")
+    else:
+        r = _quiet(finetune_clip, data, model_dir, seconds=seconds)
+        print(
+            f"fine-tuned {r.steps} steps in {r.seconds:.0f} s (contrastive loss "
+            f"{r.first_loss:.2f} -> {r.last_loss:.2f}); saved to {model_dir}"
+        )
+    if not (bundle / "manifest.json").is_file():
+        t0 = time.time()
+        _quiet(export, model_dir, bundle)
+        print(f"exported {model_dir} -> {bundle} in {time.time() - t0:.0f} s (validated)")
+    split = read_karpathy(data / "dataset_shapes.json", data / "images", "test", limit=200)
+    ret = Retriever.load(bundle, threads=2)
+    got = evaluate_retrieval(ret, split)
+    # the same metrics from transformers' own processor and model
+    model = transformers.CLIPModel.from_pretrained(model_dir).eval()
+    proc = transformers.CLIPProcessor.from_pretrained(model_dir)
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(split.image_paths), 50):
+            ims = [load_rgb(p) for p in split.image_paths[i : i + 50]]
+            px = proc.image_processor(ims, return_tensors="pt").pixel_values
+            parts.append(_pooled(model.get_image_features(pixel_values=px)))
+        enc = proc.tokenizer(split.captions, padding=True, truncation=True, return_tensors="pt")
+        txt = _pooled(model.get_text_features(**enc))
+    img = torch.cat(parts)
+    want = retrieval_metrics_from_embeddings(
+        txt.numpy(), img.numpy(), split.image_of_text
+    ).as_dict()
+    keys = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
+    same = all(abs(got[k] - want[k]) < 1e-9 for k in keys)
+    print(
+        f"  test split, {len(split.image_paths)} images, {len(split.captions)} captions "
+        f"(mmfast eval retrieval): "
+        + ", ".join(f"{k} {got[k]:.1f}" for k in keys)
+        + f"   [{'same as' if same else 'DIFFERS from'} transformers' embeddings]"
+    )
+    ret.add_images([str(p) for p in split.image_paths], ids=[p.name for p in split.image_paths])
+    query = split.captions[0]
+    ids, scores = ret.search(query, k=3)
+    print(
+        f"  search {query!r}: "
+        + ", ".join(f"{i} {s:.3f}" for i, s in zip(ids, scores, strict=True))
+    )
+    print(f"  (the caption belongs to {split.image_paths[int(split.image_of_text[0])].name})")
+
+
+def _pooled(features: Any) -> Any:
+    """get_*_features' embeddings: transformers 5.x returns an output object (its
+    pooler_output), 4.x the tensor."""
+    return getattr(features, "pooler_output", features)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from mmfast.preprocess import PreprocessConfig, load_rgb, preprocess
 from ..coco import resolve_splits
 from .build import build_vit_gpt2
 
-__all__ = ["FinetuneResult", "finetune_vit_gpt2"]
+__all__ = ["FinetuneResult", "finetune_clip", "finetune_vit_gpt2"]
 
 
 @dataclass
@@ -90,6 +90,63 @@ def finetune_vit_gpt2(
         for r, s in enumerate(seqs):
             labels[r, : len(s)] = torch.tensor(s)
         loss = model(pixel_values=pixels[idx], labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        step += 1
+    model.eval()
+    model.save_pretrained(out)
+    return FinetuneResult(
+        out, step, time.perf_counter() - t0, losses[0], float(np.mean(losses[-20:]))
+    )
+
+
+def finetune_clip(
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    seconds: float = 60.0,
+    max_steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    limit: int | None = 3000,
+    seed: int = 0,
+) -> FinetuneResult:
+    """Train the ``small`` CLIP (:mod:`.build_clip`) contrastively, with transformers' own
+    loss (``CLIPModel(..., return_loss=True)``), on `data_dir`'s training images and captions
+    for `seconds` (or max_steps) and save it to `out`."""
+    import transformers as tf
+
+    from .build_clip import build_clip
+
+    splits = resolve_splits(data_dir)
+    names, captions = _captions(splits["train"].captions_json)
+    if limit is not None:
+        names, captions = names[:limit], captions[:limit]
+    out = Path(out)
+    build_clip(out, "small", seed=seed, texts=[c for cs in captions for c in cs])
+    model = tf.CLIPModel.from_pretrained(out)
+    tok = tf.AutoTokenizer.from_pretrained(out)
+    cfg = PreprocessConfig.from_hf(json.loads((out / "preprocessor_config.json").read_text()))
+    root = splits["train"].image_root
+    pixels = torch.from_numpy(np.stack([preprocess(load_rgb(root / n), cfg) for n in names]))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    step = 0
+    while step < max_steps and time.perf_counter() - t0 < seconds:
+        # distinct images: a repeated one would be its own negative
+        idx = rng.choice(len(names), size=min(batch_size, len(names)), replace=False)
+        texts = [captions[i][rng.integers(0, len(captions[i]))] for i in idx]
+        enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+        loss = model(**enc, pixel_values=pixels[idx], return_loss=True).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
