@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,31 @@ def finetune_vit_gpt2(
     pixels = torch.from_numpy(np.stack([preprocess(load_rgb(root / n), cfg) for n in names]))
     eos = tok.eos_token_id
     encoded = [[[*tok(c).input_ids, eos] for c in cs] for cs in captions]
+
+    def batch_loss(rng: np.random.Generator) -> torch.Tensor:
+        idx = rng.integers(0, len(names), batch_size)
+        seqs = [encoded[i][rng.integers(0, len(encoded[i]))] for i in idx]
+        labels = torch.full((batch_size, max(map(len, seqs))), -100, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            labels[r, : len(s)] = torch.tensor(s)
+        loss: torch.Tensor = model(pixel_values=pixels[idx], labels=labels).loss
+        return loss
+
+    return _train(model, batch_loss, out, seconds=seconds, max_steps=max_steps, lr=lr, seed=seed)
+
+
+def _train(
+    model: Any,
+    batch_loss: Callable[[np.random.Generator], torch.Tensor],
+    out: Path,
+    *,
+    seconds: float,
+    max_steps: int,
+    lr: float,
+    seed: int,
+) -> FinetuneResult:
+    """AdamW (warm-up over 50 steps, gradients clipped at 1) on batch_loss(rng) for `seconds`
+    or max_steps, then save_pretrained to `out`."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.train()
@@ -84,12 +110,7 @@ def finetune_vit_gpt2(
     t0 = time.perf_counter()
     step = 0
     while step < max_steps and time.perf_counter() - t0 < seconds:
-        idx = rng.integers(0, len(names), batch_size)
-        seqs = [encoded[i][rng.integers(0, len(encoded[i]))] for i in idx]
-        labels = torch.full((batch_size, max(map(len, seqs))), -100, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            labels[r, : len(s)] = torch.tensor(s)
-        loss = model(pixel_values=pixels[idx], labels=labels).loss
+        loss = batch_loss(rng)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -133,29 +154,13 @@ def finetune_clip(
     cfg = PreprocessConfig.from_hf(json.loads((out / "preprocessor_config.json").read_text()))
     root = splits["train"].image_root
     pixels = torch.from_numpy(np.stack([preprocess(load_rgb(root / n), cfg) for n in names]))
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    step = 0
-    while step < max_steps and time.perf_counter() - t0 < seconds:
+
+    def batch_loss(rng: np.random.Generator) -> torch.Tensor:
         # distinct images: a repeated one would be its own negative
         idx = rng.choice(len(names), size=min(batch_size, len(names)), replace=False)
         texts = [captions[i][rng.integers(0, len(captions[i]))] for i in idx]
         enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
-        loss = model(**enc, pixel_values=pixels[idx], return_loss=True).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        step += 1
-    model.eval()
-    model.save_pretrained(out)
-    return FinetuneResult(
-        out, step, time.perf_counter() - t0, losses[0], float(np.mean(losses[-20:]))
-    )
+        loss: torch.Tensor = model(**enc, pixel_values=pixels[idx], return_loss=True).loss
+        return loss
+
+    return _train(model, batch_loss, out, seconds=seconds, max_steps=max_steps, lr=lr, seed=seed)
