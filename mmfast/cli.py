@@ -145,10 +145,10 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .index import open_index
+    from .index._files import read_manifest
     from .retriever import Retriever
 
-    meta = open_index(args.index).metadata  # memory-mapped: only index.json is read whole
+    meta = read_manifest(args.index).metadata  # index.json alone: Retriever.load reads the rest
     bundle = args.model or meta.get("bundle")
     if not bundle or not isinstance(bundle, str):
         print("mmfast search: the index names no bundle; pass --model", file=sys.stderr)

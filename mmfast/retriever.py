@@ -175,12 +175,13 @@ class Retriever(Pipeline):
         # and pools at its end token; the export checks it against the model with its mask),
         # so a batch runs as groups of similar length: 32 captions padded to the longest of
         # all cost ~3x the tokens they hold (benchmarks/README.md, "CLIP embeddings").
-        ids = [self.tokens([t], self.max_len)[0] for t in texts]
+        assert isinstance(self.tokenizer, HFTokenizer)  # `causal` above
+        ids = [self.tokenizer.encode(t, max_length=self.max_len) for t in texts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = np.empty((len(texts), self.index.dim), np.float32)
         for g in range(0, len(order), _LENGTH_GROUP):
             rows = order[g : g + _LENGTH_GROUP]
-            batch = pad_tokens([list(ids[i]) for i in rows], self.max_len, self.tokenizer.pad_id)
+            batch = pad_tokens([ids[i] for i in rows], self.max_len, self.tokenizer.pad_id)
             out[rows] = self.run("text_tower.onnx", {"tokens": batch})["text_embedding"]
         return {"text_embedding": out}
 

@@ -231,25 +231,13 @@ def _huggingface(work: Path, data: Path, paths: list[str], refs: list[str], seco
 
     from mmfast.captioner import Captioner
 
-    from . import export
     from .hf.finetune import finetune_vit_gpt2
 
     _say("6. bring your own model: Hugging Face ViT + GPT-2 (transformers) -> mmfast")
     transformers.logging.set_verbosity_error()  # its notices and loading progress bars
     transformers.logging.disable_progress_bar()
     model_dir, bundle = work / "hf" / "vit-gpt2", work / "bundles" / "hf-vit-gpt2"
-    if (model_dir / "model.safetensors").is_file():
-        print(f"reusing fine-tuned model {model_dir}")
-    else:
-        r = _quiet(finetune_vit_gpt2, data, model_dir, seconds=seconds)
-        print(
-            f"fine-tuned {r.steps} steps in {r.seconds:.0f} s (loss {r.first_loss:.2f} -> "
-            f"{r.last_loss:.2f}); saved with save_pretrained to {model_dir}"
-        )
-    if not (bundle / "manifest.json").is_file():
-        t0 = time.time()
-        _quiet(export, model_dir, bundle)
-        print(f"exported {model_dir} -> {bundle} in {time.time() - t0:.0f} s (validated)")
+    _finetune_and_export(finetune_vit_gpt2, data, model_dir, bundle, seconds, "loss")
     cap = Captioner.load(bundle, threads=2)
     got = cap.caption(paths, beam_size=3)
     model = transformers.VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
@@ -276,25 +264,13 @@ def _huggingface_clip(work: Path, data: Path, seconds: float) -> None:
     from mmfast.retrieval_metrics import retrieval_metrics_from_embeddings
     from mmfast.retriever import Retriever
 
-    from . import export
     from .hf.finetune import finetune_clip
 
     _say("7. bring your own retriever: Hugging Face CLIP (transformers) -> mmfast")
     transformers.logging.set_verbosity_error()  # as in step 6, when run alone
     transformers.logging.disable_progress_bar()
     model_dir, bundle = work / "hf" / "clip", work / "bundles" / "hf-clip"
-    if (model_dir / "model.safetensors").is_file():
-        print(f"reusing fine-tuned model {model_dir}")
-    else:
-        r = _quiet(finetune_clip, data, model_dir, seconds=seconds)
-        print(
-            f"fine-tuned {r.steps} steps in {r.seconds:.0f} s (contrastive loss "
-            f"{r.first_loss:.2f} -> {r.last_loss:.2f}); saved to {model_dir}"
-        )
-    if not (bundle / "manifest.json").is_file():
-        t0 = time.time()
-        _quiet(export, model_dir, bundle)
-        print(f"exported {model_dir} -> {bundle} in {time.time() - t0:.0f} s (validated)")
+    _finetune_and_export(finetune_clip, data, model_dir, bundle, seconds, "contrastive loss")
     split = read_karpathy(data / "dataset_shapes.json", data / "images", "test", limit=200)
     ret = Retriever.load(bundle, threads=2)
     got = evaluate_retrieval(ret, split)
@@ -329,6 +305,31 @@ def _huggingface_clip(work: Path, data: Path, seconds: float) -> None:
         + ", ".join(f"{i} {s:.3f}" for i, s in zip(ids, scores, strict=True))
     )
     print(f"  (the caption belongs to {split.image_paths[int(split.image_of_text[0])].name})")
+
+
+def _finetune_and_export(
+    finetune: Callable[..., Any],
+    data: Path,
+    model_dir: Path,
+    bundle: Path,
+    seconds: float,
+    loss: str,
+) -> None:
+    """Steps 6 and 7: fine-tune into model_dir and export it to bundle, each unless done."""
+    from . import export
+
+    if (model_dir / "model.safetensors").is_file():
+        print(f"reusing fine-tuned model {model_dir}")
+    else:
+        r = _quiet(finetune, data, model_dir, seconds=seconds)
+        print(
+            f"fine-tuned {r.steps} steps in {r.seconds:.0f} s ({loss} {r.first_loss:.2f} -> "
+            f"{r.last_loss:.2f}); saved with save_pretrained to {model_dir}"
+        )
+    if not (bundle / "manifest.json").is_file():
+        t0 = time.time()
+        _quiet(export, model_dir, bundle)
+        print(f"exported {model_dir} -> {bundle} in {time.time() - t0:.0f} s (validated)")
 
 
 def _pooled(features: Any) -> Any:
