@@ -145,10 +145,12 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .index._files import read_manifest
+    from .index import open_index
     from .retriever import Retriever
 
-    meta = read_manifest(args.index).metadata  # index.json alone: Retriever.load reads the rest
+    # the whole index is checked here, so a corrupt one is one clear line before any model
+    # is loaded (it is memory-mapped: the second open by Retriever.load reads little)
+    meta = open_index(args.index).metadata
     bundle = args.model or meta.get("bundle")
     if not bundle or not isinstance(bundle, str):
         print("mmfast search: the index names no bundle; pass --model", file=sys.stderr)
