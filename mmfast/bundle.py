@@ -183,12 +183,20 @@ class RerankSection:
 
 @dataclass(frozen=True)
 class VQASection:
-    """``vqa``."""
+    """``vqa``: a classifier over a fixed answer list (``answers``, the logits' classes), or a
+    generative model whose answer decoder writes the answer (``generative``; it then has
+    ``decoder`` and ``generation`` sections, as a captioner, and no answer list)."""
 
-    max_len: int  # question tokens the answer head takes at most
+    max_len: int  # question tokens the model takes at most
+    # a classifier's answer scores from its logits: "softmax" (one answer per question, mmfast's
+    # own models) or "sigmoid" (each answer scored alone, as ViLT was trained: VQA soft scores)
+    activation: str = "softmax"
+    generative: bool = False
 
     def __post_init__(self) -> None:
         _check_token_limit(self.max_len)
+        if self.activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation must be softmax or sigmoid, got {self.activation!r}")
 
 
 def _check_token_limit(max_len: int) -> None:
@@ -200,7 +208,7 @@ def _check_token_limit(max_len: int) -> None:
 TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "caption": ("kind", "decoder"),
     "retrieval": ("retrieval",),
-    "vqa": ("vqa", "answers"),
+    "vqa": ("vqa",),  # and "answers" unless vqa.generative (Manifest.__post_init__)
     "rerank": ("rerank",),
 }
 
@@ -230,7 +238,7 @@ class Manifest:
     retrieval: RetrievalSection | None = None  # retrieval: required
     rerank: RerankSection | None = None  # rerank: required
     vqa: VQASection | None = None  # vqa: required
-    answers: str | None = None  # the answers file, one a line (vqa: required)
+    answers: str | None = None  # the answers file, one a line (a vqa classifier: required)
     tokenizer: TokenizerSection | None = None  # vocab is a tokenizer.json (Hugging Face)
     # decode as transformers' generate() does (Hugging Face captioners); absent: mmfast's own
     generation: GenerationConfig | None = None
@@ -242,6 +250,13 @@ class Manifest:
         for name in TASK_SECTIONS[self.task]:
             if getattr(self, name) is None:
                 raise _Invalid(f"missing required key {name!r} (a {self.task} bundle needs it)")
+        if self.task == "vqa":
+            assert self.vqa is not None  # checked just above
+            needs = ("decoder", "generation") if self.vqa.generative else ("answers",)
+            what = "generative" if self.vqa.generative else "classifier"
+            for name in needs:
+                if getattr(self, name) is None:
+                    raise _Invalid(f"missing required key {name!r} (a vqa {what} bundle needs it)")
         named: dict[str, str | None] = {"vocab": self.vocab, "answers": self.answers}
         named.update({f"graphs[{g}]": g for g in self.graphs})
         named.update({f"files[{f}]": f for f in self.files})
