@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, TypeVar
@@ -111,6 +111,16 @@ def _preprocess_pool() -> ThreadPoolExecutor:
 # a forked child has the pool object but none of its threads: it makes its own
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_preprocess_pool.cache_clear)
+
+
+def _each(one: Callable[[int], None], n: int) -> None:
+    """one(0) .. one(n - 1) on the preprocessing threads; the first failing index's error, in
+    order, is raised (what map re-raises)."""
+    if n < 2 or _PREPROCESS_WORKERS < 2:
+        for i in range(n):
+            one(i)
+    else:
+        list(_preprocess_pool().map(one, range(n)))
 
 
 P = TypeVar("P", bound="Pipeline")
@@ -250,6 +260,23 @@ class Pipeline:
             ids = [self.tokenizer.encode(t) for t in texts]
         return pad_tokens(ids, max_len, self.tokenizer.pad_id, fixed)
 
+    def images_at_own_size(self, images: Sequence[ImageLike], first: int = 0) -> list[np.ndarray]:
+        """Each image preprocessed at its own size, (3, H_i, W_i) float32 (resize_mode
+        "shortest_edge_capped": ViLT's), by the same threads as :meth:`pixels`."""
+        if len(images) == 0:
+            raise ValueError("images: no images")
+        out: list[np.ndarray] = [np.empty(0, np.float32)] * len(images)
+
+        def one(i: int) -> None:
+            decoded = load_image(images[i], first + i)
+            try:
+                out[i] = preprocess(decoded, self.preprocess_config)
+            except ValueError as e:
+                raise ValueError(f"images[{first + i}]: {e}") from e
+
+        _each(one, len(images))
+        return out
+
     def pixels(self, images: Sequence[ImageLike], first: int = 0) -> np.ndarray:
         """(B, 3, S, S) float32 model input. Images are decoded and resized by up to
         _PREPROCESS_WORKERS threads (Pillow's decode and resize and numpy release the GIL), so
@@ -268,12 +295,7 @@ class Pipeline:
             except ValueError as e:
                 raise ValueError(f"images[{first + i}]: {e}") from e
 
-        if len(images) < 2 or _PREPROCESS_WORKERS < 2:
-            for i in range(len(images)):
-                one(i)
-        else:
-            # map re-raises the first failing image's error, in the images' order
-            list(_preprocess_pool().map(one, range(len(images))))
+        _each(one, len(images))
         return out
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

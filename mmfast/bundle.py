@@ -309,7 +309,7 @@ def _not_inside(name: str) -> str | None:
 
 # PreprocessConfig keys added after format 1 (its Hugging Face path): optional in a manifest,
 # where a missing one takes its default, what every bundle written before it meant.
-_PREPROCESS_ADDED = frozenset({"resize", "rescale", "resize_mode"})
+_PREPROCESS_ADDED = frozenset({"resize", "rescale", "resize_mode", "size_divisor"})
 
 
 def _join(path: str, key: str) -> str:

@@ -20,8 +20,13 @@ are those processors' instead, rounding step by step as they do (no torch twin):
   2'. resize the 8-bit RGB image with ``PIL.Image.resize`` and that filter to
       (resize, resize), or (size, size) without ``resize``; with ``resize_mode``
       "shortest_edge" (CLIP's processor) the shorter side to ``resize`` and the longer to
-      int(resize * long / short), keeping the aspect ratio; Pillow rounds the result to uint8;
-  3'. with ``resize``, center crop to (size, size) (top = (height - size) // 2, likewise left);
+      int(resize * long / short), keeping the aspect ratio; with "shortest_edge_capped"
+      (ViLT's processor) the shorter side to ``resize`` and the longer one capped at
+      int(resize * 1333 / 800), both rounded and then cut down to a multiple of
+      ``size_divisor`` (the image keeps its own (H, W): a batch is zero-padded to its largest
+      image, with a pixel mask, :func:`pad_batch`); Pillow rounds the result to uint8;
+  3'. with ``resize`` (but not "shortest_edge_capped"), center crop to (size, size)
+      (top = (height - size) // 2, likewise left);
   4'. x = float32(float64(x) * rescale), then (x - mean) / std in float32 (mean and std rounded
       to float32 first).
 """
@@ -47,8 +52,10 @@ __all__ = [
     "MAX_SIZE",
     "PIL_FILTERS",
     "PreprocessConfig",
+    "capped_size",
     "check_image_size",
     "load_rgb",
+    "pad_batch",
     "preprocess",
     "preprocess_batch",
     "resize_matrix",
@@ -83,7 +90,9 @@ PIL_FILTERS: dict[str, Image.Resampling] = {
 # the float-domain resize of steps 2-5 (the module docstring), the one with a torch twin
 _FLOAT_RESAMPLE = "bilinear_antialias"
 _RESAMPLES = (_FLOAT_RESAMPLE, *PIL_FILTERS)
-_RESIZE_MODES = ("square", "shortest_edge")
+_RESIZE_MODES = ("square", "shortest_edge", "shortest_edge_capped")
+# ViLT's processor (and DETR's before it) caps the longer side at 1333 / 800 of the shorter
+_CAP_LONG, _CAP_SHORT = 1333, 800
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,11 @@ class PreprocessConfig:
         `size`); None: resize straight to `size`;
     rescale: the factor from 0..255 pixel values, applied before mean/std (1/255; another
         value needs a ``pil_*`` resample, 1.0 is Hugging Face's do_rescale=False);
-    resize_mode: "square" (`resize` is both sides) or "shortest_edge" (`resize` is the shorter
-        side, the aspect ratio kept; needs `resize`).
+    resize_mode: "square" (`resize` is both sides), "shortest_edge" (`resize` is the shorter
+        side, the aspect ratio kept; needs `resize`) or "shortest_edge_capped" (as
+        "shortest_edge", the longer side capped and both sides multiples of `size_divisor`, no
+        crop: each image keeps its own size, `size` is only the model's nominal side);
+    size_divisor: "shortest_edge_capped"'s multiple (1 otherwise).
     """
 
     size: int = 64
@@ -111,6 +123,7 @@ class PreprocessConfig:
     resize: int | None = None
     rescale: float = 1 / 255
     resize_mode: str = "square"
+    size_divisor: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.size <= MAX_SIZE:
@@ -147,6 +160,17 @@ class PreprocessConfig:
             )
         if self.resize_mode != "square" and self.resize is None:
             raise ValueError(f"resize_mode {self.resize_mode!r} needs resize (the shorter side)")
+        if not 1 <= self.size_divisor <= MAX_SIZE:
+            raise ValueError(f"size_divisor must be in 1..{MAX_SIZE}, got {self.size_divisor}")
+        if self.size_divisor != 1 and self.resize_mode != "shortest_edge_capped":
+            raise ValueError(
+                f"size_divisor {self.size_divisor} needs resize_mode 'shortest_edge_capped'"
+            )
+        if self.resize_mode == "shortest_edge_capped" and self.resize is not None:
+            if self.resize < self.size_divisor:  # every image would be cut to nothing
+                raise ValueError(
+                    f"resize {self.resize} is smaller than size_divisor {self.size_divisor}"
+                )
         if not (math.isfinite(self.rescale) and self.rescale > 0):
             raise ValueError(f"rescale must be positive and finite, got {self.rescale}")
         if float_path and self.rescale != 1 / 255:
@@ -166,7 +190,7 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         known = {"size", "mean", "std", "resample", "version", "extra", "resize", "rescale"}
-        known.add("resize_mode")
+        known |= {"resize_mode", "size_divisor"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
@@ -188,6 +212,7 @@ class PreprocessConfig:
             resize=None if resize is None else int(resize),
             rescale=float(d.get("rescale", 1 / 255)),
             resize_mode=str(d.get("resize_mode", "square")),
+            size_divisor=int(d.get("size_divisor", 1)),
         )
 
     @classmethod
@@ -257,6 +282,16 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
         "image_mean": _IMAGENET_STANDARD,
         "image_std": _IMAGENET_STANDARD,
     },
+    "Vilt": _HF_COMMON
+    | {
+        "size": {"shortest_edge": 384},
+        "default_to_square": False,
+        "size_divisor": 32,
+        "do_pad": True,
+        "resample": int(Image.Resampling.BICUBIC),
+        "image_mean": _IMAGENET_STANDARD,
+        "image_std": _IMAGENET_STANDARD,
+    },
     "Blip": _HF_COMMON
     | {
         "size": {"height": 384, "width": 384},
@@ -282,7 +317,7 @@ _HF_IGNORED = frozenset(
 # Keys that do: read by _from_hf (pad_size only matters with do_pad, which it refuses).
 _HF_USED = frozenset(
     {*_HF_COMMON, "size", "resample", "crop_size", "image_mean", "image_std"}
-    | {"pad_size", "data_format"}
+    | {"pad_size", "data_format", "size_divisor"}
 )
 _HF_RESAMPLE = {int(f): name for name, f in PIL_FILTERS.items()}
 
@@ -394,7 +429,9 @@ def _from_hf(d: dict[str, Any]) -> PreprocessConfig:
 
     if d.get("data_format") not in (None, "channels_first"):
         raise ValueError(f"'data_format' {d['data_format']!r}: mmfast's input is channels_first")
-    if _hf_bool("do_pad", get("do_pad")):
+    # ViLT's rule: shorter side, longer capped, multiples of size_divisor, padded with a mask
+    capped = family == "Vilt" or "size_divisor" in d
+    if _hf_bool("do_pad", get("do_pad")) and not capped:
         raise ValueError("'do_pad' true: padding to a common size is not reproduced")
     if not _hf_bool("do_resize", get("do_resize")):
         raise ValueError("'do_resize' false: each image would keep its own size; mmfast's is fixed")
@@ -405,7 +442,18 @@ def _from_hf(d: dict[str, Any]) -> PreprocessConfig:
     shortest = _shortest_edge(size, square or not _is_int(size))
     crop_it = _hf_bool("do_center_crop", get("do_center_crop"))
     mode = "square"
-    if shortest is not None:
+    divisor = 1
+    if capped:
+        if shortest is None or crop_it:
+            raise ValueError(
+                f"'size_divisor' with size {size!r} and do_center_crop {crop_it}: only ViLT's "
+                "rule (shortest_edge, no crop) is reproduced"
+            )
+        divisor = get("size_divisor")
+        if not (_is_int(divisor) and divisor > 0):
+            raise ValueError(f"'size_divisor' must be a positive integer, got {divisor!r}")
+        side, mode = shortest, "shortest_edge_capped"
+    elif shortest is not None:
         if not crop_it:
             raise ValueError(
                 f"'size' is {size!r} without a center crop: each image would keep its own "
@@ -414,7 +462,7 @@ def _from_hf(d: dict[str, Any]) -> PreprocessConfig:
         side, mode = shortest, "shortest_edge"
     else:
         side = _hf_side("size", size, square)
-    resize: int | None = None
+    resize: int | None = side if capped else None
     if crop_it:
         crop = _hf_side("crop_size", get("crop_size"))  # an int crop_size is always a square
         if crop > side:
@@ -448,6 +496,7 @@ def _from_hf(d: dict[str, Any]) -> PreprocessConfig:
             resize=resize,
             rescale=rescale,
             resize_mode=mode,
+            size_divisor=divisor,
         )
     except ValueError as e:
         raise ValueError(f"preprocessor config: {e}") from None
@@ -606,8 +655,44 @@ def _checked_rgb_array(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return arr
 
 
+def capped_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(height, width) of an image after "shortest_edge_capped" resizing, as ViLT's processor
+    computes it (get_resize_output_image_size: float scales, rounded half up, then cut down to
+    a multiple of size_divisor). An image so elongated that a side would be cut to nothing
+    (a banner: transformers fails on it) keeps that side at one size_divisor."""
+    assert cfg.resize is not None  # the mode needs it (PreprocessConfig checks)
+    short, long_cap = cfg.resize, int(_CAP_LONG / _CAP_SHORT * cfg.resize)
+    scale = short / min(height, width)
+    if height < width:
+        new_h, new_w = float(short), scale * width
+    else:
+        new_h, new_w = scale * height, float(short)
+    if max(new_h, new_w) > long_cap:
+        scale = long_cap / max(new_h, new_w)
+        new_h, new_w = scale * new_h, scale * new_w
+    d = cfg.size_divisor
+    return max(d, int(new_h + 0.5) // d * d), max(d, int(new_w + 0.5) // d * d)
+
+
+def pad_batch(images: list[FloatArray]) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """(3, H_i, W_i) images -> pixels (B, 3, H, W) zero-padded at the bottom and right to the
+    largest H and W, and the pixel mask (B, H, W) int64, 1 on each image's own pixels (ViLT's
+    processor's do_pad)."""
+    if not images:
+        raise ValueError("no images")
+    h = max(x.shape[1] for x in images)
+    w = max(x.shape[2] for x in images)
+    pixels = np.zeros((len(images), 3, h, w), np.float32)
+    mask = np.zeros((len(images), h, w), np.int64)
+    for i, x in enumerate(images):
+        pixels[i, :, : x.shape[1], : x.shape[2]] = x
+        mask[i, : x.shape[1], : x.shape[2]] = 1
+    return pixels, mask
+
+
 def preprocess(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig) -> FloatArray:
-    """One image -> (3, size, size) float32, normalised."""
+    """One image -> (3, size, size) float32, normalised; (3, H, W), the image's own size, with
+    resize_mode "shortest_edge_capped" (:func:`capped_size`)."""
     if cfg.resample != _FLOAT_RESAMPLE:
         return _preprocess_pil(image, cfg)
     u8 = _as_rgb_uint8(image)  # (H, W, 3)
@@ -640,6 +725,7 @@ def _preprocess_pil(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig
     side = cfg.size if cfg.resize is None else cfg.resize
     img = _as_rgb_image(image)
     w, h = side, side
+    crop = True
     if cfg.resize_mode == "shortest_edge":
         # get_resize_output_image_size(default_to_square=False): the shorter side to `side`,
         # the longer to int(side * long / short), truncated
@@ -647,13 +733,17 @@ def _preprocess_pil(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig
             h = int(side * img.height / img.width)
         else:
             w = int(side * img.width / img.height)
+    elif cfg.resize_mode == "shortest_edge_capped":
+        h, w = capped_size(img.width, img.height, cfg)
+        crop = False
     # transformers' resize: PIL.Image.resize on the 8-bit image, so the result is uint8
     # (Pillow rounds and clips each resampled value); reducing_gap None
     resized = img.resize((w, h), resample=PIL_FILTERS[cfg.resample])
     u8 = np.asarray(resized, dtype=np.uint8)  # (H', W', 3)
     # center_crop: (orig - crop) // 2 from the top and from the left
-    top, left = (h - cfg.size) // 2, (w - cfg.size) // 2
-    u8 = u8[top : top + cfg.size, left : left + cfg.size]  # (S, S, 3)
+    if crop:
+        top, left = (h - cfg.size) // 2, (w - cfg.size) // 2
+        u8 = u8[top : top + cfg.size, left : left + cfg.size]  # (S, S, 3)
     # rescale: float64 product, rounded once to float32
     x = (u8.transpose(2, 0, 1).astype(np.float64) * cfg.rescale).astype(np.float32)  # (3, S, S)
     # normalize: in the image's dtype, float32, with mean and std rounded to float32 first
@@ -666,7 +756,10 @@ def _preprocess_pil(image: Image.Image | npt.NDArray[Any], cfg: PreprocessConfig
 def preprocess_batch(
     images: list[Image.Image] | list[npt.NDArray[Any]], cfg: PreprocessConfig
 ) -> FloatArray:
-    """A list of images -> (B, 3, size, size) float32."""
+    """A list of images -> (B, 3, size, size) float32 (not for "shortest_edge_capped", whose
+    images differ in size: :func:`pad_batch`)."""
     if len(images) == 0:
         raise ValueError("no images")
+    if cfg.resize_mode == "shortest_edge_capped":
+        raise ValueError("images of resize_mode 'shortest_edge_capped' are batched by pad_batch")
     return np.stack([preprocess(im, cfg) for im in images]).astype(np.float32, copy=False)
