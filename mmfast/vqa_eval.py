@@ -100,8 +100,7 @@ CONTRACTIONS: dict[str, str] = {
 CONTRACTIONS["somebody'd"] = "somebodyd"
 
 NUMBER_WORDS: dict[str, str] = {
-    w: str(i)
-    for i, w in enumerate("zero one two three four five six seven eight nine ten".split())
+    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())
 }
 NUMBER_WORDS["none"] = "0"
 ARTICLES: frozenset[str] = frozenset({"a", "an", "the"})
@@ -390,7 +389,7 @@ def write_vqa_annotations(
     data_type: str = "",
     data_subtype: str = "",
     info: Mapping[str, Any] | None = None,
-    license: Mapping[str, Any] | None = None,  # noqa: A002 (the file's key)
+    license: Mapping[str, Any] | None = None,
 ) -> None:
     """Write an annotations file in the VQA v2 layout (read back by ``read_vqa_annotations``)."""
 
