@@ -481,9 +481,11 @@ def vqa_score(annotations: Sequence[VQAAnnotation], results: Mapping[int, str]) 
     annotations)."""
     if not annotations:
         raise ValueError("annotations: no questions to score")
-    for qid, a in results.items():
-        if not isinstance(a, str):
-            raise TypeError(f"results[{qid!r}]: expected an answer string, got {type(a).__name__}")
+    for qid, text in results.items():
+        if not isinstance(text, str):
+            raise TypeError(
+                f"results[{qid!r}]: expected an answer string, got {type(text).__name__}"
+            )
     ids = {a.question_id for a in annotations}
     missing = [a.question_id for a in annotations if a.question_id not in results]
     if missing:
