@@ -112,7 +112,12 @@ def answer_questions(
                     answers[q.question_id] = a.text
             if progress:
                 done = min(start + batch_size, len(image_ids))
-                print(f"\ranswered images {done}/{len(image_ids)}", end="", file=sys.stderr)
+                print(
+                    f"\ranswered images {done}/{len(image_ids)}",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         if progress:  # end the progress line, also before an error's message
             print(file=sys.stderr)

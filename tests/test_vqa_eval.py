@@ -8,6 +8,8 @@ out in turn, the others compared one by one)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -456,3 +458,17 @@ def test_image_paths(tmp_path):
     ]:
         with pytest.raises(ValueError, match=match):
             image_paths(qs, "d", pattern)
+
+
+def test_scoring_needs_no_torch(tmp_path):
+    """The files, the score and the loop import and run with torch blocked."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from mmfast.vqa_eval import HumanAnswer, VQAAnnotation, vqa_score\n"
+        "import mmfast.vqa_run\n"
+        "a = VQAAnnotation(1, 1, 'how many', 'number', (HumanAnswer('2', 'yes', 1),) * 3)\n"
+        "print(vqa_score([a], {1: 'Two'}).overall)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0.0"  # three identical records: each leaves out all three
