@@ -2,10 +2,11 @@
 
 The official score (mmfast.vqa_eval) needs ten human answers per question; the shapes
 generator knows one true answer. The ten humans here are simulated, deterministically
-(``np.random.default_rng([seed, question_id, 3])``), to look like VQA v2's:
+(``np.random.default_rng([seed, 3, crc32(split)])``), to look like VQA v2's:
 
 - Most humans type the shapes answer as the generator writes it ("two", "red", "yes"), so a
-  model trained on the shapes data that answers right scores 100 on the question.
+  model trained on the shapes data that answers right gets full credit (unless most humans
+  are wrong), even where the ten typed the same string and nothing is normalised.
 - Some type a surface variant the official normalisation undoes ("2", "Two", "two.", "the red",
   "Yes!"). The official code normalises only when the humans' strings differ, which these make
   happen; a model answer "2" then matches too.
@@ -27,6 +28,8 @@ with the images at DIR/images/{split}/000123.png, i.e. ``mmfast eval vqa --image
 
 from __future__ import annotations
 
+import functools
+import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,8 +52,8 @@ __all__ = [
     "IMAGE_PATTERN",
     "annotations_file",
     "answer_type",
-    "human_answers",
     "questions_file",
+    "simulate_humans",
     "write_vqa_v2",
 ]
 
@@ -79,7 +82,8 @@ def answer_type(answer: str) -> str:
     return "number" if a.isdigit() else "other"
 
 
-def _variants(answer: str) -> list[str]:
+@functools.cache
+def _variants(answer: str) -> tuple[str, ...]:
     """Spellings of ``answer`` that normalise to what it normalises to."""
     canon = normalize_answer(answer)
     out = [answer.capitalize(), answer + ".", canon]
@@ -89,61 +93,73 @@ def _variants(answer: str) -> list[str]:
         out += [answer + "!", answer.upper()]
     else:
         out += [f"the {answer}", f"a {answer}."]
-    return [v for v in dict.fromkeys(out) if v != answer]
+    return tuple(v for v in dict.fromkeys(out) if v != answer)
 
 
-def _wrong_answers(answer: str, seen: Sequence[str]) -> list[str]:
+@functools.cache
+def _wrong_answers(answer: str, seen: tuple[str, ...]) -> tuple[str, ...]:
     """Plausible wrong answers: the other of yes/no, a neighbouring count, or another answer
     seen for the same question type (``seen``); normalised forms differ from ``answer``'s."""
     canon = normalize_answer(answer)
     if canon in ("yes", "no"):
-        return ["no" if canon == "yes" else "yes"]
+        return ("no" if canon == "yes" else "yes",)
     if canon.isdigit():
         n = int(canon)
-        return [DIGIT_WORDS[k] for k in (n - 1, n + 1) if 0 <= k < len(DIGIT_WORDS)]
-    return [s for s in seen if normalize_answer(s) != canon]
+        return tuple(DIGIT_WORDS[k] for k in (n - 1, n + 1) if 0 <= k < len(DIGIT_WORDS))
+    return tuple(s for s in seen if normalize_answer(s) != canon)
 
 
-def human_answers(
-    answer: str, seen: Sequence[str], rng: np.random.Generator
-) -> tuple[HumanAnswer, ...]:
-    """Ten simulated human answers to a question whose true answer is ``answer`` (see the
-    module docstring); ``seen``: the answers of questions of the same type, for wrong ones."""
-    variants = _variants(answer)
-    wrong = _wrong_answers(answer, seen)
-    n_wrong = 0
-    if wrong and rng.random() < P_SOME_WRONG:
-        n_wrong = int(rng.integers(1, MAX_WRONG + 1))
-    texts: list[tuple[str, str]] = []  # (answer, answer_confidence)
-    for k in range(HUMANS):
-        if k < n_wrong:
-            texts.append((str(rng.choice(wrong)), str(rng.choice(["yes", "maybe", "no"]))))
-        elif rng.random() < P_VARIANT:
-            texts.append((str(rng.choice(variants)), "yes"))
-        else:
-            texts.append((answer, "yes"))
-    order = rng.permutation(HUMANS)
-    return tuple(
-        HumanAnswer(texts[int(k)][0], texts[int(k)][1], answer_id=j + 1)
-        for j, k in enumerate(order)
-    )
+_CONFIDENCES = ("yes", "maybe", "no")
+
+
+def simulate_humans(
+    questions: Sequence[Mapping[str, Any]], rng: np.random.Generator
+) -> list[tuple[HumanAnswer, ...]]:
+    """Ten simulated human answers to each question (a shapes record with "answer" and
+    "type"), as the module docstring describes; all random draws made at once, (Q, 10)."""
+    seen: dict[str, list[str]] = {}  # question type -> its answers, sorted (deterministic)
+    for q in questions:
+        seen.setdefault(q["type"], []).append(q["answer"])
+    seen_sorted = {t: tuple(sorted(set(v))) for t, v in seen.items()}
+    n = len(questions)
+    some_wrong = rng.random(n) < P_SOME_WRONG  # (Q,)
+    n_wrong = np.where(some_wrong, rng.integers(1, MAX_WRONG + 1, size=n), 0)  # (Q,)
+    respell = rng.random((n, HUMANS)) < P_VARIANT  # (Q, 10)
+    pick = rng.integers(0, 1 << 30, size=(n, HUMANS, 2))  # (Q, 10, variant | wrong answer)
+    confidence = rng.integers(len(_CONFIDENCES), size=(n, HUMANS))  # (Q, 10)
+    order = rng.permuted(np.tile(np.arange(HUMANS), (n, 1)), axis=1)  # (Q, 10)
+    out = []
+    for i, q in enumerate(questions):
+        answer = q["answer"]
+        variants = _variants(answer)
+        wrong = _wrong_answers(answer, seen_sorted[q["type"]])
+        texts: list[tuple[str, str]] = []  # (answer, answer_confidence), wrong ones first
+        for k in range(HUMANS):
+            if wrong and k < n_wrong[i]:
+                w = wrong[pick[i, k, 1] % len(wrong)]
+                texts.append((w, _CONFIDENCES[confidence[i, k]]))
+            elif respell[i, k]:
+                texts.append((variants[pick[i, k, 0] % len(variants)], "yes"))
+            else:
+                texts.append((answer, "yes"))
+        out.append(
+            tuple(HumanAnswer(*texts[k], answer_id=j + 1) for j, k in enumerate(order[i].tolist()))
+        )
+    return out
 
 
 def write_vqa_v2(
     out: str | Path, split: str, questions: Sequence[Mapping[str, Any]], seed: int
 ) -> dict[str, int]:
     """Write ``questions`` (the shapes records: question_id, image_id, question, answer, type)
-    as a VQA v2 questions file and annotations file under ``out/vqa_v2``; returns counts."""
+    as a VQA v2 questions file and annotations file under ``out/vqa_v2``; returns counts.
+    The humans are drawn from ``default_rng([seed, 3, crc32(split)])``: the same questions
+    and seed give the same files."""
     folder = Path(out) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    seen: dict[str, list[str]] = {}  # question type -> its answers, sorted (deterministic)
-    for q in questions:
-        seen.setdefault(q["type"], []).append(q["answer"])
-    seen = {t: sorted(set(v)) for t, v in seen.items()}
+    rng = np.random.default_rng([seed, 3, zlib.crc32(split.encode())])
     annotations = []
-    for q in questions:
-        rng = np.random.default_rng([seed, int(q["question_id"]), 3])
-        humans = human_answers(q["answer"], seen[q["type"]], rng)
+    for q, humans in zip(questions, simulate_humans(questions, rng), strict=True):
         # VQA v2's multiple_choice_answer: the humans' most common answer
         most = Counter(h.answer for h in humans).most_common(1)[0][0]
         annotations.append(
