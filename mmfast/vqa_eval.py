@@ -46,6 +46,9 @@ from typing import Any
 
 __all__ = [
     "ANSWER_TYPES",
+    "ARTICLES",
+    "CONTRACTIONS",
+    "NUMBER_WORDS",
     "HumanAnswer",
     "VQAAnnotation",
     "VQAQuestion",
@@ -108,10 +111,11 @@ ARTICLES: frozenset[str] = frozenset({"a", "an", "the"})
 # Removed, or made a space (see process_punctuation). Not the period, the apostrophe, ":", "$".
 _PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
 # A comma between digits ("1,000"): its presence anywhere removes all punctuation instead.
-_DIGIT_COMMA = re.compile(r"(\d)(,)(\d)")
+# (re.ASCII: the official code runs on Python 2, where \d is [0-9] without re.UNICODE.)
+_DIGIT_COMMA = re.compile(r"(\d)(,)(\d)", re.ASCII)
 # The official pattern, kept as written: "(?!<=\d)" is a lookahead that always holds before a
 # ".", so this is "a period not followed by a digit" ("3.5" keeps its point, "dog." loses it).
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
 # The official code passes re.UNICODE (32) where re.sub takes `count`: at most 32 periods go.
 _MAX_PERIODS = int(re.UNICODE)
 
@@ -129,8 +133,8 @@ def process_punctuation(text: str) -> str:
     out = text
     for p in _PUNCTUATION:
         # the test reads the answer as given, not as changed by the marks before
-        glued = delete_all or (p + " " in text) or (" " + p in text)
-        out = out.replace(p, "" if glued else " ")
+        delete = delete_all or (p + " " in text) or (" " + p in text)
+        out = out.replace(p, "" if delete else " ")
     return _PERIOD.sub("", out, count=_MAX_PERIODS)
 
 
