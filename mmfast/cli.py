@@ -231,6 +231,65 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_vqa(args: argparse.Namespace) -> int:
+    """`mmfast eval vqa`: answer a VQA v2 questions file, write the official results file and
+    print the official accuracy, overall, per answer type and per question type."""
+    import json
+
+    from ._checks import positive_int
+    from .vqa import VQA
+    from .vqa_eval import (
+        ANSWER_TYPES,
+        check_vqa_pair,
+        read_vqa_annotations,
+        read_vqa_questions,
+        vqa_score,
+        write_vqa_results,
+    )
+    from .vqa_run import answer_questions, image_paths
+
+    questions = read_vqa_questions(args.questions)
+    annotations = read_vqa_annotations(args.annotations)
+    check_vqa_pair(questions, annotations, args.questions, args.annotations)
+    if not Path(args.images).is_dir():
+        raise ValueError(f"--images {args.images} is not a directory")
+    subset = questions.questions
+    if args.limit is not None:
+        subset = subset[: positive_int("--limit", args.limit)]
+    if not subset:
+        raise ValueError(f"{args.questions}: no questions")
+    paths = image_paths(questions, args.images, args.image_pattern)
+    vqa = VQA.load(args.model, device=args.device, threads=args.threads)
+    results = answer_questions(
+        vqa, subset, paths, batch_size=args.batch_size, progress=not args.quiet
+    )
+    if args.results is not None:
+        write_vqa_results(args.results, results)
+    score = vqa_score([a for a in annotations if a.question_id in results], results)
+    if args.json is not None:
+        report = {
+            "model": str(Path(args.model).resolve()),
+            "questions": str(Path(args.questions).resolve()),
+            "annotations": str(Path(args.annotations).resolve()),
+            **score.as_dict(),
+        }
+        text = json.dumps(report, indent=2) + "\n"
+        if args.json == "-":
+            print(text, end="")
+            return 0
+        Path(args.json).write_text(text)
+    name = questions.data_subtype or Path(args.questions).name
+    print(f"{name}: {score.n_questions} questions, official VQA accuracy in %")
+    print(f"{'overall':24} {score.overall:6.2f}")
+    known = [t for t in ANSWER_TYPES if t in score.per_answer_type]
+    for t in known + [t for t in score.per_answer_type if t not in known]:
+        print(f"{t:24} {score.per_answer_type[t]:6.2f}  ({score.n_per_answer_type[t]})")
+    print("per question type:")
+    for t, acc in sorted(score.per_question_type.items()):
+        print(f"  {t:22} {acc:6.2f}  ({score.n_per_question_type[t]})")
+    return 0
+
+
 def _runtime_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
@@ -343,6 +402,30 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress output")
     _runtime_args(e)
     e.set_defaults(func=_cmd_eval)
+    from .vqa_run import COCO_PATTERN  # (stdlib only: cheap)
+
+    e = esub.add_parser(
+        "vqa", help="official VQA accuracy on VQA v2 files (overall, per answer/question type)"
+    )
+    e.add_argument("--model", required=True, help="VQA bundle directory")
+    e.add_argument("--questions", required=True, help="VQA v2 questions JSON")
+    e.add_argument("--annotations", required=True, help="VQA v2 annotations JSON")
+    e.add_argument("--images", required=True, help="image folder (e.g. coco/val2014)")
+    e.add_argument(
+        "--image-pattern",
+        default=COCO_PATTERN,
+        help="image file under --images; fields {image_id}, {data_subtype} (default: COCO's, "
+        "%(default)s; a shapes dataset: {data_subtype}/{image_id:06d}.png under DIR/images)",
+    )
+    e.add_argument("--results", default=None, metavar="OUT", help="write the results file here")
+    e.add_argument("--limit", type=int, default=None, help="the file's first N questions only")
+    e.add_argument(
+        "--batch-size", "--batch", dest="batch_size", type=int, default=32, help="images a run"
+    )
+    e.add_argument("--json", default=None, metavar="OUT", help="also write JSON here (-: stdout)")
+    e.add_argument("--quiet", action="store_true", help="no progress output")
+    _runtime_args(e)
+    e.set_defaults(func=_cmd_eval_vqa)
 
     for name, (_, help_text) in _TORCH_COMMANDS.items():
         # The PyTorch side parses its own arguments (and prints its own --help).

@@ -11,6 +11,8 @@ Output (``write_dataset``)::
     DIR/images/{train,val,test}/000123.png
     DIR/captions_{split}.json   COCO captions format: images[], annotations[] (+ objects per image)
     DIR/vqa_{split}.json        {"questions": [{question_id, image_id, question, answer, type}]}
+    DIR/vqa_v2/                 the same questions in the VQA v2 format, ten simulated human
+                                answers each (mmfast_export.vqa_v2; scored by `mmfast eval vqa`)
     DIR/dataset.json            the generator's parameters and counts
     DIR/dataset_shapes.json     the same splits and captions in Karpathy-split format
                                 (mmfast.karpathy; image root DIR/images)
@@ -34,6 +36,7 @@ from PIL import Image, ImageDraw
 from mmfast.karpathy import KarpathyImage, write_karpathy
 
 from .field_checks import FieldError, at_least, finite_at_least, in_range
+from .vqa_v2 import write_vqa_v2
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -395,6 +398,7 @@ def write_dataset(cfg: ShapesConfig, out: str | Path, workers: int | None = None
                 q_id += 1
         (out / f"captions_{split}.json").write_text(json.dumps(coco))
         (out / f"vqa_{split}.json").write_text(json.dumps(vqa))
+        write_vqa_v2(out, split, vqa["questions"], seed=cfg.seed)
         summary["splits"][split] = {
             "images": len(coco["images"]),
             "captions": len(coco["annotations"]),
