@@ -184,9 +184,16 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     from .vqa import VQA
 
     vqa = VQA.load(args.model, device=args.device, threads=args.threads)
-    ans = vqa.answer_many([args.image], [args.questions])[0]
+    kw: dict[str, int] = {}
+    if args.top_k is not None:
+        kw["top_k"] = args.top_k
+    if args.beam_size is not None:
+        kw["beam_size"] = args.beam_size
+    ans = vqa.answer_many([args.image], [args.questions], **kw)[0]
     for q, a in zip(args.questions, ans, strict=True):
         print(f"{q}\t{a.text}\t{a.confidence:.3f}")
+        for text, score in a.top[1:]:  # the runners-up, when --top-k asks for them
+            print(f"\t{text}\t{score:.3f}")
     return 0
 
 
@@ -381,6 +388,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="VQA bundle directory")
     s.add_argument("image", help="image file")
     s.add_argument("questions", nargs="+", help="one or more questions")
+    s.add_argument(
+        "--top-k", type=int, help="also print the runner-up answers and scores (classifiers)"
+    )
+    s.add_argument("--beam-size", type=int, help="beam search width (generative models)")
     _runtime_args(s)
     s.set_defaults(func=_cmd_ask)
 
