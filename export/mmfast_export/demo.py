@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for q in [q for q in qa if q["image_id"] in by_id][:5]:
         ans = vqa.answer(by_id[q["image_id"]], q["question"])
         print(f"  {q['question']} -> {ans.text} ({ans.confidence:.2f}); truth: {q['answer']}")
+    _official_vqa_score(data, vqa)
 
     _say("5. latency, PyTorch eager vs mmfast (ONNX Runtime), 2 threads, median ms")
     model, cfg, _ = load_run(runs["caption"])
@@ -222,6 +223,29 @@ def main(argv: list[str] | None = None) -> int:
         f"bundles in {work / 'bundles'}"
     )
     return 0
+
+
+def _official_vqa_score(data: Path, vqa: Any) -> None:
+    """Step 4d: the official VQA v2 accuracy of the VQA bundle on the test split's VQA v2 files
+    (ten simulated humans per question), what ``mmfast eval vqa`` prints."""
+    from mmfast.vqa_eval import read_vqa_annotations, read_vqa_questions, vqa_score
+    from mmfast.vqa_run import answer_questions, image_paths
+
+    from .vqa_v2 import annotations_file, questions_file
+
+    _say("4d. official VQA v2 accuracy, test split (mmfast eval vqa)")
+    qfile = data / "vqa_v2" / questions_file("test")
+    if not qfile.is_file():  # data written before the VQA v2 files were
+        print(f"  no {qfile.name}: delete {data} to regenerate the data with it")
+        return
+    qs = read_vqa_questions(qfile)
+    anns = read_vqa_annotations(data / "vqa_v2" / annotations_file("test"))
+    paths = image_paths(qs, data / "images", "{data_subtype}/{image_id:06d}.png")
+    score = vqa_score(anns, answer_questions(vqa, qs.questions, paths))
+    types = ", ".join(f"{t} {v:.2f}" for t, v in score.per_answer_type.items())
+    print(f"  {score.n_questions} questions: overall {score.overall:.2f} ({types})")
+    per_q = ", ".join(f"{t} {v:.1f}" for t, v in score.per_question_type.items())
+    print(f"  per question type: {per_q}")
 
 
 def _huggingface(work: Path, data: Path, paths: list[str], refs: list[str], seconds: float) -> None:
