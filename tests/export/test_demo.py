@@ -21,6 +21,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         "4a. captions",
         "4b. text search",
         "4c. questions",
+        "4d. official VQA v2 accuracy",
         "5. latency",
         "6. bring your own model",
     ):
@@ -28,6 +29,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     # (token identity with PyTorch is asserted on sharpened models in test_onnx_export.py; a
     # 1-epoch model can have near-tied logits, so here only the table's presence is checked)
     assert "caption, 32 images, greedy" in out
+    assert "questions: overall" in out  # the official score was computed, not skipped
     # a second run reuses everything it made
     assert main(args) == 0
     again = capsys.readouterr().out
