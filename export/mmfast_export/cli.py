@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, TypeVar
 
 from mmfast._checks import one_line
@@ -55,6 +56,17 @@ def _data_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.1)
     s.add_argument("--test-fraction", type=float, default=0.1)
     s.add_argument("--workers", type=int, default=None, help="processes (default: CPUs, <= 4)")
+    v = sub.add_parser(
+        "vqa-v2",
+        help="official VQA v2 questions + annotations -> training questions (vqa_SPLIT.json)",
+    )
+    v.add_argument("--questions", required=True, help="VQA v2 questions JSON")
+    v.add_argument("--annotations", required=True, help="VQA v2 annotations JSON")
+    v.add_argument(
+        "--out",
+        required=True,
+        help="the file to write, vqa_{train,val,test}.json next to that split's COCO captions",
+    )
     return p
 
 
@@ -72,6 +84,8 @@ def _option(field_name: str) -> str:
 
 def main_data(argv: list[str]) -> int:
     args = _data_parser().parse_args(argv)
+    if args.generator == "vqa-v2":
+        return _vqa_v2(args)
     from .shapes import ShapesConfig, write_dataset
 
     try:
@@ -82,6 +96,24 @@ def main_data(argv: list[str]) -> int:
         print(f"mmfast data: {one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _vqa_v2(args: argparse.Namespace) -> int:
+    """``mmfast data vqa-v2``: the official files -> one target answer per question."""
+    from .vqa_v2 import to_training_questions
+
+    try:
+        data = to_training_questions(args.questions, args.annotations)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data))
+    except _INPUT_ERRORS as e:
+        print(f"mmfast data: {one_line(e)}", file=sys.stderr)
+        return 2
+    n = len(data["questions"])
+    answers = len({q["answer"] for q in data["questions"]})
+    print(f"{n} questions, {answers} distinct answers -> {args.out}")
     return 0
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "answer_type",
     "questions_file",
     "simulate_humans",
+    "to_training_questions",
     "write_vqa_v2",
 ]
 
@@ -194,3 +195,36 @@ def write_vqa_v2(
         info=info,
     )
     return {"questions": len(annotations)}
+
+
+def to_training_questions(
+    questions_path: str | Path, annotations_path: str | Path
+) -> dict[str, Any]:
+    """A VQA v2 questions file + annotations file -> mmfast's training questions
+    (``vqa_{split}.json``: ``{"questions": [{question_id, image_id, question, answer, type}]}``),
+    one target answer per question as VQA training does: the humans' most common answer
+    (``multiple_choice_answer``, or counted from the ten when a file lacks it), as typed (the
+    official score does not normalise ten identical answers); ``type`` is the question type.
+    The two files must hold the same questions (ValueError naming the first that differs)."""
+    from mmfast.vqa_eval import check_vqa_pair, read_vqa_annotations, read_vqa_questions
+
+    qs = read_vqa_questions(questions_path)
+    anns = read_vqa_annotations(annotations_path)
+    check_vqa_pair(qs, anns, questions_path, annotations_path)
+    by_id = {a.question_id: a for a in anns}
+    out = []
+    for q in qs.questions:
+        a = by_id[q.question_id]
+        target = a.multiple_choice_answer
+        if target is None:  # counted ties: the first typed wins, as Counter keeps order
+            target = Counter(h.answer for h in a.answers).most_common(1)[0][0]
+        out.append(
+            {
+                "question_id": q.question_id,
+                "image_id": q.image_id,
+                "question": q.question,
+                "answer": target,
+                "type": a.question_type,
+            }
+        )
+    return {"questions": out}
