@@ -36,18 +36,17 @@ from . import generation as hf_generation
 from ._checks import positive_int
 from ._pipeline import pad_tokens
 from .bundle import BundleFormatError, BundleMismatchError
+from .captioner import MAX_BEAM_SIZE, MAX_CAPTION_LEN
 from .decoding import DecodeResult, State
 from .hf_tokenizer import HFTokenizer
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
-__all__ = ["MAX_BEAM_SIZE", "QUESTION_BIAS", "answer_generative", "check_bundle", "graph_files"]
+__all__ = ["QUESTION_BIAS", "answer_generative", "check_bundle", "graph_files"]
 
 IMAGE, QUESTION, STEP = "image_encoder.onnx", "question_encoder.onnx", "decoder_step.onnx"
 QUESTION_BIAS = "question_bias"  # (B, T) float32: 0 where a question token is, a large negative
-# Beams multiply the decoder state (B x beam_size copies): the captioner's limit
-MAX_BEAM_SIZE = 100
 
 
 def graph_files() -> list[str]:
@@ -122,8 +121,9 @@ def answer_generative(
     score, answer token ids without [DEC] and the closing [SEP]).
 
     pixels: (N_images, 3, S, S) float32, preprocessed (``pipe.pixels``). beam_size: 1 (greedy)
-    to MAX_BEAM_SIZE; max_new_tokens: answer tokens at most (default: the model's generation
-    config, ``max_length - 1``; at most the decoder's position table). Both decode exactly as
+    to the captioner's MAX_BEAM_SIZE; max_new_tokens: answer tokens at most (default: the
+    model's generation config, ``max_length - 1``; at most the decoder's position table).
+    Both decode exactly as
     ``model.generate(input_ids, pixel_values, attention_mask, num_beams=beam_size,
     max_new_tokens=...)`` does for the question alone. attend_padding: let the decoder attend
     to the padding of the batch's shorter questions, as ``generate`` does on a padded batch
@@ -150,7 +150,8 @@ def answer_generative(
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < len(pixels):
             raise ValueError(f"image_index[{j}]: expected an image 0..{len(pixels) - 1}, got {i!r}")
     beam_size = positive_int("beam_size", beam_size, at_most=MAX_BEAM_SIZE)
-    limit = m.decoder.max_len  # the answer decoder's position table
+    # the answer decoder's position table (a bundle without one: the captioner's loop bound)
+    limit = m.decoder.max_len or MAX_CAPTION_LEN
     if max_new_tokens is None:
         max_new_tokens = min(cfg.max_length - 1, limit)
     new = positive_int("max_new_tokens", max_new_tokens, at_most=limit)
