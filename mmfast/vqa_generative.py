@@ -123,11 +123,10 @@ def answer_generative(
     pixels: (N_images, 3, S, S) float32, preprocessed (``pipe.pixels``). beam_size: 1 (greedy)
     to the captioner's MAX_BEAM_SIZE; max_new_tokens: answer tokens at most (default: the
     model's generation config, ``max_length - 1``; at most the decoder's position table).
-    Both decode exactly as
-    ``model.generate(input_ids, pixel_values, attention_mask, num_beams=beam_size,
-    max_new_tokens=...)`` does for the question alone. attend_padding: let the decoder attend
-    to the padding of the batch's shorter questions, as ``generate`` does on a padded batch
-    (the answers then depend on the batch; for checking against ``generate``).
+    Answers are decoded exactly as ``model.generate(input_ids, pixel_values, attention_mask,
+    num_beams=beam_size, max_new_tokens=...)`` decodes the question alone. attend_padding: let
+    the decoder attend to the padding of the batch's shorter questions, as ``generate`` does
+    on a padded batch (the answers then depend on the batch; for checking against it).
 
     score: the answer's probability under the model, exp(sum of its tokens' log-probabilities,
     the closing [SEP] included); for beam search this is transformers' ``sequences_scores``
