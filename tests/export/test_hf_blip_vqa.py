@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +286,28 @@ def test_step_without_question_bias_is_a_bundle_error(
     write_manifest(broken, m)
     with pytest.raises(BundleError, match=r"question_encoder\.onnx"):
         _GenerativeVQA.load(broken, threads=1)
+
+
+def test_runs_with_torch_and_transformers_blocked(vqa: tuple[Path, Path]) -> None:
+    """The runtime side answers with torch and transformers unimportable."""
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'transformers'): sys.modules[m] = None\n"
+        "import numpy as np\n"
+        "from mmfast import vqa_generative\n"
+        "from mmfast._pipeline import Pipeline\n"
+        "class G(Pipeline):\n"
+        "    task = 'vqa'\n"
+        "    graph_files = classmethod(lambda cls, m: vqa_generative.graph_files())\n"
+        "    def check_bundle(self): vqa_generative.check_bundle(self)\n"
+        f"p = G.load({str(vqa[1])!r}, threads=1)\n"
+        "px = p.pixels([np.zeros((40, 50, 3), np.uint8)])\n"
+        "out = vqa_generative.answer_generative(p, px, [0, 0], ['what?', 'how many?'],"
+        " beam_size=2, max_new_tokens=3)\n"
+        "print('OK', len(out), all(isinstance(a[0], str) for a in out))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "OK 2 True"
