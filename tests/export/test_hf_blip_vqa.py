@@ -311,3 +311,22 @@ def test_runs_with_torch_and_transformers_blocked(vqa: tuple[Path, Path]) -> Non
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "OK 2 True"
+
+
+def test_default_length_is_generates(vqa: tuple[Path, Path]) -> None:
+    """No max_new_tokens: as many answer tokens as generate() makes without one (its default
+    max_length counts [DEC])."""
+    model_dir, bundle = vqa
+    proc, model = _hf(model_dir)
+    images = _images()
+    pipe = _GenerativeVQA.load(bundle, threads=1)
+    index = [j % len(images) for j in range(len(QUESTIONS))]
+    got = vqa_generative.answer_generative(pipe, pipe.pixels(images), index, QUESTIONS)
+    sep = model.config.text_config.sep_token_id
+    for j, q in enumerate(QUESTIONS):
+        one = proc(images=images[index[j]], text=q, return_tensors="pt")
+        with torch.no_grad():
+            want = model.generate(**one)[0].tolist()[1:]
+        assert got[j][2] == cut_at_eos(want, (sep,))
+    # the default, not the other tests' NEW, decided the length of some answer
+    assert max(len(a[2]) for a in got) > NEW
