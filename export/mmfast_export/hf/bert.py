@@ -20,6 +20,9 @@ Per layer (x the hidden state of the new token; LN(a + b) is the ``*.output`` mo
 
 The cross K/V module and the step take and give the state of :mod:`.graphs` (names, shapes);
 the step's ``attention`` is the last layer's cross-attention averaged over heads, (B, N).
+With ``cross_bias`` the step takes one more state entry after the cross K/V, an additive mask
+(B, N) on the cross-attention scores (0 attended, a large negative number not): BLIP VQA's
+answer decoder attends to questions of several lengths padded into one batch.
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ class BertCrossKV(nn.Module):
 class BertStep(nn.Module):
     """One token per sequence through the BERT-style decoder; see the module docstring."""
 
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: nn.Module, cross_bias: bool = False) -> None:
         super().__init__()
+        self.cross_bias = cross_bias  # the last state entry is a (B, N) additive mask
         emb = lm.bert.embeddings
         self.word, self.position, self.ln_emb = (
             emb.word_embeddings,
@@ -95,7 +99,9 @@ class BertStep(nn.Module):
 
     def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = len(self.layers)
-        past, cross = state[: 2 * n], state[2 * n :]
+        past, cross = state[: 2 * n], state[2 * n : 4 * n]
+        # (B, 1, 1, N) added to every head's scores; None: every position attended
+        bias = state[4 * n][:, None, None, :] if self.cross_bias else None
         b, c, h = tokens.shape[0], self.embed_dim, self.n_head
         d = c // h
         scale = math.sqrt(d)  # BLIP (and BERT 4.x) divide the scores by sqrt(D)
@@ -120,6 +126,8 @@ class BertStep(nn.Module):
             ca = layer.crossattention
             q = ca.self.query(x).view(b, h, 1, d)
             s = (q @ cross[2 * i].transpose(2, 3)) / scale  # (B, H, 1, N); the image mask is 1s
+            if bias is not None:
+                s = s + bias
             probs = torch.softmax(s, dim=-1)
             x = ca.output((probs @ cross[2 * i + 1]).reshape(b, c), x)
             x = layer.output(layer.intermediate(x), x)  # LN(x + W_2 act(W_1 x))

@@ -19,6 +19,7 @@ __all__ = [
     "SIZES",
     "build_blip",
     "build_blip_itm",
+    "build_blip_vqa",
     "build_vit_gpt2",
     "shapes_captions",
     "train_tokenizer",
@@ -299,6 +300,29 @@ def build_blip_itm(
     return _build_blip(out, size, seed, texts, tf.BlipForImageTextRetrieval, max_length)
 
 
+def build_blip_vqa(
+    out: str | Path, size: str = "tiny", *, seed: int = 0, texts: Iterable[str] | None = None
+) -> Path:
+    """Write a BLIP VQA directory (``BlipForQuestionAnswering``: a ViT vision model, a
+    BERT-style question encoder cross-attending to the image, and an answer decoder
+    cross-attending to the question, Salesforce/blip-vqa-base's layout) with random weights;
+    returns `out`.
+
+    The sizes of :data:`BLIP_SIZES` (base: ViT-B/16 at 384 + BERT-base encoder and decoder),
+    the same tokenizer and image processor as :func:`build_blip`, model_max_length the text
+    position table (as :func:`build_blip_itm`). The answer decoder's cross-attention takes the
+    question encoder's states through ``text_config.encoder_hidden_size`` (the vision width),
+    so the two widths must be equal: tiny's vision model is made as wide as its text model."""
+    import transformers as tf
+
+    size_kw = BLIP_SIZES[size][1] if size in BLIP_SIZES else {}
+    max_length = size_kw.get("max_position_embeddings")
+    vision = {"hidden_size": size_kw["hidden_size"]} if size_kw else None
+    return _build_blip(
+        out, size, seed, texts, tf.BlipForQuestionAnswering, max_length, vision=vision
+    )
+
+
 def _build_blip(
     out: str | Path,
     size: str,
@@ -306,15 +330,19 @@ def _build_blip(
     texts: Iterable[str] | None,
     model_cls: Any,
     max_length: int | None,
+    *,
+    vision: dict[str, Any] | None = None,
 ) -> Path:
-    """build_blip and build_blip_itm: one BLIP config, tokenizer and image processor, the
-    model class theirs; max_length: the tokenizer's model_max_length (None: its default)."""
+    """build_blip, build_blip_itm and build_blip_vqa: one BLIP config, tokenizer and image
+    processor, the model class theirs; max_length: the tokenizer's model_max_length (None: its
+    default); vision: BlipVisionConfig fields replacing the size's."""
     import torch
     import transformers as tf
 
     if size not in BLIP_SIZES:
         raise ValueError(f"size: expected one of {', '.join(BLIP_SIZES)}, got {size!r}")
     vis_kw, text_kw, bert_layout = BLIP_SIZES[size]
+    vis_kw = {**vis_kw, **(vision or {})}
     tok = train_wordpiece(
         texts if texts is not None else shapes_captions(), bert_layout=bert_layout
     )

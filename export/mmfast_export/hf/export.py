@@ -45,7 +45,7 @@ from ..onnx_export import (
     OutputValueError,
     export_graphs,
 )
-from . import blip, blip_itm, clip, common, vilt, vision_encoder_decoder
+from . import blip, blip_itm, blip_vqa, clip, common, vilt, vision_encoder_decoder
 from .common import provenance, save_tokenizer, staging
 from .model_dir import ModelDir, ModelDirError, read_model_dir
 
@@ -59,6 +59,7 @@ ADAPTERS: dict[str, tuple[str, ModuleType, str]] = {
     "SiglipModel": ("retrieval", clip, "hf_siglip"),
     "BlipForImageTextRetrieval": ("rerank", blip_itm, "hf_blip_itm"),
     "ViltForQuestionAnswering": ("vqa", vilt, "hf_vilt"),
+    "BlipForQuestionAnswering": ("vqa", blip_vqa, "hf_blip_vqa"),
 }
 # model_type -> architecture, for a config.json without "architectures"
 _BY_MODEL_TYPE = {
