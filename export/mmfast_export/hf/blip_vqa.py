@@ -345,22 +345,10 @@ def _long_question(tok: Any, max_len: int) -> str:
 
 
 def _runtime(bundle: Path) -> Any:
-    """The bundle loaded by mmfast's runtime, as a generative VQA pipeline."""
-    from mmfast import vqa_generative
-    from mmfast._pipeline import Pipeline
+    """The bundle loaded by mmfast's runtime (:class:`mmfast.VQA`, a generative one)."""
+    from mmfast.vqa import VQA
 
-    class _GenerativeVQA(Pipeline):
-        # until mmfast.VQA drives generative bundles: the pipeline it will be, minus the API
-        task = "vqa"
-
-        @classmethod
-        def graph_files(cls, manifest: Any) -> list[str]:
-            return vqa_generative.graph_files()
-
-        def check_bundle(self) -> None:
-            vqa_generative.check_bundle(self)
-
-    return _GenerativeVQA.load(bundle, threads=1)
+    return VQA.load(bundle, threads=1)
 
 
 def check_answers(
