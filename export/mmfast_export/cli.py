@@ -203,7 +203,7 @@ def main_export(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument(
         "--task",
-        choices=["caption", "retrieval", "rerank"],
+        choices=["caption", "retrieval", "rerank", "vqa"],
         default=None,
         help="Hugging Face models: the task to export for (default: from config.json)",
     )
@@ -228,10 +228,17 @@ def main_export(argv: list[str]) -> int:
     for what in ("image", "text"):  # a dual encoder's embeddings
         if (dist := ref.get(f"{what}_max_cosine_distance")) is not None:
             print(f"  {what + ' embeddings':22} cosine distance to transformers <= {dist:.1e}")
-    if hf := manifest["validation"].get("hf_reference"):  # a re-ranker's P(match)
+    if hf := manifest["validation"].get("hf_reference"):  # a re-ranker's P(match), ViLT's scores
         err = hf.get("score_max_abs_err_vs_float64")
+        what = "answer scores" if manifest["task"] == "vqa" else "P(match)"
         if err is not None:
-            print(f"  {'P(match)':22} max abs err vs transformers (float64) {err:.2e}")
+            print(f"  {what:22} max abs err vs transformers (float64) {err:.2e}")
+    if gen := manifest["validation"].get("hf_generate"):  # a generative VQA model's answers
+        modes = sorted(m.removesuffix("_tokens_identical") for m in gen if "_tokens_" in m)
+        print(
+            f"  {'answers':22} tokens identical to model.generate ({', '.join(modes)}) on "
+            f"{gen['questions']} questions"
+        )
     if ref.get("rankings_identical"):
         print(f"  {'rankings':22} identical to transformers'")
     if gen := manifest["validation"].get("generate"):
