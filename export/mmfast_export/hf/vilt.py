@@ -17,7 +17,9 @@ What differs from ``ViltEmbeddings.visual_embed``, and why the logits are the sa
   interpolated (align_corners) to that image's own patch grid, then zero-padded; transformers
   loops over the images, here the interpolation is two per-image weight matrices built from
   the valid sizes (an einsum), which exports as one graph for any batch.
-- the processor gives one question's token_type_ids as zeros; they are not an input.
+- the processor gives one question's token_type_ids as zeros; they are not an input;
+- the last layer is computed for the first position alone (all positions' keys and values,
+  one query): the pooler reads nothing else.
 A config with ``max_image_length`` > 0 makes transformers sample that many patches at random
 (in eval too): such a model is refused, its outputs are not reproducible.
 
@@ -28,6 +30,7 @@ cross-entropy on VQA's soft scores, and transformers' VQA pipeline reports ``log
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +141,33 @@ class ViltVQA(nn.Module):
         )  # (B, L)
         # additive mask as transformers builds it: 0 where attended, float32's min elsewhere
         bias = (1.0 - keep[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             hidden = layer(hidden, attention_mask=bias)[0]
-        pooled = self.pooler(self.norm(hidden))  # (B, C): the first (text [CLS]) position
+        first = _last_layer_first_token(self.layers[-1], hidden, bias)  # (B, 1, C)
+        pooled = self.pooler(self.norm(first))  # (B, C): the first (text [CLS]) position
         logits: torch.Tensor = self.classifier(pooled)  # (B, A)
         return logits
+
+
+def _last_layer_first_token(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """ViltLayer's forward for position 0 alone, (B, L, C) -> (B, 1, C): the pooler reads
+    nothing else, so the last layer needs every position's keys and values but only the first
+    one's query, attention output and MLP (about 10/12 of that layer's work saved, ~7% of the
+    model's). Same operations as ViltLayer in the same order (pre-LN attention, residual,
+    LN, MLP, residual), on the one row."""
+    sa = layer.attention.attention  # ViltSelfAttention
+    h, d = sa.num_attention_heads, sa.attention_head_size
+    b = x.shape[0]
+    ln = layer.layernorm_before(x)  # (B, L, C)
+    q = sa.query(ln[:, :1]).view(b, 1, h, d).transpose(1, 2)  # (B, H, 1, D)
+    k = sa.key(ln).view(b, -1, h, d).transpose(1, 2)  # (B, H, L, D)
+    v = sa.value(ln).view(b, -1, h, d).transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d) + bias  # (B, H, 1, L)
+    ctx = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, 1, D)
+    ctx = ctx.transpose(1, 2).reshape(b, 1, h * d)
+    y = layer.attention.output(ctx, ln[:, :1]) + x[:, :1]  # first residual
+    out: torch.Tensor = layer.output(layer.intermediate(layer.layernorm_after(y)), y)
+    return out
 
 
 # check questions: short, long (cut at max_len as truncation=True does), unseen characters
