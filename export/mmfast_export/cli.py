@@ -128,7 +128,14 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics)")
     p.add_argument("--epochs", type=int, default=None, help="default: per task")
-    p.add_argument("--decoder", choices=["lstm", "transformer"], default="lstm")
+    p.add_argument("--decoder", choices=["lstm", "transformer"], default="lstm", help="caption")
+    p.add_argument(
+        "--model",
+        choices=["attention", "transformer"],
+        default="attention",
+        help="vqa: question-guided attention over the regions (kind vqa) or a joint "
+        "Transformer over question tokens and regions (kind vqa_transformer)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="images per batch")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=0.01)

@@ -12,8 +12,9 @@ manifest. Every model family of :data:`mmfast_export.runs.MODELS` is declared:
   values once; ``decoder_step.onnx`` is one step over a fixed-size self-attention KV cache.
 - ``retrieval``: ``image_tower.onnx`` (embedding, and the regions projected for the
   re-ranker), ``text_tower.onnx``, and ``reranker.onnx`` when the model has one.
-- ``vqa``: ``image_encoder.onnx`` (regions) and ``answer_head.onnx`` (question -> answer
-  logits, attention).
+- ``vqa``, ``vqa_transformer``: ``image_encoder.onnx`` (regions) and ``answer_head.onnx``
+  (question -> answer logits, attention); the same interface for both families (the runtime
+  tells them apart by the manifest's ``kind`` only).
 """
 
 from __future__ import annotations
@@ -352,6 +353,7 @@ SPECS: dict[str, Callable[[nn.Module, int], list[GraphSpec]]] = {
     "caption_transformer": _tf_specs,
     "retrieval": _retrieval_specs,
     "vqa": _vqa_specs,
+    "vqa_transformer": _vqa_specs,  # the same graphs: encode_image, answer
 }
 # Step graph: state input -> the output that replaces it after a step (others are constant).
 STATE_UPDATES = {
@@ -489,7 +491,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     report, graphs = export_graphs(specs, out)
     shutil.copy(run / "vocab.txt", out / "vocab.txt")
     extra: dict[str, Any] = {}
-    if kind == "vqa":
+    if cfg["task"] == "vqa":
         shutil.copy(run / "answers.txt", out / "answers.txt")
         extra["answers"] = "answers.txt"
     if kind == "retrieval":
@@ -499,7 +501,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
             "rerank": model.reranker is not None,
             "max_len": int(model.cfg.max_len),
         }
-    if kind == "vqa":
+    if cfg["task"] == "vqa":
         extra["vqa"] = {"max_len": int(model.cfg.max_len)}
     metrics = (
         json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}

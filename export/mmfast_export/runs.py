@@ -20,6 +20,7 @@ from .models.captioner_lstm import LSTMCaptioner, LSTMCaptionerConfig
 from .models.captioner_transformer import TransformerCaptioner, TransformerCaptionerConfig
 from .models.retriever import Retriever, RetrieverConfig
 from .models.vqa import VQAConfig, VQAModel
+from .models.vqa_transformer import VQATransformer, VQATransformerConfig
 
 __all__ = [
     "MODELS",
@@ -50,6 +51,7 @@ MODELS: dict[str, ModelFamily] = {
     ),
     Retriever.kind: ModelFamily("retrieval", Retriever, RetrieverConfig),
     VQAModel.kind: ModelFamily("vqa", VQAModel, VQAConfig),
+    VQATransformer.kind: ModelFamily("vqa", VQATransformer, VQATransformerConfig),
 }
 
 

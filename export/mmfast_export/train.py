@@ -36,6 +36,7 @@ from .coco import resolve_splits
 from .field_checks import FieldError, at_least, finite_at_least, in_range
 from .runs import read_config
 from .tasks import TASKS, Task, TaskSetup
+from .tasks.vqa import VQA_MODELS
 
 __all__ = ["TrainArgs", "train"]
 
@@ -43,7 +44,7 @@ __all__ = ["TrainArgs", "train"]
 @dataclass
 class TrainArgs:
     """Everything a run is trained with (saved in its config.json). ``epochs``, ``batch_size``
-    and ``lr`` left as None take the task's defaults; ``decoder``, ``beam``,
+    and ``lr`` left as None take the task's defaults; ``decoder``, ``model``, ``beam``,
     ``length_penalty`` and ``rerank_k`` are read by one task each (``tasks.base.TaskArgs``)."""
 
     task: str
@@ -56,6 +57,7 @@ class TrainArgs:
     warmup: float = 0.05  # fraction of the steps with a linear warm-up
     seed: int = 0
     decoder: str = "lstm"
+    model: str = "attention"  # vqa: "attention" (kind "vqa") or "transformer"
     threads: int = 2
     image_size: int | None = None  # default: the generated dataset's size, else 64
     widths: tuple[int, ...] = (32, 64, 128)
@@ -94,6 +96,8 @@ class TrainArgs:
         finite_at_least("weight_decay", self.weight_decay, 0.0)
         finite_at_least("length_penalty", self.length_penalty, 0.0)
         in_range("warmup", self.warmup, 0.0, 1.0)
+        if self.model not in VQA_MODELS:  # before any data is read
+            raise FieldError(["model"], f"must be one of {', '.join(VQA_MODELS)}", self.model)
 
     def resolved(self) -> TrainArgs:
         """A copy with the task's defaults filled in."""

@@ -39,7 +39,7 @@ ENC = EncoderConfig(image_size=32, widths=(8, 16), blocks=1)
 
 def tiny_config(kind: str) -> dict[str, object]:
     family = MODELS[kind]
-    extra = {"num_answers": 5} if kind == "vqa" else {}
+    extra = {"num_answers": 5} if family.task == "vqa" else {}
     return {"kind": kind, **config_to_dict(family.config(vocab_size=20, encoder=ENC, **extra))}
 
 

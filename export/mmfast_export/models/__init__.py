@@ -5,5 +5,6 @@
   Transformer text encoder of the retriever and VQA.
 - ``captioner_lstm.py``, ``captioner_transformer.py``: captioners (an explicit decoding step).
 - ``retriever.py``: dual encoder + cross-attention re-ranker.
-- ``vqa.py``: question-guided attention + answer classifier.
+- ``vqa.py``: question-guided attention + answer classifier; ``vqa_transformer.py``: a joint
+  Transformer over [CLS], question tokens and regions + answer classifier.
 """

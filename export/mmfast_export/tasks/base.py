@@ -43,6 +43,8 @@ class TaskArgs(Protocol):
     @property
     def decoder(self) -> str: ...  # caption: "lstm" or "transformer"
     @property
+    def model(self) -> str: ...  # vqa: "attention" or "transformer"
+    @property
     def beam(self) -> int: ...  # caption: beam size of the final evaluation
     @property
     def length_penalty(self) -> float: ...

@@ -1,5 +1,9 @@
 """VQA: a classifier over the training answers; accuracy on the val split, and per question
-type on the test split. Questions come from ``vqa_{split}.json`` next to the captions files."""
+type on the test split. Questions come from ``vqa_{split}.json`` next to the captions files.
+
+Two model families (``--model``): ``attention`` (question-guided attention, kind ``vqa``) and
+``transformer`` (a joint Transformer over the question and the regions, kind
+``vqa_transformer``); the same data, loss and metrics for both."""
 
 from __future__ import annotations
 
@@ -14,10 +18,15 @@ from ..coco import SplitFiles, VqaData, load_vqa
 from ..metrics import vqa_accuracy
 from ..models.encoder import EncoderConfig
 from ..models.vqa import VQAConfig, VQAModel
+from ..models.vqa_transformer import VQATransformer, VQATransformerConfig
 from .base import Defaults, Task, TaskSetup
 from .data import chunks, epoch_generator, pad
 
-__all__ = ["VQATask"]
+__all__ = ["VQA_MODELS", "VQATask"]
+
+VQAModels = VQAModel | VQATransformer
+# --model's values, in the order the CLI lists them (train.TrainArgs checks, a test compares)
+VQA_MODELS = ("attention", "transformer")
 
 
 def _question_files(splits: dict[str, SplitFiles]) -> dict[str, Path]:
@@ -31,7 +40,7 @@ def _question_files(splits: dict[str, SplitFiles]) -> dict[str, Path]:
     return files
 
 
-class VQATask(Task[torch.Tensor, VQAModel]):
+class VQATask(Task[torch.Tensor, VQAModels]):
     """A batch is a tensor of image indices (every question about each image is a target)."""
 
     name = "vqa"
@@ -54,17 +63,22 @@ class VQATask(Task[torch.Tensor, VQAModel]):
         for qi, k in enumerate(self.qa["train"].image_index):
             self.by_image[k].append(qi)
 
-    def _model(self, resume: Path | None) -> VQAModel:
-        """The resumed run's model, or a new one sized to the vocabulary, the answers and the
-        questions."""
+    def _model(self, resume: Path | None) -> VQAModels:
+        """The resumed run's model (of the family it was trained with), or a new one of
+        ``--model``'s family sized to the vocabulary, the answers and the questions."""
         if resume is not None:
             model = self.resumed_model(resume)
-            assert isinstance(model, VQAModel)
+            assert isinstance(model, VQAModel | VQATransformer)
             return model
         longest = max(len(self.tok.encode(q)) for q in self.qa["train"].questions)
         enc = EncoderConfig(self.prep.size, tuple(self.args.widths))
-        cfg = VQAConfig(len(self.tok), len(self.answers), enc, max_len=min(longest + 4, 64))
-        return VQAModel(cfg)
+        size = (len(self.tok), len(self.answers), enc)
+        max_len = min(longest + 4, 64)
+        if self.args.model == "attention":
+            return VQAModel(VQAConfig(*size, max_len=max_len))
+        if self.args.model == "transformer":
+            return VQATransformer(VQATransformerConfig(*size, max_len=max_len))
+        raise ValueError(f"--model must be one of {', '.join(VQA_MODELS)}, got {self.args.model!r}")
 
     def save_vocab(self, out: Path) -> None:
         super().save_vocab(out)
