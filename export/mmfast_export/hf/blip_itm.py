@@ -127,16 +127,21 @@ class ImageFeatures(nn.Module):
         return out
 
 
-class ITM(nn.Module):
-    """(tokens, token_mask, image_features) -> (score, itm_logits), see the module docstring.
+class CrossTextEncoder(nn.Module):
+    """BLIP's text encoder (``text_encoder``: BERT layers with cross-attention to the image)
+    restated on the model's own modules: (tokens, token_mask, image_features) -> the hidden
+    states (B, T, C) and the additive padding bias (B, T). Shared by the ITM head here and BLIP
+    VQA's question encoder (:mod:`.blip_vqa`).
 
     Per layer (x (B, T, C) the text's hidden states; LN(a + b) is the ``*.output`` modules'):
       x = LN(x + W_o softmax(Q K^T / sqrt(D) + mask) V)        self-attention, padding masked
       x = LN(x + W_o softmax(Q K_img^T / sqrt(D)) V_img)       cross-attention, image all ones
       x = LN(x + W_2 act(W_1 x))                               feed-forward
+    first_only: the last layer computes position 0 alone (keys and values still from every
+    token), for a head that reads [CLS] only; the states are then (B, 1, C).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, first_only: bool = False) -> None:
         super().__init__()
         enc = model.text_encoder
         emb = enc.embeddings
@@ -146,11 +151,12 @@ class ITM(nn.Module):
             emb.LayerNorm,
         )
         self.layers = enc.encoder.layer
-        self.head = model.itm_head
         self.n_head = enc.config.num_attention_heads
+        self.first_only = first_only
 
+    @staticmethod
     def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         """softmax(q k^T / sqrt(D) + bias) v with heads merged: (B, H, T, D)... -> (B, T, C)."""
         s = (q @ k.transpose(2, 3)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
@@ -169,17 +175,15 @@ class ITM(nn.Module):
         x = self.ln_emb(self.word(tokens) + self.position.weight[:t])  # (B, T, C)
         # transformers' additive padding mask: 0 where attended, the dtype's minimum elsewhere
         # (a key that is padding gets no weight; [CLS] is never padding, so no row is empty)
-        keep = token_mask.to(x.dtype)[:, None, None, :]  # (B, 1, 1, T)
-        bias = (1.0 - keep) * torch.finfo(x.dtype).min
+        bias = (1.0 - token_mask.to(x.dtype)) * torch.finfo(x.dtype).min  # (B, T)
+        self_bias = bias[:, None, None, :]  # (B, 1, 1, T)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             sa = layer.attention.self
             k = split_heads(sa.key(x), h)  # (B, H, T, D)
             v = split_heads(sa.value(x), h)
-            # the head reads token 0 only: in the last layer no other query is needed (keys and
-            # values still come from every token)
-            xq = x[:, :1] if i == last else x
-            a = self._attend(split_heads(sa.query(xq), h), k, v, bias)
+            xq = x[:, :1] if self.first_only and i == last else x
+            a = self._attend(split_heads(sa.query(xq), h), k, v, self_bias)
             xq = layer.attention.output(a, xq)  # LN(x + W_o a)
             ca = layer.crossattention
             k = split_heads(ca.self.key(image_features), h)  # (B, H, N, D)
@@ -187,13 +191,31 @@ class ITM(nn.Module):
             a = self._attend(split_heads(ca.self.query(xq), h), k, v, None)
             xq = ca.output(a, xq)
             x = layer.output(layer.intermediate(xq), xq)  # LN(x + W_2 act(W_1 x))
+        return x, bias
+
+
+class ITM(nn.Module):
+    """(tokens, token_mask, image_features) -> (score, itm_logits): the text encoder
+    (:class:`CrossTextEncoder`, its last layer for [CLS] alone: the head reads nothing else),
+    then the ITM head on [CLS]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder = CrossTextEncoder(model, first_only=True)
+        self.head = model.itm_head
+
+    def forward(
+        self, tokens: torch.Tensor, token_mask: torch.Tensor, image_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, _ = self.encoder(tokens, token_mask, image_features)  # (B, 1, C)
         logits: torch.Tensor = self.head(x[:, 0])  # (B, 2)
         score = torch.softmax(logits, dim=-1)[:, 1]  # (B,) P(match)
         return score, logits
 
 
-def _example_tokens(vocab: int, b: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) random ids and a mask with ragged lengths (row i padded by i % 3 tokens)."""
+def example_tokens(vocab: int, b: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) random ids and a mask with ragged lengths (row i padded by i % 3 tokens): a
+    text encoder's example input."""
     gen = torch.Generator().manual_seed(b * 100 + t)
     tokens = torch.randint(0, vocab, (b, t), generator=gen)
     mask = torch.ones(b, t, dtype=torch.int64)
@@ -221,7 +243,7 @@ def specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
         return (torch.randn(b, 3, image_size, image_size),)
 
     def itm_example(b: int) -> tuple[torch.Tensor, ...]:
-        tokens, mask = _example_tokens(vocab, b, 5 + 2 * b)  # another T at each batch size
+        tokens, mask = example_tokens(vocab, b, 5 + 2 * b)  # another T at each batch size
         with torch.no_grad():
             feats = image(*img_example(b))
         return tokens, mask, feats

@@ -54,7 +54,6 @@ answers token-identical to ``model.generate`` greedy and with 3 beams, question 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -71,10 +70,15 @@ from mmfast.tokenizer import SpecialTokens
 from ..onnx_export import ExportValidationError, GraphSpec, OutputValueError, export_graphs
 from . import blip, common
 from .bert import BertCrossKV, BertStep, check_bert_decoder
-from .blip_itm import ImageFeatures, TokenizationMismatchError
+from .blip_itm import (
+    CrossTextEncoder,
+    ImageFeatures,
+    TokenizationMismatchError,
+    example_tokens,
+)
 from .common import check_images as make_check_images
 from .common import provenance, save_tokenizer
-from .graphs import split_heads, state_names
+from .graphs import state_names
 from .model_dir import ModelDir, ModelDirError
 
 __all__ = [
@@ -133,78 +137,22 @@ def load(d: ModelDir) -> nn.Module:
 
 class QuestionEncoder(nn.Module):
     """(tokens, token_mask, image_features) -> the answer decoder's initial state (empty
-    self-attention caches, every layer's cross K/V over the question states, question_bias).
-
-    The question encoder (``text_encoder``) restated on the model's own modules, as
-    :class:`.blip_itm.ITM` restates it, per layer (x (B, T, C)):
-      x = LN(x + W_o softmax(Q K^T / sqrt(D) + mask) V)        self-attention, padding masked
-      x = LN(x + W_o softmax(Q K_img^T / sqrt(D)) V_img)       cross-attention, image all ones
-      x = LN(x + W_2 act(W_1 x))                               feed-forward
-    then the answer decoder's cross K/V of x (:class:`.bert.BertCrossKV`).
-    """
+    self-attention caches, every layer's cross K/V over the question states, question_bias):
+    the question encoder (``text_encoder``, :class:`.blip_itm.CrossTextEncoder`), then the
+    answer decoder's cross K/V of its states (:class:`.bert.BertCrossKV`)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        enc = model.text_encoder
-        emb = enc.embeddings
-        self.word, self.position, self.ln_emb = (
-            emb.word_embeddings,
-            emb.position_embeddings,
-            emb.LayerNorm,
-        )
-        self.layers = enc.encoder.layer
-        self.n_head = enc.config.num_attention_heads
+        self.encoder = CrossTextEncoder(model)
         self.cross = BertCrossKV(model.text_decoder)
-
-    @staticmethod
-    def _attend(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        """softmax(q k^T / sqrt(D) + bias) v with heads merged: (B, H, T, D)... -> (B, T, C)."""
-        s = (q @ k.transpose(2, 3)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
-        if bias is not None:
-            s = s + bias
-        a = torch.softmax(s, dim=-1) @ v  # (B, H, T, D)
-        b, h, t, d = a.shape
-        return a.transpose(1, 2).reshape(b, t, h * d)
 
     def forward(
         self, tokens: torch.Tensor, token_mask: torch.Tensor, image_features: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        h = self.n_head
-        t = tokens.shape[1]
-        x = self.ln_emb(self.word(tokens) + self.position.weight[:t])  # (B, T, C)
-        # transformers' additive padding mask: 0 where attended, the dtype's minimum elsewhere
-        # ([CLS] is never padding, so no row is all masked)
-        bias = (1.0 - token_mask.to(x.dtype)) * torch.finfo(x.dtype).min  # (B, T)
-        self_bias = bias[:, None, None, :]  # (B, 1, 1, T)
-        for layer in self.layers:
-            sa = layer.attention.self
-            k, v = split_heads(sa.key(x), h), split_heads(sa.value(x), h)  # (B, H, T, D)
-            a = self._attend(split_heads(sa.query(x), h), k, v, self_bias)
-            x = layer.attention.output(a, x)  # LN(x + W_o a)
-            ca = layer.crossattention
-            k = split_heads(ca.self.key(image_features), h)  # (B, H, N, D)
-            v = split_heads(ca.self.value(image_features), h)
-            a = self._attend(split_heads(ca.self.query(x), h), k, v, None)
-            x = ca.output(a, x)
-            x = layer.output(layer.intermediate(x), x)  # LN(x + W_2 act(W_1 x))
+        x, bias = self.encoder(tokens, token_mask, image_features)  # (B, T, C), (B, T)
         cross = self.cross(x)  # every decoder layer's K, V: (B, H, T, D)
         empty = [kv[:, :, :0] for kv in cross]  # (B, H, 0, D): no answer token decoded yet
         return (*empty, *cross, bias)
-
-
-def _example_tokens(vocab: int, b: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) random ids and a mask with ragged lengths (row i padded by i % 3 tokens)."""
-    gen = torch.Generator().manual_seed(b * 100 + t)
-    tokens = torch.randint(0, vocab, (b, t), generator=gen)
-    mask = torch.ones(b, t, dtype=torch.int64)
-    for i in range(b):
-        pad = min(i % 3, t - 1)
-        if pad:
-            mask[i, t - pad :] = 0
-            tokens[i, t - pad :] = 0
-    return tokens, mask
 
 
 def specs(model: nn.Module, image_size: int) -> tuple[list[GraphSpec], dict[str, str]]:
@@ -227,7 +175,7 @@ def specs(model: nn.Module, image_size: int) -> tuple[list[GraphSpec], dict[str,
         return (torch.randn(b, 3, image_size, image_size),)
 
     def question_example(b: int) -> tuple[torch.Tensor, ...]:
-        tokens, mask = _example_tokens(vocab, b, 4 + 2 * b)  # another T at each batch size
+        tokens, mask = example_tokens(vocab, b, 4 + 2 * b)  # another T at each batch size
         with torch.no_grad():
             feats = image(*img_example(b))
         return tokens, mask, feats
@@ -296,7 +244,7 @@ def _check_reference(
     text = model.config.text_config
     b = len(pixels)
     gen = torch.Generator().manual_seed(0)
-    tokens, mask = _example_tokens(int(text.vocab_size), b, 9)
+    tokens, mask = example_tokens(int(text.vocab_size), b, 9)
     prefix = torch.randint(0, int(text.vocab_size), (b, steps), generator=gen)
     step_spec = graphs[2]
     with torch.no_grad():
