@@ -113,16 +113,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_preprocess_pool.cache_clear)
 
 
-def _each(one: Callable[[int], None], n: int) -> None:
-    """one(0) .. one(n - 1) on the preprocessing threads; the first failing index's error, in
-    order, is raised (what map re-raises)."""
-    if n < 2 or _PREPROCESS_WORKERS < 2:
-        for i in range(n):
-            one(i)
-    else:
-        list(_preprocess_pool().map(one, range(n)))
-
-
 P = TypeVar("P", bound="Pipeline")
 
 
@@ -263,18 +253,8 @@ class Pipeline:
     def images_at_own_size(self, images: Sequence[ImageLike], first: int = 0) -> list[np.ndarray]:
         """Each image preprocessed at its own size, (3, H_i, W_i) float32 (resize_mode
         "shortest_edge_capped": ViLT's), by the same threads as :meth:`pixels`."""
-        if len(images) == 0:
-            raise ValueError("images: no images")
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(images)
-
-        def one(i: int) -> None:
-            decoded = load_image(images[i], first + i)
-            try:
-                out[i] = preprocess(decoded, self.preprocess_config)
-            except ValueError as e:
-                raise ValueError(f"images[{first + i}]: {e}") from e
-
-        _each(one, len(images))
+        self._preprocess_each(images, first, out.__setitem__)
         return out
 
     def pixels(self, images: Sequence[ImageLike], first: int = 0) -> np.ndarray:
@@ -282,21 +262,36 @@ class Pipeline:
         _PREPROCESS_WORKERS threads (Pillow's decode and resize and numpy release the GIL), so
         that many decoded photos are in memory at a time; errors name the first bad image in
         order as images[first + i]."""
+        size = self.preprocess_config.size
+        out = np.empty((len(images), 3, size, size), np.float32)
+        self._preprocess_each(images, first, out.__setitem__)
+        return out
+
+    def _preprocess_each(
+        self,
+        images: Sequence[ImageLike],
+        first: int,
+        store: Callable[[int, np.ndarray], None],
+    ) -> None:
+        """store(i, images[i] decoded and preprocessed) for every i, on up to
+        _PREPROCESS_WORKERS threads; errors name the first bad image in order as
+        images[first + i]."""
         if len(images) == 0:
             raise ValueError("images: no images")
-        out = np.empty(
-            (len(images), 3, self.preprocess_config.size, self.preprocess_config.size), np.float32
-        )
 
         def one(i: int) -> None:
             decoded = load_image(images[i], first + i)
             try:
-                out[i] = preprocess(decoded, self.preprocess_config)
+                store(i, preprocess(decoded, self.preprocess_config))
             except ValueError as e:
                 raise ValueError(f"images[{first + i}]: {e}") from e
 
-        _each(one, len(images))
-        return out
+        if len(images) < 2 or _PREPROCESS_WORKERS < 2:
+            for i in range(len(images)):
+                one(i)
+        else:
+            # map re-raises the first failing image's error, in the images' order
+            list(_preprocess_pool().map(one, range(len(images))))
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         s = self.sessions[graph]

@@ -227,8 +227,9 @@ def example_tokens(vocab: int, b: int, t: int) -> tuple[torch.Tensor, torch.Tens
     return tokens, mask
 
 
-def specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
-    """image_encoder.onnx and itm.onnx (see the module docstring)."""
+def image_spec(model: nn.Module, image_size: int) -> GraphSpec:
+    """image_encoder.onnx: images (B, 3, S, S) -> image_features (B, N, C_vis), once per image
+    (BLIP's ITM and VQA bundles alike); ModelDirError unless S is the vision model's side."""
     side = model.config.vision_config.image_size
     if image_size != side:
         # the vision model's position embeddings are for side x side images
@@ -236,29 +237,40 @@ def specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
             f"preprocessor_config.json makes {image_size}x{image_size} images, the vision "
             f"model takes {side}x{side} (vision_config.image_size)"
         )
-    image, itm = ImageFeatures(model).eval(), ITM(model).eval()
-    vocab = int(model.config.text_config.vocab_size)
 
     def img_example(b: int) -> tuple[torch.Tensor, ...]:
         return (torch.randn(b, 3, image_size, image_size),)
 
+    return GraphSpec(
+        "image_encoder.onnx",
+        ImageFeatures(model).eval(),
+        ["images"],
+        ["image_features"],
+        {"images": {0: "batch"}},
+        example=img_example,
+        notes="the vision model's last hidden state ([CLS] + patches), once per image",
+    )
+
+
+def image_features_example(image: GraphSpec, b: int) -> torch.Tensor:
+    """The image encoder's output on its example input at batch b (a text graph's input)."""
+    with torch.no_grad():
+        out: torch.Tensor = image.module(*image.example(b))
+    return out
+
+
+def specs(model: nn.Module, image_size: int) -> list[GraphSpec]:
+    """image_encoder.onnx and itm.onnx (see the module docstring)."""
+    image, itm = image_spec(model, image_size), ITM(model).eval()
+    vocab = int(model.config.text_config.vocab_size)
+
     def itm_example(b: int) -> tuple[torch.Tensor, ...]:
         tokens, mask = example_tokens(vocab, b, 5 + 2 * b)  # another T at each batch size
-        with torch.no_grad():
-            feats = image(*img_example(b))
-        return tokens, mask, feats
+        return tokens, mask, image_features_example(image, b)
 
     batch, text = {0: "batch"}, {0: "batch", 1: "tokens"}
     return [
-        GraphSpec(
-            "image_encoder.onnx",
-            image,
-            ["images"],
-            ["image_features"],
-            {"images": batch},
-            example=img_example,
-            notes="the vision model's last hidden state ([CLS] + patches), once per image",
-        ),
+        image,
         GraphSpec(
             "itm.onnx",
             itm,

@@ -72,9 +72,10 @@ from . import blip, common
 from .bert import BertCrossKV, BertStep, check_bert_decoder
 from .blip_itm import (
     CrossTextEncoder,
-    ImageFeatures,
     TokenizationMismatchError,
     example_tokens,
+    image_features_example,
+    image_spec,
 )
 from .common import check_images as make_check_images
 from .common import provenance, save_tokenizer
@@ -157,28 +158,16 @@ class QuestionEncoder(nn.Module):
 
 def specs(model: nn.Module, image_size: int) -> tuple[list[GraphSpec], dict[str, str]]:
     """The three graphs (see the module docstring) and the step's state updates."""
-    side = model.config.vision_config.image_size
-    if image_size != side:
-        # the vision model's position embeddings are for side x side images
-        raise ModelDirError(
-            f"preprocessor_config.json makes {image_size}x{image_size} images, the vision "
-            f"model takes {side}x{side} (vision_config.image_size)"
-        )
+    image = image_spec(model, image_size)
     text = model.config.text_config
     n_layers, vocab = int(text.num_hidden_layers), int(text.vocab_size)
     past, present, cross = state_names(n_layers)
-    image = ImageFeatures(model).eval()
     question = QuestionEncoder(model).eval()
     step = BertStep(model.text_decoder, cross_bias=True).eval()
 
-    def img_example(b: int) -> tuple[torch.Tensor, ...]:
-        return (torch.randn(b, 3, image_size, image_size),)
-
     def question_example(b: int) -> tuple[torch.Tensor, ...]:
         tokens, mask = example_tokens(vocab, b, 4 + 2 * b)  # another T at each batch size
-        with torch.no_grad():
-            feats = image(*img_example(b))
-        return tokens, mask, feats
+        return tokens, mask, image_features_example(image, b)
 
     def step_example(b: int) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
@@ -191,15 +180,7 @@ def specs(model: nn.Module, image_size: int) -> tuple[list[GraphSpec], dict[str,
     batch, text_axes = {0: "batch"}, {0: "batch", 1: "question"}
     cache, over_question = {0: "batch", 2: "past"}, {0: "batch", 2: "question"}
     graphs = [
-        GraphSpec(
-            "image_encoder.onnx",
-            image,
-            ["images"],
-            ["image_features"],
-            {"images": batch},
-            example=img_example,
-            notes="the vision model's last hidden state ([CLS] + patches), once per image",
-        ),
+        image,
         GraphSpec(
             "question_encoder.onnx",
             question,
