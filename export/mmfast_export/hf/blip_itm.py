@@ -396,11 +396,28 @@ def check_reference(
 
 
 def _max_len(model: nn.Module, tok: Any) -> int:
-    """Tokens the text encoder takes at most: its position table, or the tokenizer's
+    """Text tokens the text encoder takes at most: its position table, or the tokenizer's
     model_max_length where smaller (what ``truncation=True`` cuts at)."""
     n = int(model.config.text_config.max_position_embeddings)
     limit = getattr(tok, "model_max_length", None)
     return min(n, int(limit)) if isinstance(limit, int) and limit > 0 else n
+
+
+def text_tokenizer(
+    d: ModelDir, tmp: Path, model: nn.Module
+) -> tuple[Any, int, bool, dict[str, int], int]:
+    """A BLIP text model's tokenizer, saved as tokenizer.json into `tmp`: (the Hugging Face
+    tokenizer, its size, clean_up_tokenization_spaces, its special ids, the text tokens the
+    text encoder takes at most). ModelDirError for one without a pad token (a batch's
+    padding) or longer than the text model's vocabulary."""
+    from transformers import AutoTokenizer
+
+    vocab_size = int(model.config.text_config.vocab_size)
+    n_tokens, cleanup, ids = save_tokenizer(d, tmp, vocab_size)
+    tok = AutoTokenizer.from_pretrained(d.path, local_files_only=True)
+    if tok.pad_token_id is None:
+        raise ModelDirError(f"{d.path}: the tokenizer has no pad token (a batch's padding)")
+    return tok, n_tokens, cleanup, ids, _max_len(model, tok)
 
 
 def export_bundle(
@@ -409,16 +426,10 @@ def export_bundle(
     """Write the whole rerank bundle of the BLIP ITM directory `d` into the staging directory
     `tmp` (graphs, tokenizer.json, manifest.json), validated; returns the manifest.
     check_images: generated images for the reference check (at least MIN_RANK_IMAGES)."""
-    from transformers import AutoTokenizer
-
     preprocess = PreprocessConfig.from_hf(d.processor)
     model = load(d)
     vocab_size = int(model.config.text_config.vocab_size)
-    n_tokens, cleanup, ids = save_tokenizer(d, tmp, vocab_size)
-    tok = AutoTokenizer.from_pretrained(d.path, local_files_only=True)
-    if tok.pad_token_id is None:
-        raise ModelDirError(f"{d.path}: the tokenizer has no pad token (a batch's padding)")
-    max_len = _max_len(model, tok)
+    tok, n_tokens, cleanup, ids, max_len = text_tokenizer(d, tmp, model)
     special = SpecialTokens(
         pad=int(tok.pad_token_id),
         # what the post-processor puts around a text ([CLS] ... [SEP]); recorded, not added

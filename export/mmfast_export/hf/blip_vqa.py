@@ -76,9 +76,10 @@ from .blip_itm import (
     example_tokens,
     image_features_example,
     image_spec,
+    text_tokenizer,
 )
 from .common import check_images as make_check_images
-from .common import provenance, save_tokenizer
+from .common import provenance
 from .graphs import state_names
 from .model_dir import ModelDir, ModelDirError
 
@@ -257,14 +258,6 @@ def _check_reference(
     return {"steps": steps, "max_abs_err_per_step": errors}
 
 
-def _max_len(model: nn.Module, tok: Any) -> int:
-    """Question tokens the text encoder takes at most: its position table, or the tokenizer's
-    model_max_length where smaller (what ``truncation=True`` cuts at)."""
-    n = int(model.config.text_config.max_position_embeddings)
-    limit = getattr(tok, "model_max_length", None)
-    return min(n, int(limit)) if isinstance(limit, int) and limit > 0 else n
-
-
 def _long_question(tok: Any, max_len: int) -> str:
     """A question longer than max_len tokens (special tokens included)."""
     text = "is the small red circle above the large blue square and"
@@ -372,16 +365,10 @@ def export_bundle(
     """Write the whole generative vqa bundle of the BLIP VQA directory `d` into the staging
     directory `tmp` (graphs, tokenizer.json, manifest.json), validated; returns the manifest.
     check_images: generated images the questions are asked about (at least 2)."""
-    from transformers import AutoTokenizer
-
     preprocess = PreprocessConfig.from_hf(d.processor)
     model = load(d)
     vocab_size = int(model.config.text_config.vocab_size)
-    n_tokens, cleanup, ids = save_tokenizer(d, tmp, vocab_size)
-    tok = AutoTokenizer.from_pretrained(d.path, local_files_only=True)
-    if tok.pad_token_id is None:
-        raise ModelDirError(f"{d.path}: the tokenizer has no pad token (a batch's padding)")
-    max_len = _max_len(model, tok)
+    tok, n_tokens, cleanup, ids, max_len = text_tokenizer(d, tmp, model)
     generation = GenerationConfig.from_hf(blip.generation_settings(d, model))
     for name, i in (
         ("decoder_start_token_id", generation.decoder_start_token_id),
