@@ -66,6 +66,9 @@ __all__ = ["ServeConfig", "create_app"]
 
 log = logging.getLogger("mmfast.serve")
 
+# A model served elsewhere (a Ray Serve deployment): a request -> its result.
+Remote = Callable[[Any], Awaitable[dict[str, Any]]]
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -87,9 +90,15 @@ class ServeConfig:
 class _State:
     """The app's models, batchers and metrics (``app.state.mmfast``)."""
 
-    def __init__(self, config: ServeConfig, models: Mapping[str, Pipeline]) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        models: Mapping[str, Pipeline],
+        remote: Mapping[str, Remote] | None = None,
+    ) -> None:
         self.config = config
         self.models = dict(models)
+        self.remote = dict(remote or {})
         self.metrics = Metrics()
         self.ready = asyncio.Event()  # set when warmed; cleared when draining
         self.allow_dir = Path(config.allow_dir) if config.allow_dir is not None else None
@@ -114,19 +123,29 @@ class _State:
         assert isinstance(m, cls)
         return m
 
-    def batcher(self, task: str) -> Batcher[Any, dict[str, Any]]:
-        b = self.batchers.get(task)
-        if b is None:
+    def require(self, task: str) -> None:
+        """404 unless `task` is served (here or remotely)."""
+        if task not in self.batchers and task not in self.remote:
             raise ApiError(
                 404, "model_not_loaded", f"no {task} model is loaded (--bundle {task}=DIR)"
             )
-        return b
+
+    def batcher(self, task: str) -> Batcher[Any, dict[str, Any]]:
+        self.require(task)
+        return self.batchers[task]
 
     async def submit(self, task: str, req: Any) -> dict[str, Any]:
-        """A request through its model's batcher; batcher and pipeline errors -> ApiError."""
-        b = self.batcher(task)
+        """A request through its model's batcher (or its remote deployment); batcher and
+        pipeline errors -> ApiError."""
+        self.require(task)
+        timeout = self.config.timeout_s
         try:
-            return await b.submit(req, key=req.key, timeout=self.config.timeout_s)
+            if task in self.remote:
+                try:
+                    return await asyncio.wait_for(self.remote[task](req), timeout)
+                except TimeoutError:
+                    raise RequestTimeout(f"{task}: no result within {timeout:g} s") from None
+            return await self.batchers[task].submit(req, key=req.key, timeout=timeout)
         except QueueFull as e:
             raise ApiError(
                 503, "overloaded", str(e), {"Retry-After": str(e.retry_after_s)}
@@ -139,6 +158,10 @@ class _State:
             raise ApiError(400, "bad_request", one_line(e)) from None
         except MemoryError as e:
             raise ApiError(507, "out_of_memory", one_line(e)) from None
+        except Exception as e:
+            if type(e).__name__ == "BackPressureError":  # Ray Serve's max_queued_requests
+                raise ApiError(503, "overloaded", one_line(e), {"Retry-After": "1"}) from None
+            raise
 
     async def warm(self) -> None:
         for task, model in self.models.items():
@@ -324,12 +347,23 @@ def _json_error(
 # ------------------------------------------------------------------------------ the app
 
 
-def create_app(config: ServeConfig, models: Mapping[str, Pipeline] | None = None) -> FastAPI:
+def create_app(
+    config: ServeConfig,
+    models: Mapping[str, Pipeline] | None = None,
+    remote: Mapping[str, Remote] | None = None,
+) -> FastAPI:
     """The app for `config`; `models` (TASK -> loaded pipeline) if the caller has loaded
     them already (the CLI does, to fail before binding a port), else loaded here from
-    config.bundles. Warm-up runs in the background at startup; /readyz waits for it."""
+    config.bundles. Warm-up runs in the background at startup; /readyz waits for it.
+
+    remote: TASK -> a model served elsewhere (mmfast.serving.ray_app: Ray Serve deployments,
+    which batch for themselves); then nothing is loaded here and the index is read-only."""
     if models is None:
-        models = load_models(config.bundles, config.device, config.threads, config.index)
+        models = (
+            {}
+            if remote is not None
+            else load_models(config.bundles, config.device, config.threads, config.index)
+        )
     holder: dict[str, _State] = {}
 
     @contextlib.asynccontextmanager
@@ -357,7 +391,7 @@ def create_app(config: ServeConfig, models: Mapping[str, Pipeline] | None = None
     )
     # The state needs the running loop's Event only when used; build it now so the routes
     # and the tests can reach it before startup.
-    state = _State(config, models)
+    state = _State(config, models, remote)
     holder["state"] = state
     app.state.mmfast = state
     app.add_middleware(_Edge, state=state)
@@ -449,7 +483,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         "Caption one image",
     )
     async def caption(request: Request) -> dict[str, Any]:
-        state.batcher("caption")
+        state.require("caption")
         body = await _Body.read(request, limits)
         beam = body.int_field("beam_size", None, 1, limits.max_beam_size)
         new = body.int_field("max_new_tokens", None, 1, limits.max_new_tokens)
@@ -471,7 +505,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         "Answer questions about one image",
     )
     async def answer(request: Request) -> dict[str, Any]:
-        state.batcher("vqa")
+        state.require("vqa")
         body = await _Body.read(request, limits)
         questions = body.str_list("question", limits.max_questions)
         for i, q in enumerate(questions):
@@ -494,7 +528,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         "Search the index by text or by image",
     )
     async def search(request: Request) -> dict[str, Any]:
-        state.batcher("retrieval")
+        state.require("retrieval")
         body = await _Body.read(request, limits)
         k = body.int_field("k", 10, 1, limits.max_k)
         assert k is not None
@@ -511,9 +545,11 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         return await state.submit("retrieval", req)
 
     def mutable() -> Retriever:
-        state.batcher("retrieval")
-        if not state.config.allow_mutation:
-            raise ApiError(403, "forbidden", "the index is read-only (--read-only-index)")
+        state.require("retrieval")
+        if not state.config.allow_mutation or "retrieval" in state.remote:
+            raise ApiError(
+                403, "forbidden", "the index is read-only (--read-only-index, or Ray Serve)"
+            )
         model = state.models["retrieval"]
         assert isinstance(model, Retriever)
         return model
@@ -573,6 +609,8 @@ def _add_routes(app: FastAPI, state: _State) -> None:
             if isinstance(m, Retriever):
                 info["indexed"] = len(m.index)
             out[task] = info
+        for task in state.remote:
+            out[task] = {"bundle": str(state.config.bundles.get(task, "")), "remote": True}
         return {"models": out}
 
     @app.get("/healthz", summary="Liveness: the process answers")

@@ -162,16 +162,24 @@ class Batcher(Generic[T, R]):
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), timeout)
         except TimeoutError:
-            if not item.future.done():
-                item.future.cancel()  # the worker skips it (queued) or drops its result
-            try:
-                self._queue.remove(item)
-                self._report_depth()
-            except ValueError:
-                pass  # already taken into a batch
+            self._abandon(item)
             if self._observer:
                 self._observer.shed(self.name, "timeout")
             raise RequestTimeout(f"{self.name}: no result within {timeout:g} s") from None
+        except asyncio.CancelledError:  # the caller went away (e.g. the client disconnected)
+            self._abandon(item)
+            raise
+
+    def _abandon(self, item: _Item[T, R]) -> None:
+        """Nobody waits for `item` any more: off the queue if it has not started; if it has,
+        its result is dropped (its future is cancelled, so it is never resolved)."""
+        if not item.future.done():
+            item.future.cancel()
+        try:
+            self._queue.remove(item)
+            self._report_depth()
+        except ValueError:
+            pass  # already taken into a batch
 
     async def run_exclusive(self, fn: Callable[[], U]) -> U:
         """Run fn in the worker thread, between batches (index mutations: never concurrent

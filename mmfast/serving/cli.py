@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from .app import CONFIG_ENV, ServeConfig, config_to_env, create_app
 from .limits import Limits
@@ -75,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
 
         return serve_ray(config, replicas=args.replicas, host=args.host, port=args.port)
     models = load_models(config.bundles, config.device, config.threads, config.index)
-    common = {
+    common: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
         "log_level": args.log_level,
@@ -83,7 +84,7 @@ def serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": config.timeout_s + 5,
     }
     if args.workers == 1:
-        uvicorn.run(create_app(config, models), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(config, models), **common)
         return 0
     del models  # checked; each worker loads its own
     os.environ[CONFIG_ENV] = config_to_env(config)
@@ -91,6 +92,6 @@ def serve(args: argparse.Namespace) -> int:
         "mmfast.serving.app:app_from_env",
         factory=True,
         workers=args.workers,
-        **common,  # type: ignore[arg-type]
+        **common,
     )
     return 0
