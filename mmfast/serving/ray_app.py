@@ -124,12 +124,16 @@ def build_app(config: ServeConfig, replicas: int = 1) -> Any:
         task: ModelDeployment.options(
             name=f"mmfast-{task}",
             num_replicas=replicas,
+            # what Ray schedules by: the replica's ONNX Runtime threads
+            ray_actor_options={"num_cpus": config.threads or 1},
             max_ongoing_requests=max(2 * config.max_batch, 8),
             max_queued_requests=config.queue,
         ).bind(task, text)
         for task in config.bundles
     }
-    return Ingress.options(name="mmfast-ingress").bind(text, **handles)
+    # the ingress parses and forwards (light work): it takes no CPU from the models' share
+    ingress = Ingress.options(name="mmfast-ingress", ray_actor_options={"num_cpus": 0})
+    return ingress.bind(text, **handles)
 
 
 def serve_ray(config: ServeConfig, replicas: int, host: str, port: int) -> int:
