@@ -389,6 +389,8 @@ BAD: list[tuple[str, dict[str, Any], int, str, str]] = [
      "bad_request", "question"),
     ("/v1/answer", {"files": {"image": png(IMGS[0])}, "data": {"question": "q" * 1001}}, 400,
      "text_too_long", "1000"),
+    ("/v1/answer", {"files": {"image": png(IMGS[0])}, "data": {"question": "q", "beam_size": 2}},
+     400, "bad_request", "only a generative model"),  # refused by the pipeline, in the batcher
     ("/v1/search", {"json": {"text": "red", "k": 101}}, 400, "bad_request", "k"),
     ("/v1/search", {"json": {"text": "red", "k": 0}}, 400, "bad_request", "k"),
     ("/v1/search", {"json": {"text": ""}}, 400, "bad_request", "text"),

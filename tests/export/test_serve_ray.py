@@ -75,6 +75,13 @@ def test_ray_serve_on_loopback(bundles: dict[str, Path]) -> None:  # noqa: F811
         # errors keep their shape through Ray: at the edge, and from inside a replica
         r = httpx.post(base + "/v1/caption", json={}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+        r = httpx.post(  # refused by the pipeline, inside the replica
+            base + "/v1/answer",
+            files={"image": png(IMGS[1])},
+            data={"question": "what colour is it ?", "beam_size": "2"},
+            timeout=60,
+        )
+        assert r.status_code == 400 and "only a generative model" in r.json()["error"]["message"]
         r = httpx.post(base + "/v1/search", json={"text": "red"}, timeout=60)
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_loaded"
         assert httpx.get(base + "/readyz", timeout=60).status_code == 200
