@@ -364,11 +364,9 @@ def create_app(
             if remote is not None
             else load_models(config.bundles, config.device, config.threads, config.index)
         )
-    holder: dict[str, _State] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = holder["state"]
         for b in state.batchers.values():
             b.start()
         warming = asyncio.create_task(state.warm())
@@ -389,10 +387,8 @@ def create_app(
         "exported mmfast bundles, with dynamic batching.",
         lifespan=lifespan,
     )
-    # The state needs the running loop's Event only when used; build it now so the routes
-    # and the tests can reach it before startup.
+    # built before startup, so that the routes and the tests can reach it
     state = _State(config, models, remote)
-    holder["state"] = state
     app.state.mmfast = state
     app.add_middleware(_Edge, state=state)
     _add_error_handlers(app)
