@@ -142,7 +142,10 @@ class Server:
     def __enter__(self) -> Server:
         import httpx
 
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL)
+        # numpy's BLAS threads (image resizing) spin against ONNX Runtime's and the event
+        # loop on a small machine: one thread each (see benchmarks/README.md, Serving)
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:

@@ -130,6 +130,20 @@ class _State:
                 404, "model_not_loaded", f"no {task} model is loaded (--bundle {task}=DIR)"
             )
 
+    def admit(self, task: str) -> None:
+        """404 unless served; 503 at once if its queue is full, before the body is read and
+        its image decoded: under overload, shedding must cost next to nothing."""
+        self.require(task)
+        b = self.batchers.get(task)
+        if b is not None and b.depth >= b.max_queue:
+            self.metrics.shed(task, "queue_full")
+            raise ApiError(
+                503,
+                "overloaded",
+                f"{task}: the queue is full; retry in {b.retry_after()} s",
+                {"Retry-After": str(b.retry_after())},
+            )
+
     def batcher(self, task: str) -> Batcher[Any, dict[str, Any]]:
         self.require(task)
         return self.batchers[task]
@@ -479,7 +493,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         "Caption one image",
     )
     async def caption(request: Request) -> dict[str, Any]:
-        state.require("caption")
+        state.admit("caption")
         body = await _Body.read(request, limits)
         beam = body.int_field("beam_size", None, 1, limits.max_beam_size)
         new = body.int_field("max_new_tokens", None, 1, limits.max_new_tokens)
@@ -501,7 +515,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         "Answer questions about one image",
     )
     async def answer(request: Request) -> dict[str, Any]:
-        state.require("vqa")
+        state.admit("vqa")
         body = await _Body.read(request, limits)
         questions = body.str_list("question", limits.max_questions)
         for i, q in enumerate(questions):
@@ -524,7 +538,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         "Search the index by text or by image",
     )
     async def search(request: Request) -> dict[str, Any]:
-        state.require("retrieval")
+        state.admit("retrieval")
         body = await _Body.read(request, limits)
         k = body.int_field("k", 10, 1, limits.max_k)
         assert k is not None
