@@ -31,9 +31,7 @@ _TORCH_COMMANDS = {
     "demo": ("main_demo", "data -> training -> export -> captions, search, answers, latency"),
 }
 # Runtime commands not in this version yet: they say so instead of pretending.
-_PLANNED = {
-    "serve": "serve the models over HTTP",
-}
+_PLANNED: dict[str, str] = {}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 _EXPORT_INSTALL_HINT = (
@@ -297,6 +295,64 @@ def _cmd_eval_vqa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # FastAPI/uvicorn are the `serve` extra: imported here, never with `import mmfast`
+    try:
+        from .serving.cli import serve
+    except ImportError as e:
+        if (getattr(e, "name", None) or "").split(".")[0] in _SERVE_DEPS:
+            raise OSError(
+                f"needs the `serve` extra ({e.name} is not installed): pip install 'mmfast[serve]'"
+            ) from None
+        raise
+    return serve(args)
+
+
+_SERVE_DEPS = {"fastapi", "uvicorn", "starlette", "prometheus_client", "multipart", "ray"}
+
+
+def _serve_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--bundle",
+        action="append",
+        required=True,
+        metavar="TASK=DIR",
+        help="a model to serve: caption=DIR, retrieval=DIR or vqa=DIR (repeat for several)",
+    )
+    s.add_argument("--index", default=None, help="a saved index to search (mmfast index build)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    s.add_argument("--max-batch", type=int, default=32, help="requests per batch at most")
+    s.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a request waits for a batch"
+    )
+    s.add_argument("--queue", type=int, default=256, help="waiting requests per model before 503")
+    s.add_argument("--timeout-s", type=float, default=30.0, help="per request (504 past it)")
+    s.add_argument(
+        "--workers", type=int, default=1, help="server processes (each loads the models)"
+    )
+    s.add_argument(
+        "--read-only-index", action="store_true", help="refuse /v1/index/add and /remove"
+    )
+    s.add_argument(
+        "--allow-dir",
+        default=None,
+        metavar="DIR",
+        help="let requests name image files under DIR (off by default: uploads only)",
+    )
+    s.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (MB)")
+    s.add_argument(
+        "--max-image-pixels", type=int, default=40_000_000, help="decoded pixels per image"
+    )
+    s.add_argument("--log-level", default="info", help="uvicorn's log level")
+    s.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve on Ray Serve (a local Ray unless RAY_ADDRESS names a cluster)",
+    )
+    s.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas per model")
+
+
 def _runtime_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
@@ -437,6 +493,11 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress output")
     _runtime_args(e)
     e.set_defaults(func=_cmd_eval_vqa)
+
+    s = sub.add_parser("serve", help="serve the models over HTTP (needs the serve extra)")
+    _serve_args(s)
+    _runtime_args(s)
+    s.set_defaults(func=_cmd_serve)
 
     for name, (_, help_text) in _TORCH_COMMANDS.items():
         # The PyTorch side parses its own arguments (and prints its own --help).
