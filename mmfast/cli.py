@@ -30,8 +30,6 @@ _TORCH_COMMANDS = {
     "export": ("main_export", "export a trained checkpoint to an ONNX bundle"),
     "demo": ("main_demo", "data -> training -> export -> captions, search, answers, latency"),
 }
-# Runtime commands not in this version yet: they say so instead of pretending.
-_PLANNED: dict[str, str] = {}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 _EXPORT_INSTALL_HINT = (
@@ -502,8 +500,6 @@ def _build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in _TORCH_COMMANDS.items():
         # The PyTorch side parses its own arguments (and prints its own --help).
         sub.add_parser(name, help=help_text + " [needs the export extra]", add_help=False)
-    for name, help_text in _PLANNED.items():
-        sub.add_parser(name, help=help_text + " [not in this version yet]")
     return p
 
 
@@ -515,9 +511,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     if args.command is None:
         parser.print_help()
-        return 2
-    if args.command in _PLANNED:
-        print(f"mmfast {args.command}: not available in this version yet", file=sys.stderr)
         return 2
     action = getattr(args, "index_command", None) or getattr(args, "eval_command", None)
     name = args.command + (f" {action}" if action else "")

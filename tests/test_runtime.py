@@ -98,10 +98,10 @@ def test_cli_bench_kernel_check():
     assert "kernel check: OK" in r.stdout
 
 
-def test_cli_planned_command_says_so():
+def test_cli_serve_without_a_bundle_names_the_option():
     r = subprocess.run([*MMFAST, "serve"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
-    assert "not available in this version" in r.stderr
+    assert "--bundle" in r.stderr.splitlines()[-1]
 
 
 def test_cli_torch_command_without_torch_explains_install():
