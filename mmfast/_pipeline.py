@@ -170,6 +170,11 @@ class Pipeline:
             )
         for g, s in self.sessions.items():
             if "images" in s.input_names:  # (B, 3, size, size)
+                if self.preprocess_config.resize_mode == "shortest_edge_capped":
+                    raise BundleMismatchError(
+                        f"{bundle.path / g}: takes square images, the manifest's preprocessing "
+                        "keeps each image's own size (resize_mode 'shortest_edge_capped')"
+                    )
                 size = self.preprocess_config.size
                 self.require_dim(g, "images", 1, 3, "images have 3 channels (RGB)")
                 for axis in (2, 3):

@@ -314,7 +314,8 @@ _HF_IGNORED = frozenset(
         "disable_grouping",
     }
 )
-# Keys that do: read by _from_hf (pad_size only matters with do_pad, which it refuses).
+# Keys that do: read by _from_hf (pad_size only matters with do_pad, which it refuses but
+# for ViLT's rule, where the runtime pads a batch itself).
 _HF_USED = frozenset(
     {*_HF_COMMON, "size", "resample", "crop_size", "image_mean", "image_std"}
     | {"pad_size", "data_format", "size_divisor"}

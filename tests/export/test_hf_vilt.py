@@ -227,3 +227,19 @@ def test_sampled_patches_are_refused(tmp_path: Path) -> None:
     (model_dir / "config.json").write_text(json.dumps(cfg))
     assert cli_main(["export", str(model_dir), "--out", str(tmp_path / "b")]) != 0
     assert not (tmp_path / "b").exists()
+
+
+def test_square_graphs_refuse_the_capped_preprocessing(tmp_path: Path) -> None:
+    """A bundle whose graph takes square images but whose manifest keeps each image's own size
+    (an edited manifest) is refused at load, not at the first image."""
+    from mmfast import Reranker
+    from mmfast_export.hf.build import build_blip_itm
+    from mmfast_export.hf.export import export_hf
+
+    bundle = tmp_path / "itm"
+    export_hf(build_blip_itm(tmp_path / "model", "tiny"), bundle)
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["preprocess"].update(resize_mode="shortest_edge_capped", resize=32, size_divisor=8)
+    write_manifest(bundle, m)
+    with pytest.raises(BundleMismatchError, match="own size"):
+        Reranker.load(bundle)
