@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops
-from ._pipeline import ImageLike, Pipeline
+from ._pipeline import ImageLike, Pipeline, pad_tokens
 from .bundle import Bundle, BundleFormatError, BundleGraphError, BundleMismatchError, Manifest
 from .hf_tokenizer import HFTokenizer
 from .preprocess import pad_batch
@@ -240,12 +240,10 @@ class VQA(Pipeline):
         for c in range(0, len(order), _VILT_CHUNK):
             part = order[c : c + _VILT_CHUNK]
             pixels, mask = pad_batch([per_image[flat[n][0]] for n in part])
-            t = max(len(ids[n]) for n in part)
-            tokens = np.full((len(part), t), self.tokenizer.pad_id, np.int64)
-            keep = np.zeros((len(part), t), np.int64)
-            for r, n in enumerate(part):  # the mask from lengths: a "[PAD]" typed in is a word
-                tokens[r, : len(ids[n])] = ids[n]
-                keep[r, : len(ids[n])] = 1
+            tokens = pad_tokens([ids[n] for n in part], self.max_len, self.tokenizer.pad_id)
+            # the mask from lengths, not from the ids: a "[PAD]" typed in is a word
+            keep = np.arange(tokens.shape[1]) < np.array([len(ids[n]) for n in part])[:, None]
+            keep = keep.astype(np.int64)
             out = self.run(
                 _VILT,
                 {

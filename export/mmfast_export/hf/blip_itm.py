@@ -420,6 +420,19 @@ def text_tokenizer(
     return tok, n_tokens, cleanup, ids, _max_len(model, tok)
 
 
+def describe(d: ModelDir, model: nn.Module, arch: str) -> dict[str, Any]:
+    """What a BLIP bundle's manifest config records of the model (ITM and VQA alike): the
+    architecture, the sub-models' types, the image features' positions and width."""
+    vis = model.config.vision_config
+    return {
+        "architecture": arch,
+        "vision": d.config.get("vision_config", {}).get("model_type", VISION),
+        "text": d.config.get("text_config", {}).get("model_type", TEXT),
+        "image_positions": (vis.image_size // vis.patch_size) ** 2 + 1,  # [CLS] + patches
+        "image_feature_dim": int(vis.hidden_size),
+    }
+
+
 def export_bundle(
     d: ModelDir, tmp: Path, *, arch: str, kind: str, check_images: int = 4
 ) -> dict[str, Any]:
@@ -439,17 +452,11 @@ def export_bundle(
     )
     graphs = specs(model, preprocess.size)
     report, sections = export_graphs(graphs, tmp)
-    vis = model.config.vision_config
-    n_image = (vis.image_size // vis.patch_size) ** 2 + 1  # [CLS] + patches
     manifest: dict[str, Any] = {
         "task": "rerank",
         "kind": kind,
         "config": {
-            "architecture": arch,
-            "vision": d.config.get("vision_config", {}).get("model_type", VISION),
-            "text": d.config.get("text_config", {}).get("model_type", TEXT),
-            "image_positions": n_image,
-            "image_feature_dim": int(vis.hidden_size),
+            **describe(d, model, arch),
             "text_vocab_size": vocab_size,
             "tokenizer_size": n_tokens,
             "score": "softmax(itm_logits)[:, 1]",

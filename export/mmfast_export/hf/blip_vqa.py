@@ -68,7 +68,7 @@ from mmfast.preprocess import PreprocessConfig, preprocess_batch
 from mmfast.tokenizer import SpecialTokens
 
 from ..onnx_export import ExportValidationError, GraphSpec, OutputValueError, export_graphs
-from . import blip, common
+from . import blip, blip_itm, common
 from .bert import BertCrossKV, BertStep, check_bert_decoder
 from .blip_itm import (
     CrossTextEncoder,
@@ -390,16 +390,11 @@ def export_bundle(
     images = make_check_images(max(check_images, 2), preprocess.size)
     pixels = torch.from_numpy(preprocess_batch(images, preprocess))
     report["reference"] = _check_reference(model, graphs, pixels, 6)
-    vis = model.config.vision_config
     manifest: dict[str, Any] = {
         "task": "vqa",
         "kind": kind,
         "config": {
-            "architecture": arch,
-            "vision": d.config.get("vision_config", {}).get("model_type", VISION),
-            "text": d.config.get("text_config", {}).get("model_type", TEXT),
-            "image_positions": (vis.image_size // vis.patch_size) ** 2 + 1,  # [CLS] + patches
-            "image_feature_dim": int(vis.hidden_size),
+            **blip_itm.describe(d, model, arch),
             "decoder_vocab_size": vocab_size,
             "tokenizer_size": n_tokens,
             # generate() attends to a padded batch's padding; the runtime masks it unless asked
