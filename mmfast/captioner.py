@@ -20,6 +20,7 @@ import numpy as np
 from . import generation as hf_generation
 from ._checks import finite_float, one_line, positive_int
 from ._pipeline import ImageLike, Pipeline, as_image_list
+from .attention_map import RegionLayout, region_layout
 from .bundle import Bundle, BundleMismatchError, Manifest
 from .decoding import DecodeResult, State, beam_search, greedy
 
@@ -40,6 +41,10 @@ class Caption:
     tokens: list[int]
     score: float  # log-probability (beam: length-penalised)
     attention: np.ndarray | None = None  # (len + 1, regions) per generated token, if asked
+    # with the attention: each token's own text (the panel titles of mmfast.viz), and how the
+    # attention's positions lie on the image (mmfast.attention_map)
+    words: list[str] | None = None
+    regions: RegionLayout | None = None
 
 
 class Captioner(Pipeline):
@@ -202,15 +207,26 @@ class Captioner(Pipeline):
                 constant=constant,
                 special_tokens=self.special_tokens,
             )
+        layout = self._layout(r.attention[0].shape[-1]) if return_attention else None
         return [
             Caption(
                 text=self.tokenizer.decode(toks),
                 tokens=toks,
                 score=float(r.scores[i]),
                 attention=r.attention[i] if return_attention else None,
+                words=[self.tokenizer.decode([t]) for t in toks] if return_attention else None,
+                regions=layout,
             )
             for i, toks in enumerate(r.tokens)
         ]
+
+    def _layout(self, positions: int) -> RegionLayout | None:
+        """How the step's attention over `positions` lies on the image; None if it is not a
+        square grid of regions (the attention is still returned, only not drawable)."""
+        try:
+            return region_layout(positions, self.preprocess_config)
+        except ValueError:
+            return None
 
     def __repr__(self) -> str:
         device = self.sessions["encoder.onnx"].device

@@ -99,15 +99,48 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_kernel_check(repeats=args.repeats)
 
 
+def _picture_paths(option: str, out: str, n: int) -> list[Path]:
+    """Where --show / --show-attention writes its n pictures: OUT itself for one, else
+    OUT's stem + -1, -2, ... Checked before any model runs: matplotlib, the folder, a suffix."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from .viz import INSTALL_HINT
+
+        raise ValueError(
+            f"{option} draws with matplotlib, which is missing: {INSTALL_HINT}"
+        ) from None
+    path = Path(out)
+    if path.suffix == "":
+        raise ValueError(f"{option} {out}: give a file name with a suffix, e.g. {out}.png")
+    if not path.parent.is_dir():
+        raise ValueError(f"{option} {out}: the folder {path.parent} does not exist")
+    if n == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, n + 1)]
+
+
 def _cmd_caption(args: argparse.Namespace) -> int:
     from .captioner import Captioner
 
+    show = args.show_attention
+    outs = _picture_paths("--show-attention", show, len(args.images)) if show else []
     cap = Captioner.load(args.model, device=args.device, threads=args.threads)
     results = cap.caption(
-        args.images, beam_size=args.beam, max_len=args.max_len, length_penalty=args.length_penalty
+        args.images,
+        beam_size=args.beam,
+        max_len=args.max_len,
+        length_penalty=args.length_penalty,
+        return_attention=bool(show),
     )
     for path, c in zip(args.images, results, strict=True):
         print(f"{path}\t{c.text}\t{c.score:.3f}")
+    if outs:
+        from . import viz
+
+        for path, c, out in zip(args.images, results, outs, strict=True):
+            viz.save(viz.attention_grid(path, c), out)
+            print(f"attention: {out}")
     return 0
 
 
@@ -147,6 +180,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     # the whole index is checked here, so a corrupt one is one clear line before any model
     # is loaded (it is memory-mapped: the second open by Retriever.load reads little)
     meta = open_index(args.index).metadata
+    out = _picture_paths("--show", args.show, 1)[0] if args.show else None
     bundle = args.model or meta.get("bundle")
     if not bundle or not isinstance(bundle, str):
         print("mmfast search: the index names no bundle; pass --model", file=sys.stderr)
@@ -162,6 +196,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
     ids, scores = r.search(args.text, k=args.k, rerank=args.rerank)
     for rank, (i, sc) in enumerate(zip(ids, scores, strict=True), 1):
         print(f"{rank}\t{sc:.4f}\t{i}")
+    if out and ids:
+        from . import viz
+
+        # ids are paths under the folder the index was built from (mmfast index build)
+        root = Path(str(meta.get("images", ".")))
+        sheet = viz.contact_sheet(args.text, [root / i for i in ids], list(scores), list(ids))
+        print(f"contact sheet: {viz.save(sheet, out)}")
     return 0
 
 
@@ -179,6 +220,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _cmd_ask(args: argparse.Namespace) -> int:
     from .vqa import VQA
 
+    out = _picture_paths("--show", args.show, 1)[0] if args.show else None
     vqa = VQA.load(args.model, device=args.device, threads=args.threads)
     kw: dict[str, int] = {}
     if args.top_k is not None:
@@ -190,6 +232,10 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         print(f"{q}\t{a.text}\t{a.confidence:.3f}")
         for text, score in a.top[1:]:  # the runners-up, when --top-k asks for them
             print(f"\t{text}\t{score:.3f}")
+    if out:
+        from . import viz
+
+        print(f"answers: {viz.save(viz.answer_figure(args.image, args.questions, ans), out)}")
     return 0
 
 
@@ -393,6 +439,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="beam length normalisation (default: the model's; ours: GNMT alpha 0, off)",
     )
+    s.add_argument(
+        "--show-attention",
+        metavar="OUT.png",
+        default=None,
+        help="also draw each word's attention over the image (OUT-1.png, ... for several "
+        "images; needs matplotlib)",
+    )
     _runtime_args(s)
     s.set_defaults(func=_cmd_caption)
 
@@ -425,6 +478,9 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--reranker", default=None, help="re-ranker bundle (default: the index's, if any)"
     )
+    s.add_argument(
+        "--show", metavar="OUT.png", default=None, help="also draw the results as a contact sheet"
+    )
     _runtime_args(s)
     s.set_defaults(func=_cmd_search)
 
@@ -446,6 +502,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int, help="also print the runner-up answers and scores (classifiers)"
     )
     s.add_argument("--beam-size", type=int, help="beam search width (generative models)")
+    s.add_argument(
+        "--show",
+        metavar="OUT.png",
+        default=None,
+        help="also draw the image with each question, its answer and (own models) where the "
+        "model looked",
+    )
     _runtime_args(s)
     s.set_defaults(func=_cmd_ask)
 

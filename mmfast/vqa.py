@@ -27,6 +27,7 @@ import numpy as np
 
 from . import ops
 from ._pipeline import ImageLike, Pipeline, pad_tokens
+from .attention_map import RegionLayout, region_layout
 from .bundle import Bundle, BundleFormatError, BundleGraphError, BundleMismatchError, Manifest
 from .hf_tokenizer import HFTokenizer
 from .preprocess import pad_batch
@@ -47,6 +48,7 @@ class Answer:
     # the top_k answers, best first, with their scores (classifiers, when top_k is given)
     top: list[tuple[str, float]] = field(default_factory=list)
     tokens: list[int] | None = None  # a generated answer's token ids (generative models)
+    regions: RegionLayout | None = None  # how `attention`'s positions lie on the image
 
 
 class VQA(Pipeline):
@@ -159,13 +161,20 @@ class VQA(Pipeline):
             scores, attention = self._vilt_scores(images, flat), None
         else:
             scores, attention = self._own_scores(images, flat)
+        layout = None
+        if attention is not None:
+            try:
+                layout = region_layout(attention.shape[-1], self.preprocess_config)
+            except ValueError:  # not a square grid: the attention is returned, not drawable
+                pass
         k = 1 if top_k is None else min(top_k, len(self.answers))
         order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]  # ties: the earlier answer
         for n, (i, _) in enumerate(flat):
             best = int(order[n, 0])
             top = [(self.answers[j], float(scores[n, j])) for j in order[n]] if top_k else []
             att = None if attention is None else attention[n]
-            result[i].append(Answer(self.answers[best], float(scores[n, best]), att, top))
+            answer = Answer(self.answers[best], float(scores[n, best]), att, top, regions=layout)
+            result[i].append(answer)
         return result
 
     # ------------------------------------------------------------------------- internals

@@ -174,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     for im, path, c in zip(images[:4], paths[:4], cap.caption(paths[:4], beam_size=3), strict=True):
         print(f"  {Path(path).name}: {c.text}")
         print(f"  {'':10}  reference: {refs[im['id']][0]}")
+    pictures = work / "pictures"
+    if _can_draw():
+        from mmfast import viz
+
+        pictures.mkdir(exist_ok=True)
+        c = cap.caption(paths[0], beam_size=3, return_attention=True)[0]
+        out = viz.save(viz.attention_grid(paths[0], c), pictures / "attention.png")
+        print(f"  where each word looked: {out}")
     _say("4b. text search over 200 test images")
     ret = Retriever.load(bundles["retrieval"], threads=2)
     ret.add_images(paths, ids=[Path(x).name for x in paths])
@@ -182,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         ids, _ = ret.search(q, k=3, rerank=True)
         hit = "right image first" if ids[0] == Path(im["file_name"]).name else "missed"
         print(f"  '{q}' -> {', '.join(ids)}  ({hit})")
+    if _can_draw():
+        q = refs[images[0]["id"]][0]
+        ids, scores = ret.search(q, k=8, rerank=True)
+        by_name = {Path(x).name: x for x in paths}
+        sheet = viz.contact_sheet(q, [by_name[i] for i in ids], list(scores), list(ids))
+        print(f"  contact sheet of '{q}': {viz.save(sheet, pictures / 'search.png')}")
     _say("4c. questions")
     vqa = VQA.load(bundles["vqa"], threads=2)
     qa = json.loads((data / "vqa_test.json").read_text())["questions"]
@@ -223,6 +237,18 @@ def main(argv: list[str] | None = None) -> int:
         f"bundles in {work / 'bundles'}"
     )
     return 0
+
+
+def _can_draw() -> bool:
+    """matplotlib is there (the `viz` extra, in `dev`); else one line saying so, once."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        if not getattr(_can_draw, "said", False):
+            print("  (no pictures: matplotlib is missing; pip install 'mmfast[viz]')")
+            _can_draw.said = True  # type: ignore[attr-defined]
+        return False
+    return True
 
 
 def _official_vqa_score(data: Path, vqa: Any) -> None:

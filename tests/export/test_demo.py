@@ -30,6 +30,17 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     # 1-epoch model can have near-tied logits, so here only the table's presence is checked)
     assert "caption, 32 images, greedy" in out
     assert "questions: overall" in out  # the official score was computed, not skipped
+    # the pictures: one attention grid, one contact sheet, printed with where they are
+    from PIL import Image
+
+    for name, said in (
+        ("attention.png", "where each word looked"),
+        ("search.png", "contact sheet"),
+    ):
+        path = tmp_path / "pictures" / name
+        assert f"{said}" in out and str(path) in out
+        with Image.open(path) as im:
+            assert im.format == "PNG"
     # a second run reuses everything it made
     assert main(args) == 0
     again = capsys.readouterr().out

@@ -131,6 +131,17 @@ def test_text_is_the_tokenizers_decode(blip: tuple[Path, Path]) -> None:
         assert c.text == proc.decode(row, skip_special_tokens=True)
 
 
+def test_attention_layout_is_cls_then_patches(blip: tuple[Path, Path]) -> None:
+    """BLIP's vision tower: [CLS], then (image_size / patch_size)^2 patches."""
+    model_dir, bundle = blip
+    vision = _load(model_dir).config.vision_config
+    g = vision.image_size // vision.patch_size
+    c = Captioner.load(bundle, threads=1).caption(real_photos()[:1], return_attention=True)[0]
+    assert c.regions is not None and c.attention is not None
+    assert (c.regions.rows, c.regions.cols, c.regions.prefix) == (g, g, 1)
+    assert c.attention.shape[1] == 1 + g * g
+
+
 def test_step_logits_match_transformers(blip: tuple[Path, Path]) -> None:
     """The bundle's encoder + step graphs, token by token (ONNX Runtime), against the
     Hugging Face model's logits for the same prefix: within 1e-4 at every step."""

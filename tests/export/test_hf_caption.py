@@ -129,11 +129,43 @@ def test_step_logits_match_transformers(ved: tuple[Path, Path]) -> None:
         np.testing.assert_allclose(logits, ref[:, t].numpy(), atol=1e-4, rtol=0)
 
 
+def test_attention_is_the_last_cross_attention_over_the_patches(ved: tuple[Path, Path]) -> None:
+    """Caption.attention: transformers' last decoder layer's cross-attention averaged over
+    heads, step by step (within 1e-5, float32 softmax outputs); its layout: [CLS] first,
+    then the (image_size / patch_size)^2 patches."""
+    model_dir, bundle = ved
+    model = transformers.VisionEncoderDecoderModel.from_pretrained(
+        model_dir, attn_implementation="eager"
+    ).eval()
+    cap = Captioner.load(bundle)
+    pixels = cap.pixels(real_photos()[:2])
+    prefix = torch.randint(
+        0, model.decoder.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        out = model(
+            pixel_values=torch.from_numpy(pixels), decoder_input_ids=prefix, output_attentions=True
+        )
+    ref = out.cross_attentions[-1].mean(dim=1)  # (B, H, T, N) -> (B, T, N)
+    state = cap.encode(pixels)
+    for t in range(prefix.shape[1]):
+        _, state, att = cap._step(prefix[:, t].numpy(), state)
+        np.testing.assert_allclose(att, ref[:, t].numpy(), atol=1e-5, rtol=0)
+    enc = model.config.encoder
+    g = enc.image_size // enc.patch_size
+    c = cap.caption(real_photos()[:1], max_new_tokens=4, return_attention=True)[0]
+    assert c.regions is not None
+    assert (c.regions.rows, c.regions.cols, c.regions.prefix) == (g, g, 1)
+
+
 def test_deit_encoder(tmp_path: Path) -> None:
     model_dir = build_vit_gpt2(tmp_path / "model", "tiny", seed=2, encoder="deit")
     _bias_eos(model_dir, 3.0)
     export(model_dir, tmp_path / "bundle")
     _assert_greedy_and_beam_like_generate(model_dir, tmp_path / "bundle", real_photos()[:3])
+    # DeiT puts [CLS] and the distillation token before the patches
+    c = Captioner.load(tmp_path / "bundle").caption(real_photos()[:1], return_attention=True)[0]
+    assert c.regions is not None and c.regions.prefix == 2
 
 
 def test_manifest_records_the_checks(ved: tuple[Path, Path]) -> None:

@@ -141,6 +141,45 @@ def test_cli_caption(run_and_bundle, tmp_path, capsys):
     assert main(["caption", "--model", str(tmp_path / "nope"), *paths]) == 2
 
 
+def test_attention_pictures(run_and_bundle, tmp_path, capsys):
+    """The step's attention lies on the encoder's region grid (S / 2^stages cells a side, no
+    [CLS]); `caption --show-attention` draws one panel per word and the end, per image."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from mmfast import viz
+    from mmfast.cli import main
+
+    model, _, bundle, _ = run_and_bundle
+    paths = []
+    for i, im in enumerate(images(2, seed=5)):
+        paths.append(tmp_path / f"im{i}.png")
+        Image.fromarray(im).save(paths[-1])
+    c = Captioner.load(bundle).caption(paths, max_len=12, return_attention=True)
+    g = model.encoder.grid
+    for cap in c:
+        assert cap.regions is not None and (cap.regions.rows, cap.regions.cols) == (g, g)
+        assert cap.regions.prefix == 0 and cap.attention.shape[1] == g * g
+        assert cap.words == [Captioner.load(bundle).tokenizer.decode([t]) for t in cap.tokens]
+    fig = viz.attention_grid(paths[0], c[0])
+    assert len(fig.axes) == 1 + len(c[0].attention)
+    out = tmp_path / "att.png"
+    assert (
+        main(["caption", "--model", str(bundle), *map(str, paths), "--show-attention", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    for i in (1, 2):
+        assert f"attention: {tmp_path / f'att-{i}.png'}" in printed
+        with Image.open(tmp_path / f"att-{i}.png") as im:
+            assert im.format == "PNG" and im.width > 200
+    assert not out.exists()  # several images: numbered files
+    bad = ["caption", "--model", str(bundle), str(paths[0]), "--show-attention"]
+    assert main([*bad, str(tmp_path / "nosuffix")]) == 2
+    assert main([*bad, str(tmp_path / "no" / "a.png")]) == 2
+    assert "the folder" in capsys.readouterr().err
+
+
 def test_odd_images_are_captioned(run_and_bundle, tmp_path):
     from PIL import Image
 

@@ -3,6 +3,7 @@ rankings and answers identical to PyTorch's; index save/load; bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -208,3 +209,27 @@ def test_cli_index_search_ask(retrieval, vqa, tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 2 and out[0].startswith(TEXTS[0] + "\t")
     assert main(["ask", "--model", str(vbundle), str(folder / "missing.png"), "what"]) == 2
+    capsys.readouterr()
+    if importlib.util.find_spec("matplotlib") is None:  # the viz extra (in dev): CI has it
+        return
+    sheet = tmp_path / "sheet.png"
+    assert (
+        main(["search", "--index", str(tmp_path / "ix"), TEXTS[0], "-k", "3", "--show", str(sheet)])
+        == 0
+    )
+    assert f"contact sheet: {sheet}" in capsys.readouterr().out
+    with Image.open(sheet) as im:
+        assert im.format == "PNG"
+    pic = tmp_path / "ask.png"
+    argv = ["ask", "--model", str(vbundle), str(folder / "0.png"), TEXTS[0], TEXTS[1]]
+    assert main([*argv, "--show", str(pic)]) == 0
+    assert f"answers: {pic}" in capsys.readouterr().out and pic.is_file()
+
+
+def test_vqa_attention_lies_on_the_region_grid(vqa):
+    """An own VQA model's answers carry their glimpses' attention and its layout."""
+    model, *_, vbundle, _ = vqa
+    a = VQA.load(vbundle).answer(images(1)[0], TEXTS[0])
+    g = model.encoder.grid
+    assert a.regions is not None and (a.regions.rows, a.regions.cols, a.regions.prefix) == (g, g, 0)
+    assert a.attention.shape[-1] == g * g
