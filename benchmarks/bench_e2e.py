@@ -11,6 +11,8 @@ exports (``mmfast export``) under BUNDLES/ with the same names. Prints, per pipe
     test images is filled with random unit vectors: search cost does not depend on content);
   - VQA: per-question latency (image encoder + answer head).
 Both sides produce the same tokens / rankings / answers (checked before timing).
+Every batch-1 call's latency goes into a picture of the distributions (p50 / p90 / p99 marked),
+benchmarks/plots/e2e_latency.png unless --plot names another file (--plot none: no picture).
 
 Threads: both sides get --threads intra-op threads. ORT's spinning is off (mmfast.session):
 on a 2-core machine spinning workers fight the Python decode loop between steps. torch runs
@@ -29,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import tune_allocator
+from _plots import PLOTS, can_plot, latency_distribution
 
 ALLOCATOR = tune_allocator()
 
@@ -52,6 +55,11 @@ def timed(fn: Callable[[], object], n: int) -> np.ndarray:
         fn()
         out.append(time.perf_counter() - t0)
     return np.array(out) * 1e3
+
+
+# pipeline -> implementation -> every timed call's ms (the latency picture)
+SAMPLES: dict[str, dict[str, np.ndarray]] = {}
+TORCH, MMFAST = "PyTorch eager", "mmfast (ORT)"
 
 
 def pct(a: np.ndarray) -> str:
@@ -126,6 +134,7 @@ def bench_caption(run: Path, bundle: Path, images: list, threads: int, n: int) -
         it_m = iter(range(10**9))
         t_mm = timed(lambda: mm_caption(cap, [images[next(it_m) % len(images)]], beam), n)
         name = "greedy" if beam == 1 else f"beam {beam}"
+        SAMPLES[f"caption, 1 image, {name}"] = {TORCH: t_torch, MMFAST: t_mm}
         print(
             f"| {name} | 1 | ms p50 p90 p99 | {pct(t_torch)} | {pct(t_mm)} "
             f"| {np.median(t_torch) / np.median(t_mm):.2f}x |"
@@ -149,18 +158,18 @@ def bench_retrieval(run: Path, bundle: Path, images: list, texts: list, threads:
     model, _, tok = load_run(run)
     r = Retriever.load(bundle, threads=threads)
     r.add_images(images, ids=[str(i) for i in range(len(images))])
-    real = r.index._emb.copy()
+    real = np.concatenate(r.index._store.parts())  # (n, dim) the real images' embeddings
     print("\n## retrieval: one text query, top 10 (cosine)")
     print("| indexed images | PyTorch eager ms p50 p90 p99 | mmfast ms p50 p90 p99 | speedup |")
     print("|---|---|---|---|")
     rng = np.random.default_rng(0)
+    emb = real
     for total in (10_000, 100_000):
-        fill = rng.standard_normal((total - len(real), real.shape[1])).astype(np.float32)
+        # the index beyond the real images: random unit vectors (search cost ignores content)
+        fill = rng.standard_normal((total - len(emb), real.shape[1])).astype(np.float32)
         fill /= np.linalg.norm(fill, axis=1, keepdims=True)
-        emb = np.concatenate([real, fill])
-        r.index._emb = emb
-        r.index._ids = [str(i) for i in range(total)]
-        r.index._id_set = set(r.index._ids)
+        r.index.add(fill, ids=[str(i) for i in range(len(emb), total)])
+        emb = np.concatenate([emb, fill])
         temb = torch.from_numpy(emb)
         it = iter(range(10**9))
 
@@ -177,6 +186,7 @@ def bench_retrieval(run: Path, bundle: Path, images: list, texts: list, threads:
         assert r.search(q0, k=10)[0] == [str(i) for i in want.topk(10).indices.tolist()]
         t_t = timed(torch_query, n)
         t_m = timed(lambda: r.search(texts[next(it2) % len(texts)], k=10), n)
+        SAMPLES[f"text search, {total:,} images"] = {TORCH: t_t, MMFAST: t_m}
         print(f"| {total:,} | {pct(t_t)} | {pct(t_m)} | {np.median(t_t) / np.median(t_m):.2f}x |")
 
 
@@ -201,6 +211,7 @@ def bench_vqa(run: Path, bundle: Path, images: list, questions: list, threads: i
         return v.answer(images[k % len(images)], questions[k % len(questions)])
 
     t_t, t_m = timed(torch_ask, n), timed(mm_ask, n)
+    SAMPLES["VQA, one question"] = {TORCH: t_t, MMFAST: t_m}
     print("| PyTorch eager ms p50 p90 p99 | mmfast ms p50 p90 p99 | speedup |")
     print("|---|---|---|")
     print(f"| {pct(t_t)} | {pct(t_m)} | {np.median(t_t) / np.median(t_m):.2f}x |")
@@ -214,6 +225,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=50, help="timed calls per measurement")
     ap.add_argument("--only", nargs="*", choices=["caption", "retrieval", "vqa"])
+    ap.add_argument(
+        "--plot", default=str(PLOTS / "e2e_latency.png"), help="latency picture (none: skip)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import json
@@ -239,6 +253,12 @@ def main() -> None:
         vq = json.loads((Path(args.data) / "vqa_test.json").read_text())
         qs = [q["question"] for q in vq["questions"][:64]] if "questions" in vq else texts
         bench_vqa(runs / "vqa", bundles / "vqa", images, qs, args.threads, args.n)
+    if args.plot != "none" and SAMPLES and can_plot():
+        title = (
+            f"End-to-end latency per call, {args.threads} threads, {args.n} calls "
+            f"({time.strftime('%Y-%m-%d', time.gmtime())})"
+        )
+        latency_distribution(SAMPLES, Path(args.plot), title)
 
 
 if __name__ == "__main__":

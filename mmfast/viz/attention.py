@@ -37,7 +37,7 @@ END = "<end>"
 
 
 def overlay(
-    image: Image.Image,
+    image: ImageLike,
     weights: npt.ArrayLike,
     layout: RegionLayout,
     side: int = 224,
@@ -55,6 +55,8 @@ def overlay(
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    if not isinstance(image, Image.Image) or image.mode != "RGB":
+        image = rgb_image(image)
     box = view_box(image.width, image.height, layout.preprocess)
     bw, bh = box[2] - box[0], box[3] - box[1]
     scale = side / max(bw, bh)
