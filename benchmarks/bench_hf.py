@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import tune_allocator
+from _plots import PLOTS, can_plot, latency_distribution
 
 
 def photos(n: int) -> list[np.ndarray]:
@@ -81,6 +82,9 @@ def main() -> None:
     p.add_argument("--repeats-32", type=int, default=3, help="batch-32 calls per engine")
     p.add_argument("--new-tokens", type=int, default=20)
     p.add_argument("--beams", default="1,4")
+    p.add_argument(
+        "--plot", default=None, help="latency picture (default plots/hf_<model>_latency.png; none)"
+    )
     a = p.parse_args()
     alloc = tune_allocator()
     import transformers
@@ -160,6 +164,7 @@ def main() -> None:
     )
     beams_list = [int(b) for b in a.beams.split(",")]
     one, many = photos(1), photos(32)
+    samples: dict[str, dict[str, list[float]]] = {}  # the latency picture: every b1 call
     for beams in beams_list:
         # identical tokens first, on both batches
         for images in (one, many):
@@ -188,6 +193,7 @@ def main() -> None:
             enc = [timed(lambda px=px: cap.encode(px)) for _ in range(n)]
             stages[label] = (statistics.median(pre) * 1e3, statistics.median(enc) * 1e3)
         name_b = "greedy" if beams == 1 else f"beam {beams}"
+        samples[f"{a.model} {a.size}, 1 image, {name_b}, {a.new_tokens} tokens"] = lat
         print(f"\n{name_b}, {a.new_tokens} new tokens, tokens identical across engines")
         print(
             f"{'engine':20} {'b1 p50 ms':>10} {'b1 p90 ms':>10} {'b32 img/s':>10} "
@@ -216,6 +222,13 @@ def main() -> None:
                 f"mmfast stages {label}: preprocess {pre:.1f} ms, encoder {enc:.1f} ms, "
                 f"decode + text {total - pre - enc:.1f} ms (of {total:.1f})"
             )
+    plot = a.plot or str(PLOTS / f"hf_{a.model}_latency.png")
+    if plot != "none" and can_plot():
+        title = (
+            f"Hugging Face captioner, per-call latency, {a.threads} threads, {a.repeats} calls "
+            f"({time.strftime('%Y-%m-%d', time.gmtime())})"
+        )
+        latency_distribution(samples, Path(plot), title)
 
 
 if __name__ == "__main__":

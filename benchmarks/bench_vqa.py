@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import tune_allocator
+from _plots import PLOTS, can_plot, latency_distribution
 from bench_clip import interleaved, ort_matmul_peak
 from bench_hf import photos, timed
 
@@ -86,6 +88,9 @@ def main() -> None:
     p.add_argument("--pause", type=float, default=0.05, help="seconds before each timed call")
     p.add_argument("--beams", type=int, default=1, help="BLIP: beam size")
     p.add_argument("--max-new-tokens", type=int, default=10, help="BLIP: answer length limit")
+    p.add_argument(
+        "--plot", default=None, help="latency picture (default plots/vqa_<model>_latency.png)"
+    )
     a = p.parse_args()
     alloc = tune_allocator()
     import transformers
@@ -219,6 +224,14 @@ def main() -> None:
             f"{name:20} {p50 * 1e3:10.1f} {p90 * 1e3:10.1f} {t32:10.2f} {p50 / m1:14.2f}x "
             f"{m32 / t32:15.2f}x"
         )
+    plot = a.plot or str(PLOTS / f"vqa_{a.model}_latency.png")
+    if plot != "none" and can_plot():
+        ms = {name: [t * 1e3 for t in v] for name, v in lat.items()}
+        title = (
+            f"VQA ({a.model}), one question, per-call latency, {a.threads} threads, "
+            f"{a.repeats} calls ({time.strftime('%Y-%m-%d', time.gmtime())})"
+        )
+        latency_distribution({f"{a.model}: 1 image, 1 question": ms}, Path(plot), title)
     if a.model == "vilt":
         cfg = model.config
         t_text = len(proc.tokenizer(qs[0]).input_ids)
