@@ -1,0 +1,131 @@
+"""pytest-benchmark set-up for benchmarks/test_*.py: threads, allocator, machine info.
+
+    pytest benchmarks --benchmark-only [--threads 1] [--benchmark-autosave]
+
+Not collected by the normal test run (pyproject's testpaths is tests/). What this file fixes
+for every benchmark of the session, so that saved runs compare like with like:
+- threads: --threads N (default 1) for torch, mmfast and every ONNX Runtime session;
+- torch's OpenMP workers sleep when idle (OMP_WAIT_POLICY=PASSIVE unless set): the benchmarks
+  run one after the other, and spinning workers of one would take the core of the next;
+- glibc malloc's mmap/trim thresholds raised as the bench scripts do (_common.tune_allocator),
+  set here with mallopt() instead of the scripts' re-exec;
+- the machine (CPU model, family/model, AVX-512/AMX flags, CPUs allowed, load) goes into the
+  saved JSON's machine_info; each benchmark adds its own extra_info.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (bench_e2e does the same)
+
+from _common import _MALLOC_ENV
+
+
+def _tune_allocator() -> str:
+    """The thresholds of _common.tune_allocator, in this process. Setting its environment
+    variables too makes the scripts' own tune_allocator() (run when test files import them) a
+    no-op instead of a re-exec of pytest."""
+    if os.environ.get("MMFAST_BENCH_ALLOCATOR") == "default":
+        return "glibc malloc defaults (MMFAST_BENCH_ALLOCATOR=default)"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "default allocator (no glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    int_max = 2**31 - 1  # mallopt takes an int
+    trim = min(int(_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]), int_max)
+    mmap = min(int(_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]), int_max)
+    ok = libc.mallopt(m_trim_threshold, trim) and libc.mallopt(m_mmap_threshold, mmap)
+    os.environ.update(_MALLOC_ENV)
+    state = "ok" if ok else "refused"
+    return f"glibc mallopt(M_MMAP_THRESHOLD={mmap}, M_TRIM_THRESHOLD={trim}): {state}"
+
+
+ALLOCATOR = _tune_allocator()
+LOAD_AT_START = os.getloadavg()[0]  # the other jobs on the machine when the session began
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads for torch, mmfast and ONNX Runtime in every benchmark (default 1)",
+    )
+
+
+@pytest.fixture(scope="session")
+def threads(pytestconfig: pytest.Config) -> Iterator[int]:
+    """The --threads count, applied to torch and mmfast for the session (ORT sessions take it
+    as intra_op_num_threads when they are built)."""
+    import torch
+
+    import mmfast
+
+    n = pytestconfig.getoption("threads")
+    if n < 1:
+        raise pytest.UsageError(f"--threads must be >= 1, got {n}")
+    before = (torch.get_num_threads(), mmfast.get_num_threads())
+    torch.set_num_threads(n)
+    mmfast.set_num_threads(n)
+    yield n
+    torch.set_num_threads(before[0])
+    mmfast.set_num_threads(before[1])
+
+
+KERNEL_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile"}
+
+
+def _cpu() -> dict[str, Any]:
+    """Model name, family/model and the flags that pick kernels, from /proc/cpuinfo (Linux)."""
+    info: dict[str, Any] = {"machine": platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            first = f.read().split("\n\n")[0]
+    except OSError:
+        return info
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in first.splitlines())
+    )
+    flags = set(fields.get("flags", "").split())
+    info |= {
+        "model_name": fields.get("model name"),
+        "vendor": fields.get("vendor_id"),
+        "family": fields.get("cpu family"),
+        "model": fields.get("model"),
+        "flags": sorted(
+            flags & {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile"}
+        ),
+    }
+    return info
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    import onnxruntime as ort
+    import torch
+
+    import mmfast
+    from mmfast import _C
+
+    machine_info["mmfast_bench"] = {
+        "cpu": _cpu(),
+        "cpus_online": os.cpu_count(),
+        "cpus_allowed": sorted(os.sched_getaffinity(0)),  # taskset -c 1 shows here
+        "threads": config.getoption("threads"),
+        "load_average_1min_start": LOAD_AT_START,
+        "load_average_1min_end": os.getloadavg()[0],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "allocator": ALLOCATOR,
+        "mmfast": mmfast.__version__,
+        "mmfast_kernel_variant": _C.active_variant(),
+        "mmfast_kernel_env": os.environ.get("MMFAST_KERNEL"),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+    }
