@@ -4,13 +4,15 @@
 
 Not collected by the normal test run (pyproject's testpaths is tests/). What this file fixes
 for every benchmark of the session, so that saved runs compare like with like:
-- threads: --threads N (default 1) for torch, mmfast and every ONNX Runtime session;
+- threads: --threads N (default 1) for torch, mmfast and every ONNX Runtime session, part of
+  each benchmark's name and group (--threads 1,2 runs everything at 1, then at 2 threads);
 - torch's OpenMP workers sleep when idle (OMP_WAIT_POLICY=PASSIVE unless set): the benchmarks
   run one after the other, and spinning workers of one would take the core of the next;
 - glibc malloc's mmap/trim thresholds raised as the bench scripts do (_common.tune_allocator),
   set here with mallopt() instead of the scripts' re-exec;
-- the machine (CPU model, family/model, AVX-512/AMX flags, CPUs allowed, load) goes into the
-  saved JSON's machine_info; each benchmark adds its own extra_info.
+- the machine (CPU model, family/model, AVX-512/AMX flags, CPUs allowed, threads, kernel
+  variant, versions) goes into the saved JSON's machine_info, the load average at start and
+  end next to it; each benchmark adds its own extra_info (GFLOP/s, err/bound, ...).
 """
 
 from __future__ import annotations
@@ -55,32 +57,51 @@ LOAD_AT_START = os.getloadavg()[0]  # the other jobs on the machine when the ses
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--threads",
-        type=int,
-        default=1,
-        help="intra-op threads for torch, mmfast and ONNX Runtime in every benchmark (default 1)",
+        default="1",
+        help="intra-op threads for torch, mmfast and ONNX Runtime in every benchmark (default "
+        "1); a comma-separated list (1,2) runs everything once per count",
     )
 
 
+def thread_counts(config: pytest.Config) -> list[int]:
+    text = config.getoption("threads")
+    try:
+        counts = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise pytest.UsageError(f"--threads: expected counts like 1 or 1,2, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise pytest.UsageError(f"--threads: counts must be >= 1, got {text!r}")
+    return counts
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    thread_counts(config)  # a bad --threads is a usage error before anything runs
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The thread count is a (session-scoped) parameter, so it is part of every benchmark's
+    name: --benchmark-compare only matches runs made with the same count."""
+    if "threads" in metafunc.fixturenames:
+        counts = thread_counts(metafunc.config)
+        ids = [f"{n}thr" for n in counts]
+        metafunc.parametrize("threads", counts, ids=ids, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def threads(pytestconfig: pytest.Config) -> Iterator[int]:
-    """The --threads count, applied to torch and mmfast for the session (ORT sessions take it
-    as intra_op_num_threads when they are built)."""
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The thread count, applied to torch and mmfast while its benchmarks run (ORT sessions
+    take it as intra_op_num_threads when they are built)."""
     import torch
 
     import mmfast
 
-    n = pytestconfig.getoption("threads")
-    if n < 1:
-        raise pytest.UsageError(f"--threads must be >= 1, got {n}")
+    n = request.param
     before = (torch.get_num_threads(), mmfast.get_num_threads())
     torch.set_num_threads(n)
     mmfast.set_num_threads(n)
     yield n
     torch.set_num_threads(before[0])
     mmfast.set_num_threads(before[1])
-
-
-KERNEL_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile"}
 
 
 def _cpu() -> dict[str, Any]:
@@ -108,6 +129,8 @@ def _cpu() -> dict[str, Any]:
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """What the run's numbers depend on. Only stable facts: --benchmark-compare warns when the
+    machine_info of two runs differ (a different CPU, thread count or kernel variant should)."""
     import onnxruntime as ort
     import torch
 
@@ -118,9 +141,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "cpu": _cpu(),
         "cpus_online": os.cpu_count(),
         "cpus_allowed": sorted(os.sched_getaffinity(0)),  # taskset -c 1 shows here
-        "threads": config.getoption("threads"),
-        "load_average_1min_start": LOAD_AT_START,
-        "load_average_1min_end": os.getloadavg()[0],
+        "threads": thread_counts(config),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "allocator": ALLOCATOR,
         "mmfast": mmfast.__version__,
@@ -128,4 +149,14 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "mmfast_kernel_env": os.environ.get("MMFAST_KERNEL"),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
+    }
+
+
+def pytest_benchmark_update_json(
+    config: pytest.Config, benchmarks: list, output_json: dict
+) -> None:
+    """How busy the machine was (shared machines: read a run's numbers against this)."""
+    output_json["mmfast_bench_load_average_1min"] = {
+        "start": LOAD_AT_START,
+        "end": os.getloadavg()[0],
     }

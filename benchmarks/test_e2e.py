@@ -89,7 +89,7 @@ def call(impl: str, m: Models, images: list[np.ndarray], beam: int) -> list[list
 )
 def test_caption(benchmark: Any, models: Models, threads: int, beam: int, batch: int, impl: str):
     decode = DECODE[beam]
-    benchmark.group = f"e2e caption {decode} b{batch}"
+    benchmark.group = f"e2e caption {decode} b{batch} threads={threads}"
     first = models.images[:8] if batch == 1 else models.images[:batch]
     want = models.reference(first, beam)
     got = call(impl, models, first, beam)

@@ -141,7 +141,7 @@ CONV_PARAMS = [
 @pytest.mark.parametrize(("spec", "n", "impl"), CONV_PARAMS)
 def test_conv2d(benchmark: Any, threads: int, spec: tuple, n: int, impl: str) -> None:
     case = conv_case(spec, n)
-    benchmark.group = f"conv {spec[0]} N={n}"
+    benchmark.group = f"conv {spec[0]} N={n} threads={threads}"
     run, output = _conv_runner(impl, case, threads)
     what = f"{impl} conv {spec[0]} N={n}"
     worst = check(output(run()), case.ref, case.bound, what)
@@ -210,7 +210,7 @@ ATT_PARAMS = [
 @pytest.mark.parametrize(("D", "L", "causal", "impl"), ATT_PARAMS)
 def test_attention(benchmark: Any, threads: int, D: int, L: int, causal: bool, impl: str) -> None:
     case = attention_case(L, D, causal)
-    benchmark.group = f"attention D={D} L={L}{' causal' if causal else ''}"
+    benchmark.group = f"attention D={D} L={L}{' causal' if causal else ''} threads={threads}"
     run = bench_attention.make_runner(impl, L, D, causal, threads)  # same inputs for each impl
     what = f"{impl} attention D={D} L={L} causal={causal}"
     worst = check(_as_bhld(run(), L, D), case.ref, case.bound, what)
