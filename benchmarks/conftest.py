@@ -6,8 +6,9 @@ Not collected by the normal test run (pyproject's testpaths is tests/). What thi
 for every benchmark of the session, so that saved runs compare like with like:
 - threads: --threads N (default 1) for torch, mmfast and every ONNX Runtime session, part of
   each benchmark's name and group (--threads 1,2 runs everything at 1, then at 2 threads);
-- torch's OpenMP workers sleep when idle (OMP_WAIT_POLICY=PASSIVE unless set): the benchmarks
-  run one after the other, and spinning workers of one would take the core of the next;
+- idle pool threads sleep: torch's OpenMP workers (OMP_WAIT_POLICY=PASSIVE unless set), and
+  numpy's OpenBLAS runs on 1 thread (OPENBLAS_NUM_THREADS=1 unless set): the benchmarks run
+  one after the other, and spinning workers of one would take the core of the next;
 - glibc malloc's mmap/trim thresholds raised as the bench scripts do (_common.tune_allocator),
   set here with mallopt() instead of the scripts' re-exec;
 - the machine (CPU model, family/model, AVX-512/AMX flags, CPUs allowed, threads, kernel
@@ -26,6 +27,9 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (bench_e2e does the same)
+# numpy's OpenBLAS (the preprocessing's resize products, the same for both e2e peers) on one
+# thread, as bench_serve runs it: its spinning threads otherwise fight the pools measured here
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads
 
 from _common import _MALLOC_ENV
 
@@ -143,6 +147,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "cpus_allowed": sorted(os.sched_getaffinity(0)),  # taskset -c 1 shows here
         "threads": thread_counts(config),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "allocator": ALLOCATOR,
         "mmfast": mmfast.__version__,
         "mmfast_kernel_variant": _C.active_variant(),
