@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup build demo test test-fast lint format bench sanitize fuzz clean
+.PHONY: setup build demo test test-fast lint format bench bench-pytest sanitize fuzz clean
 
 setup: $(VENV)/.deps-installed build
 
@@ -70,6 +70,12 @@ format: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_conv.py
 	$(BIN)/python benchmarks/bench_attention.py
+
+# The same kernels plus the captioner end to end through pytest-benchmark, one group per shape,
+# saved as JSON under .benchmarks/ (compare runs with --benchmark-compare; benchmarks/README.md).
+# BENCH_ARGS="--threads 2", "-k conv", "--benchmark-compare-fail=median:10%", ...
+bench-pytest: setup
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-autosave $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .mypy_cache
