@@ -345,8 +345,8 @@ void conv_gemm_cols(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n0, i
           float* tile = tiles[pb - pb0];
           const int64_t* ps = pos[pb - pb0];
           if (nv >= 4)
-            microkernel_cols<kNVc>(a, gplanes, ps, c0, c1, plane_stride, g.tap_offset, g.ntaps, tile,
-                                   c0 > 0);
+            microkernel_cols<kNVc>(a, gplanes, ps, c0, c1, plane_stride, g.tap_offset, g.ntaps,
+                                   tile, c0 > 0);
           else if (nv == 3)
             microkernel_cols<3>(a, gplanes, ps, c0, c1, plane_stride, g.tap_offset, g.ntaps, tile,
                                 c0 > 0);
@@ -576,8 +576,9 @@ void depthwise_direct_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, int
       for (int64_t ow0 = 0; ow0 < s.OW; ow0 += kDwNV * W) {
         const int64_t len = s.OW - ow0 < kDwNV * W ? s.OW - ow0 : kDwNV * W;
         const int nv = static_cast<int>((len + W - 1) / W);
-#define MMFAST_DW_ARGS \
-  rowp, w, s.KH, s.KW, s.dilation_w, bias, p.relu, y, p.y_stride.h, p.y_stride.w, oh0, rows, ow0, len
+#define MMFAST_DW_ARGS                                                                            \
+  rowp, w, s.KH, s.KW, s.dilation_w, bias, p.relu, y, p.y_stride.h, p.y_stride.w, oh0, rows, ow0, \
+      len
         if (nv >= kDwNV)
           dw_block<kDwNV>(MMFAST_DW_ARGS);
         else if (nv == 3 && kDwNV > 3)
