@@ -214,8 +214,7 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const f
   const bool split_m = s.groups * n_tiles < 4 * nthreads;
   const int64_t m_tasks = split_m ? g.m_blocks : 1;
   const int64_t tasks = s.groups * m_tasks * n_tiles;
-  // Virtual columns are the outputs themselves, in order (no garbage columns, dense planes):
-  // full tiles of full panels are written straight to y.
+  // Virtual columns are the outputs themselves, in order (no garbage columns, dense planes).
   const bool to_y = g.Wq == s.OW && p.y_stride.w == 1 && (p.y_stride.h == s.OW || s.OH == 1);
   float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
   parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
@@ -236,10 +235,14 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const f
         const float* a = f32(p.weight) + (grp * g.m_blocks + mb) * MR * k;
         const int64_t* tap = g.tap_offset;
         const int64_t m0 = mb * MR;
-        if (to_y && !masked && cols == NR && g.Mg - m0 >= MR) {
+        // A full tile of a full panel whose columns are consecutive outputs: straight to y
+        // (the whole plane when there are no garbage columns, else when it lies in one row).
+        const int64_t col = p0 % g.Wq;
+        if (!masked && cols == NR && g.Mg - m0 >= MR &&
+            (to_y || (p.y_stride.w == 1 && col + NR <= s.OW))) {
           const int64_t m = grp * g.Mg + m0;
-          microkernel<kNV, false, true>(a, b, g.Cg, plane_stride, tap, g.ntaps,
-                                        yn + m * p.y_stride.c + p0, 0,
+          float* dst = yn + m * p.y_stride.c + (to_y ? p0 : (p0 / g.Wq) * p.y_stride.h + col);
+          microkernel<kNV, false, true>(a, b, g.Cg, plane_stride, tap, g.ntaps, dst, 0,
                                         p.bias ? f32(p.bias) + m : nullptr, p.relu, p.y_stride.c);
           continue;
         }
