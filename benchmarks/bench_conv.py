@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
+import time
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import CONV_SHAPES, matmul_peak_gflops, median_ms, tune_allocator
+from _common import CONV_SHAPES, matmul_peak_gflops, tune_allocator
 
 ALLOCATOR = tune_allocator()
 
@@ -55,11 +57,59 @@ def ort_session(w: np.ndarray, b: np.ndarray, k: int, s: int, p: int, g: int, th
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+def cpu_line() -> str:
+    """'model name, family F model M' of the first CPU (Linux /proc/cpuinfo), or the platform's
+    processor string elsewhere."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    return (
+        f"{info.get('model name', '?')}, family {info.get('cpu family', '?')} "
+        f"model {info.get('model', '?')}"
+    )
+
+
+def sample_ms(fn, n: int, min_time: float = 0.04) -> list[float]:
+    """n samples of fn()'s time in ms, each the mean over enough calls to last min_time / n
+    seconds (after one warm-up call, which also sizes the batches)."""
+    t0 = time.perf_counter()
+    fn()
+    inner = max(1, int(min_time / n / max(time.perf_counter() - t0, 1e-7)))
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        out.append((time.perf_counter() - t0) / inner * 1e3)
+    return out
+
+
+def rotated_medians(fns: list, repeats: int, rounds: int) -> list[float]:
+    """Median ms per call of each fn: `rounds` rounds, each timing every fn in turn over
+    max(3, repeats // rounds) samples (sample_ms's batches); the median over all its samples."""
+    per_round = max(3, repeats // max(rounds, 1))
+    samples: list[list[float]] = [[] for _ in fns]
+    for r in range(max(rounds, 1)):
+        order = list(range(len(fns))) if r % 2 == 0 else list(reversed(range(len(fns))))
+        for i in order:
+            time.sleep(0.02)
+            samples[i].extend(sample_ms(fns[i], per_round))
+    return [statistics.median(s) for s in samples]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=5, help="rotations of the three timers")
     ap.add_argument("--shapes", nargs="*", help="substrings of shape names to run")
     args = ap.parse_args()
 
@@ -71,12 +121,13 @@ def main() -> None:
         f"# {args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}, "
         f"mmfast {mmfast.__version__} ({mmfast._C.active_variant()}); {ALLOCATOR}"
     )
+    print(f"# CPU: {cpu_line()}; {' '.join(sys.argv)}")
     print(f"# fp32 matmul peak (torch.mm 2048^3, same run): {peak:.0f} GFLOP/s")
     print(
         "| shape | N | GFLOP | mmfast ms | torch ms | ORT ms | mmfast GFLOP/s | % peak "
-        "| vs torch | vs ORT |"
+        "| vs torch | vs ORT | vs faster |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     ratios: dict[int, list[float]] = {}  # batch -> (faster peer time / mmfast time) per shape
     for shape_spec in SHAPES:
@@ -85,7 +136,10 @@ def main() -> None:
         bench_shape(shape_spec, args, rng, peak, ratios)
     for n, r in ratios.items():
         geo = float(np.exp(np.mean(np.log(r))))
-        print(f"# N={n}: geometric mean of mmfast vs the faster of torch and ORT: {geo:.2f}x")
+        print(
+            f"# N={n}: geometric mean of mmfast vs the faster of torch and ORT: {geo:.2f}x "
+            f"(lowest {min(r):.2f}x)"
+        )
 
 
 def bench_shape(
@@ -124,18 +178,26 @@ def bench_shape(
         sess.run_with_iobinding(binding)
         assert np.abs(y_ort.numpy() - ref).max() <= 1e-4 * scale, f"{name}: ORT disagrees"
 
-        # Each timed on its own, not in turn: torch's OpenMP workers spin on the second core for
-        # a while after each call, and whatever runs right after them (measured: mmfast, 1.2 ms
-        # alone vs 2.2 ms interleaved with torch) loses that core.
-        t_mm = median_ms(lambda x=x, out=out: conv(x, out=out), args.repeats)
-        t_torch = median_ms(run_torch, args.repeats)
-        t_ort = median_ms(lambda binding=binding: sess.run_with_iobinding(binding), args.repeats)
+        # Each timed in blocks, not call by call: torch's OpenMP workers spin on the second core
+        # for a while after each call, and whatever runs right after them (measured: mmfast,
+        # 1.2 ms alone vs 2.2 ms interleaved with torch) loses that core. The blocks rotate over
+        # `rounds` rounds (a pause before each) so that a busy spell on a shared machine hits
+        # all three alike; the figure is the median of every block's time.
+        t_mm, t_torch, t_ort = rotated_medians(
+            [
+                lambda x=x, out=out: conv(x, out=out),
+                run_torch,
+                lambda binding=binding: sess.run_with_iobinding(binding),
+            ],
+            args.repeats,
+            args.rounds,
+        )
         ratios.setdefault(n, []).append(min(t_torch, t_ort) / t_mm)
         gflops = flops / (t_mm * 1e-3) / 1e9
         print(
             f"| {name} | {n} | {flops / 1e9:.3f} | {t_mm:.3f} | {t_torch:.3f} | {t_ort:.3f} "
             f"| {gflops:.0f} | {100 * gflops / peak:.0f}% | {t_torch / t_mm:.2f}x "
-            f"| {t_ort / t_mm:.2f}x |",
+            f"| {t_ort / t_mm:.2f}x | {min(t_torch, t_ort) / t_mm:.2f}x |",
             flush=True,
         )
 

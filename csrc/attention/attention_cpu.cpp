@@ -106,11 +106,40 @@ inline void pv_micro(const float* v, int64_t v_sl, const float* pt, int64_t nk, 
 }
 
 // Sᵀ for nk keys: full MR-row microkernels, then one for the remainder.
+// Prefetches (into L2) rows [r0, r1) of the next key block's K and V: while a block is
+// multiplied the next one is brought in from L3, where a long sequence's K and V live
+// (L = 4096: 1-4 MB per head, more than L2), instead of stalling on it row by row (L = 4096,
+// D = 64: 0.68x the time without, measured on Zen 5).
+inline void prefetch_rows(const float* k, int64_t k_sl, int64_t d, const float* v, int64_t v_sl,
+                          int64_t dv, int64_t r0, int64_t r1) {
+  constexpr int64_t kLine = 64 / sizeof(float);
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t x = 0; x < d; x += kLine) __builtin_prefetch(k + r * k_sl + x, 0, 2);
+    for (int64_t x = 0; x < dv; x += kLine) __builtin_prefetch(v + r * v_sl + x, 0, 2);
+  }
+}
+
+// The key block after the one being computed: its K and V rows (k null when there is none).
+struct NextBlock {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t k_sl = 0, v_sl = 0, d = 0, dv = 0, nk = 0;
+};
+
 template <int N>
-void qk_block(const float* k, int64_t k_sl, const float* qt, int64_t d, float* st, int64_t nk) {
+void qk_block(const float* k, int64_t k_sl, const float* qt, int64_t d, float* st, int64_t nk,
+              const NextBlock& next) {
   constexpr int BQ = N * W;  // the tile's row stride
   int64_t r = 0;
-  for (; r + MR <= nk; r += MR) qk_micro<MR, N>(k + r * k_sl, k_sl, qt, d, st + r * BQ);
+  for (; r + MR <= nk; r += MR) {
+    if (next.k) {  // the next block's rows r .. r + MR - 1, spread over the microkernel calls
+      const int64_t r1 = r + MR < next.nk ? r + MR : next.nk;
+      prefetch_rows(next.k, next.k_sl, next.d, next.v, next.v_sl, next.dv, r, r1);
+    }
+    qk_micro<MR, N>(k + r * k_sl, k_sl, qt, d, st + r * BQ);
+  }
+  if (next.k && r < next.nk)
+    prefetch_rows(next.k, next.k_sl, next.d, next.v, next.v_sl, next.dv, r, next.nk);
   const float* kr = k + r * k_sl;
   float* sr = st + r * BQ;
   switch (nk - r) {
@@ -216,7 +245,17 @@ void attention_block(const AttentionParams& p, const Workspace& ws, int64_t b, i
     const int64_t nk = kend - j0 < BK ? kend - j0 : BK;
     float* st = ws.st;
     // S = (scale·log2(e)·Q)·Kᵀ for this key block.
-    qk_block<N>(k + j0 * p.k_stride.row, p.k_stride.row, ws.qt, d, st, nk);
+    NextBlock next;
+    if (j0 + BK < kend) {
+      next.k = k + (j0 + BK) * p.k_stride.row;
+      next.v = v + (j0 + BK) * p.v_stride.row;
+      next.k_sl = p.k_stride.row;
+      next.v_sl = p.v_stride.row;
+      next.d = d;
+      next.dv = dv;
+      next.nk = kend - j0 - BK < BK ? kend - j0 - BK : BK;
+    }
+    qk_block<N>(k + j0 * p.k_stride.row, p.k_stride.row, ws.qt, d, st, nk, next);
 
     // S = softcap·tanh(S / softcap), before the mask (ONNX Attention / FlashAttention order).
     if (capped)
@@ -424,8 +463,20 @@ void attention_rows(const AttentionParams& p, const Workspace& ws, int64_t b, in
 }
 
 // The outputs of task t, set to NaN (only when the workspace cannot be allocated).
+// Task t's query block qb and (batch * heads) index r. Causal: the last query blocks (the
+// most keys) first, every head's, so the big tasks start first. Otherwise head by head: a
+// thread's consecutive tasks share K and V, which then stay in L2 while they fit (L = 1024:
+// 0.5-1 MB per head) instead of cycling through every head's.
+inline void task_block(const AttentionParams& p, int64_t nqb, int64_t bh, int64_t t, int64_t& qb,
+                       int64_t& r) {
+  qb = p.causal ? nqb - 1 - t / bh : t % nqb;
+  r = p.causal ? t % bh : t / nqb;
+}
+
 void fill_nan(const AttentionParams& p, int64_t nqb, int64_t bh, int64_t t) {
-  const int64_t i0 = (nqb - 1 - t / bh) * kBQ, r = t % bh, b = r / p.q_heads, h = r % p.q_heads;
+  int64_t qb = 0, r = 0;
+  task_block(p, nqb, bh, t, qb, r);
+  const int64_t i0 = qb * kBQ, b = r / p.q_heads, h = r % p.q_heads;
   const int64_t nq = p.q_len - i0 < kBQ ? p.q_len - i0 : kBQ;
   for (int64_t i = 0; i < nq; ++i) {
     float* orow = static_cast<float*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
@@ -441,8 +492,8 @@ void attention(const AttentionParams& p) {
   if (p.batch <= 0 || p.q_heads <= 0 || p.q_len <= 0) return;
   const int64_t nqb = (p.q_len + kBQ - 1) / kBQ;
   const int64_t bh = p.batch * p.q_heads;
-  // Tasks go from the last query block to the first: under a causal mask the last blocks see
-  // the most keys, and the pool hands tasks out in order, so the big ones start first.
+  // Task order: task_block(). Under a causal mask the last blocks see the most keys, and the
+  // pool hands tasks out in order, so they go first.
   // A chunk of tasks is at least ~4 MFLOP (~40 µs): waking a worker for less costs more than it
   // saves (a one-token decode step over 8 heads runs inline).
   const double task_flops = 2.0 * static_cast<double>(p.q_len < kBQ ? p.q_len : kBQ) *
@@ -469,7 +520,8 @@ void attention(const AttentionParams& p) {
     ws.iota = ws.l + kBQ;
     for (int i = 0; i < kBQ; ++i) ws.iota[i] = static_cast<float>(i);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t qb = nqb - 1 - t / bh, r = t % bh;
+      int64_t qb = 0, r = 0;
+      task_block(p, nqb, bh, t, qb, r);
       // A block of a few queries (a decode step, a short tail) runs row by row; one of at most
       // W queries one vector wide; a full one kNR vectors wide.
       const int64_t nq = p.q_len - qb * kBQ < kBQ ? p.q_len - qb * kBQ : kBQ;

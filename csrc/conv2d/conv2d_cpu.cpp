@@ -4,10 +4,13 @@
 //  - spatial GEMM: fill the zero-padded phase planes (parallel over channels), then
 //    out_virtual[m, p'] = sum_k A[m, k] * planes[k-offset + p'] with a register-blocked
 //    microkernel of kConvMR output channels (broadcast) x NV vectors of virtual positions;
-//  - channel GEMM (AVX-512, chosen when it wastes fewer lanes — small images, many channels):
-//    the same planes, 8 output positions (broadcast from the planes) x 3 vectors of 16 output
-//    channels (the "cols" weight layout); no garbage columns, K blocked to keep weights in L2;
-//  - depthwise (one input channel per group): per channel, its planes are filled into a
+//  - channel GEMM (AVX-512, chosen when it wastes clearly fewer lanes — small images, many
+//    channels): the same planes, 6 output positions (broadcast from the planes) x 4 vectors of
+//    16 output channels (the "cols" weight layout); no garbage columns, K blocked to keep
+//    weights in L2;
+//  - depthwise (one input channel per group): stride 1 (no row dilation) reads the input rows
+//    through a small ring of padded rows and runs a register-blocked stencil (4 output rows x
+//    up to 4 vectors along ow); otherwise, per channel, its planes are filled into a
 //    per-thread buffer and a stencil runs over the output rows, vectorised along ow.
 #include "conv2d/conv2d_cpu.h"
 
@@ -90,9 +93,14 @@ void fill_planes(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, float
 // k = (c, t). The accumulators stay in registers for the whole K loop. Masked: only the first
 // `valid` columns of each B row may be read (the caller's own input, 1x1 direct mode); the
 // masked loads (AVX-512 / AVX2 maskload) do not fault on the lanes they skip.
-template <int NV, bool Masked = false>
+// ToY: the tile goes straight to the output instead, row i (output channel m0 + i) at
+// tile + i * ldy, with bias[i] (bias may be null) and ReLU: for tiles whose columns are all
+// outputs, consecutive in y (no garbage columns, dense planes; 1x1 layers), which saves the
+// store_tile() round trip (~5-10% of a 1x1 layer with K = 64).
+template <int NV, bool Masked = false, bool ToY = false>
 void microkernel(const float* a, const float* b, int64_t cg, int64_t plane_stride,
-                 const int64_t* tap, int64_t ntaps, float* tile, int64_t valid = 0) {
+                 const int64_t* tap, int64_t ntaps, float* tile, int64_t valid = 0,
+                 const float* bias = nullptr, bool relu = false, int64_t ldy = 0) {
   VecF acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
@@ -122,6 +130,20 @@ void microkernel(const float* a, const float* b, int64_t cg, int64_t plane_strid
       }
       a += MR;
     }
+  }
+  if (ToY) {
+    const VecF zero = VecF::set1(0.0f);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const VecF vb = VecF::set1(bias ? bias[i] : 0.0f);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        VecF r = acc[i][v] + vb;
+        if (relu) r = max(zero, r);  // NaN stays NaN
+        r.store(tile + i * ldy + v * W);
+      }
+    }
+    return;
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
@@ -192,6 +214,9 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const f
   const bool split_m = s.groups * n_tiles < 4 * nthreads;
   const int64_t m_tasks = split_m ? g.m_blocks : 1;
   const int64_t tasks = s.groups * m_tasks * n_tiles;
+  // Virtual columns are the outputs themselves, in order (no garbage columns, dense planes).
+  const bool to_y = g.Wq == s.OW && p.y_stride.w == 1 && (p.y_stride.h == s.OW || s.OH == 1);
+  float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
   parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float tile[MR * NR];
     for (int64_t task = t0; task < t1; ++task) {
@@ -209,6 +234,18 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const f
       for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
         const float* a = f32(p.weight) + (grp * g.m_blocks + mb) * MR * k;
         const int64_t* tap = g.tap_offset;
+        const int64_t m0 = mb * MR;
+        // A full tile of a full panel whose columns are consecutive outputs: straight to y
+        // (the whole plane when there are no garbage columns, else when it lies in one row).
+        const int64_t col = p0 % g.Wq;
+        if (!masked && cols == NR && g.Mg - m0 >= MR &&
+            (to_y || (p.y_stride.w == 1 && col + NR <= s.OW))) {
+          const int64_t m = grp * g.Mg + m0;
+          float* dst = yn + m * p.y_stride.c + (to_y ? p0 : (p0 / g.Wq) * p.y_stride.h + col);
+          microkernel<kNV, false, true>(a, b, g.Cg, plane_stride, tap, g.ntaps, dst, 0,
+                                        p.bias ? f32(p.bias) + m : nullptr, p.relu, p.y_stride.c);
+          continue;
+        }
         if (masked) {
           if (nv >= kNV)
             microkernel<kNV, true>(a, b, g.Cg, plane_stride, tap, g.ntaps, tile, cols);
@@ -224,7 +261,6 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const f
         } else {
           microkernel<1>(a, b, g.Cg, plane_stride, tap, g.ntaps, tile);
         }
-        const int64_t m0 = mb * MR;
         const int64_t rows = g.Mg - m0 < MR ? g.Mg - m0 : MR;
         const int64_t tile_stride = (nv >= kNV ? kNV : (nv == 2 && kNV > 2 ? 2 : 1)) * W;
         store_tile(p, g, n, tile, tile_stride, p0, cols, grp * g.Mg + m0, rows);
@@ -236,7 +272,8 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const f
 // ---- (2b) channel-vectorised GEMM (AVX-512) ---------------------------------------------
 
 #if defined(__AVX512F__)
-constexpr int kPosRows = 8;  // output positions per tile (broadcast rows)
+// 6 positions x 4 vectors: 24 accumulators + 4 weight vectors + the broadcast of 32 zmm.
+constexpr int kPosRows = 6;  // output positions per tile (broadcast rows)
 constexpr int kNVc = kConvNC / W;
 static_assert(kNVc * W == kConvNC, "panel must be whole vectors");
 
@@ -251,7 +288,7 @@ void microkernel_cols(const float* a, const float* planes, const int64_t* pos, i
 #pragma GCC unroll 8
   for (int i = 0; i < kPosRows; ++i) {
     r[i] = planes + pos[i];
-#pragma GCC unroll 3
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       acc[i][v] = accumulate ? VecF::load(tile + i * kConvNC + v * W) : VecF::set1(0.0f);
   }
@@ -259,12 +296,12 @@ void microkernel_cols(const float* a, const float* planes, const int64_t* pos, i
     for (int64_t t = 0; t < ntaps; ++t) {
       const int64_t off = c * plane_stride + tap[t];
       VecF av[NV];
-#pragma GCC unroll 3
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) av[v] = VecF::load(a + v * W);
 #pragma GCC unroll 8
       for (int i = 0; i < kPosRows; ++i) {
         const VecF bv = VecF::set1(r[i][off]);
-#pragma GCC unroll 3
+#pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[i][v] = fmadd(bv, av[v], acc[i][v]);
       }
       a += kConvNC;
@@ -272,7 +309,7 @@ void microkernel_cols(const float* a, const float* planes, const int64_t* pos, i
   }
 #pragma GCC unroll 8
   for (int i = 0; i < kPosRows; ++i)
-#pragma GCC unroll 3
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v].store(tile + i * kConvNC + v * W);
 }
 
@@ -288,8 +325,10 @@ bool prefer_channel_path(const Conv2dShape& s, const Conv2dCpuPlan& g) {
   const int64_t c_rows = (s.OH * s.OW + kPosRows - 1) / kPosRows * kPosRows;
   const double c_eff = useful / static_cast<double>(c_rows) * static_cast<double>(g.Mg) /
                        static_cast<double>((g.Mg + W - 1) / W * W);
-  // The channel path pays a transposing store; ask for a clear gain.
-  return c_eff > 1.04 * s_eff;
+  // The channel path pays a transposing store and scalar broadcasts; ask for a clear gain
+  // (Zen 5, 3x3, 1 image: lanes 1.00 vs 0.96 at 64 channels @56, spatial 3% faster; 1.00 vs
+  // 0.925 at 128 @28 and 0.99 vs 0.875 at 256 @14, channel 2% and 5% faster).
+  return c_eff > 1.06 * s_eff;
 }
 
 // Images n0 .. n0 + count - 1 as one GEMM: position q is image n0 + q / (OH*OW), whose planes
@@ -338,7 +377,10 @@ void conv_gemm_cols(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n0, i
         for (int64_t pb = pb0; pb < pb1; ++pb) {
           float* tile = tiles[pb - pb0];
           const int64_t* ps = pos[pb - pb0];
-          if (nv >= 3)
+          if (nv >= 4)
+            microkernel_cols<kNVc>(a, gplanes, ps, c0, c1, plane_stride, g.tap_offset, g.ntaps,
+                                   tile, c0 > 0);
+          else if (nv == 3)
             microkernel_cols<3>(a, gplanes, ps, c0, c1, plane_stride, g.tap_offset, g.ntaps, tile,
                                 c0 > 0);
           else if (nv == 2)
@@ -349,7 +391,34 @@ void conv_gemm_cols(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n0, i
                                 c0 > 0);
         }
       }
-      // Transposing store: tile rows are positions, columns are output channels.
+      // Transposing store: tile rows are positions, columns are output channels. When the
+      // run's positions are consecutive outputs of one image in a dense plane, each channel's
+      // run is contiguous in y: gathered 16 positions at a time (the scalar store below was
+      // ~10% of a 3x3 layer at 64 channels).
+      const int64_t q_first = pb0 * kPosRows, run = (pb1 - pb0) * kPosRows;
+      if (p.y_stride.w == 1 && (p.y_stride.h == s.OW || s.OH == 1) && q_first + run <= positions &&
+          q_first / hw == (q_first + run - 1) / hw) {
+        const float* flat = &tiles[0][0];  // (kGroupBlocks * kPosRows) x kConvNC
+        const __m512i idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(kConvNC));
+        float* ybase = yn + (q_first / hw) * p.y_stride.n + q_first % hw;
+        const VecF zero = VecF::set1(0.0f);
+        for (int64_t j = 0; j < width; ++j) {
+          const int64_t m = grp * g.Mg + m0 + j;
+          const VecF vb = VecF::set1(p.bias ? f32(p.bias)[m] : 0.0f);
+          float* ym = ybase + m * p.y_stride.c;
+          for (int64_t q = 0; q < run; q += W) {
+            VecF r = VecF{_mm512_i32gather_ps(idx, flat + q * kConvNC + j, 4)} + vb;
+            if (p.relu) r = max(zero, r);  // NaN stays NaN
+            if (run - q >= W)
+              r.store(ym + q);
+            else
+              r.store_partial(ym + q, static_cast<int>(run - q));
+          }
+        }
+        continue;
+      }
       for (int64_t pb = pb0; pb < pb1; ++pb) {
         const float* tile = tiles[pb - pb0];
         const int64_t rows =
@@ -458,6 +527,148 @@ void conv_depthwise(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) {
   });
 }
 
+// Stride 1, no row dilation: the input rows pass through a ring of kDwRows + KH - 1 zero-padded
+// rows in this thread's workspace (L1-resident: each input row is copied once, where the
+// plane path copied whole padded planes through L2), and a block of kDwRows output rows x NV
+// vectors along ow keeps kDwRows * NV independent accumulators over the taps (the per-row
+// loop had only NV dependent FMA chains, latency-bound), each tap one broadcast weight and NV
+// loads per row.
+#if defined(__AVX512F__)
+constexpr int kDwRows = 4, kDwNV = 4;  // 16 accumulators + 1 weight + a load of 32 zmm
+#else
+constexpr int kDwRows = 4, kDwNV = 2;  // 8 accumulators + 1 weight + a load of 16 ymm
+#endif
+constexpr int64_t kDwMaxKH = 16;  // filter rows the direct path takes
+constexpr int64_t kDwRowsIn = kDwRows + kDwMaxKH - 1;
+
+// Output rows oh0 .. oh0 + rows - 1, columns ow0 .. ow0 + len - 1 (len <= NV * W) of output
+// channel y; rowp[i] is the padded input row filter row 0 reads for output row oh0 + i.
+template <int NV>
+void dw_block(const float* const* rowp, const float* w, int64_t KH, int64_t KW, int64_t dw,
+              float bias, bool relu, float* y, int64_t ys_h, int64_t ys_w, int64_t oh0,
+              int64_t rows, int64_t ow0, int64_t len) {
+  constexpr int R = kDwRows;
+  VecF acc[R][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = VecF::set1(bias);
+  for (int64_t kh = 0; kh < KH; ++kh) {
+    for (int64_t kw = 0; kw < KW; ++kw) {
+      const VecF wt = VecF::set1(w[kh * KW + kw]);
+      const int64_t off = ow0 + kw * dw;
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const float* src = rowp[r + kh] + off;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(wt, VecF::load(src + v * W), acc[r][v]);
+      }
+    }
+  }
+  const VecF zero = VecF::set1(0.0f);
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    if (r >= rows) continue;
+    float* dst = y + (oh0 + r) * ys_h + ow0 * ys_w;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      VecF o = acc[r][v];
+      if (relu) o = max(zero, o);
+      const int64_t left = len - v * W;
+      if (ys_w == 1) {
+        if (left >= W)
+          o.store(dst + v * W);
+        else
+          o.store_partial(dst + v * W, static_cast<int>(left));
+      } else {
+        alignas(64) float lanes[W];
+        o.store(lanes);
+        for (int64_t q = 0; q < (left < W ? left : W); ++q) dst[(v * W + q) * ys_w] = lanes[q];
+      }
+    }
+  }
+}
+
+// Floats of the ring: kDwRows + KH - 1 padded rows of Wq and one of zeros, plus a vector of
+// slack read (and dropped) by the last vector of a row.
+int64_t dw_ring_floats(const Conv2dShape& s, const Conv2dCpuPlan& g) {
+  return (kDwRows + s.KH) * g.Wq + W;
+}
+
+// Every output channel of input channel c, image n (ring: this thread's workspace slice).
+void depthwise_direct_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c,
+                              float* ring) {
+  const Conv2dShape& s = p.shape;
+  const int64_t slots = kDwRows + s.KH - 1, wq = g.Wq;
+  const float* zeros = ring + slots * wq;
+  std::memset(ring, 0, static_cast<size_t>(dw_ring_floats(s, g)) * sizeof(float));
+  const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
+  const float* rowp[kDwRowsIn];
+  int64_t next = -s.pad_top;  // next input row to copy into the ring
+  for (int64_t oh0 = 0; oh0 < s.OH; oh0 += kDwRows) {
+    const int64_t rows = s.OH - oh0 < kDwRows ? s.OH - oh0 : kDwRows;
+    const int64_t ih0 = oh0 - s.pad_top;
+    for (int64_t i = 0; i < slots; ++i) {
+      const int64_t ih = ih0 + i;
+      if (ih < 0 || ih >= s.H) {
+        rowp[i] = zeros;
+        continue;
+      }
+      float* slot = ring + (ih % slots) * wq;
+      if (ih >= next) {  // rows arrive in order; the ones before `next` are in place
+        const float* xr = xc + ih * p.x_stride.h;
+        if (p.x_stride.w == 1) {
+          std::memcpy(slot + s.pad_left, xr, static_cast<size_t>(s.W) * sizeof(float));
+        } else {
+          for (int64_t q = 0; q < s.W; ++q) slot[s.pad_left + q] = xr[q * p.x_stride.w];
+        }
+        next = ih + 1;
+      }
+      rowp[i] = slot;
+    }
+    for (int64_t j = 0; j < g.Mg; ++j) {
+      const int64_t m = c * g.Mg + j;
+      float w[kConvMaxTaps];
+      const float* panel = f32(p.weight) + (c * g.m_blocks + j / MR) * MR * g.ntaps;
+      for (int64_t t = 0; t < g.ntaps; ++t) w[t] = panel[t * MR + j % MR];
+      const float bias = p.bias ? f32(p.bias)[m] : 0.0f;
+      float* y = static_cast<float*>(p.y) + n * p.y_stride.n + m * p.y_stride.c;
+      for (int64_t ow0 = 0; ow0 < s.OW; ow0 += kDwNV * W) {
+        const int64_t len = s.OW - ow0 < kDwNV * W ? s.OW - ow0 : kDwNV * W;
+        const int nv = static_cast<int>((len + W - 1) / W);
+#define MMFAST_DW_ARGS                                                                            \
+  rowp, w, s.KH, s.KW, s.dilation_w, bias, p.relu, y, p.y_stride.h, p.y_stride.w, oh0, rows, ow0, \
+      len
+        if (nv >= kDwNV)
+          dw_block<kDwNV>(MMFAST_DW_ARGS);
+        else if (nv == 3 && kDwNV > 3)
+          dw_block<(kDwNV > 3 ? 3 : 1)>(MMFAST_DW_ARGS);
+        else if (nv == 2)
+          dw_block<2>(MMFAST_DW_ARGS);
+        else
+          dw_block<1>(MMFAST_DW_ARGS);
+#undef MMFAST_DW_ARGS
+      }
+    }
+  }
+}
+
+bool depthwise_direct_ok(const Conv2dParams& p, const Conv2dCpuPlan& g) {
+  const Conv2dShape& s = p.shape;
+  return s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 && s.KH <= kDwMaxKH &&
+         dw_ring_floats(s, g) <= g.channel_floats;
+}
+
+void conv_depthwise_direct(const Conv2dParams& p, const Conv2dCpuPlan& g) {
+  const Conv2dShape& s = p.shape;
+  parallel_for(s.N * s.C, 1, [&](int64_t t0, int64_t t1) {
+    const int tid = current_thread_index();
+    float* ring =
+        static_cast<float*>(p.workspace) + (tid < g.nthreads ? tid : 0) * g.channel_floats;
+    for (int64_t t = t0; t < t1; ++t) depthwise_direct_channel(p, g, t / s.C, t % s.C, ring);
+  });
+}
+
 }  // namespace
 
 void conv2d(const Conv2dParams& p, const Conv2dCpuPlan& g) {
@@ -488,6 +699,10 @@ void conv2d(const Conv2dParams& p, const Conv2dCpuPlan& g) {
     return;
   }
 #endif
+  if (g.depthwise && depthwise_direct_ok(p, g)) {
+    conv_depthwise_direct(p, g);
+    return;
+  }
   for (int64_t n = 0; n < s.N; ++n) {
     if (g.depthwise) {
       conv_depthwise(p, g, n);

@@ -26,8 +26,9 @@ constexpr int kConvMR = 8;
 // Upper bound of the microkernel's columns (AVX-512: 3 vectors of 16); sizes the slack.
 constexpr int kConvMaxNR = 48;
 // Output channels per panel of the channel-vectorised layout (AVX-512 path for small images:
-// 8 output positions x 3 vectors of 16 channels), see conv2d_cpu.cpp.
-constexpr int kConvNC = 48;
+// 6 output positions x 4 vectors of 16 channels; 64 divides the usual channel counts, where
+// 48 left a 2-vector tail panel on 128, 256, 512), see conv2d_cpu.cpp.
+constexpr int kConvNC = 64;
 
 // The CPU workspace (the padded input's phase planes) may be this many times the images' own
 // floats, or kConvMinWorkspaceCap bytes, whichever is more; conv2d_cpu_plan() refuses more.
