@@ -4,7 +4,7 @@ tables and shown in benchmarks/README.md):
 - latency_distribution: per pipeline, every timed call of PyTorch eager and of mmfast as a
   box (whiskers p1..p99) with p50 / p90 / p99 marked and labelled;
 - speedup_bars: per kernel shape, mmfast's speed-up over each peer (peer time / mmfast time,
-  log scale, 1.0 drawn: a bar past it means mmfast was faster).
+  1.0 drawn: a bar past it means mmfast was faster).
 
 Built on matplotlib.figure.Figure with the Agg canvas (no pyplot, no display needed).
 """
@@ -110,10 +110,13 @@ def speedup_bars(
                 fontsize=7,
             )
     ax.axvline(1.0, color="k", lw=1)
-    ax.set_xscale("log")
+    top = max((max(v) for v in ratios.values() if len(v)), default=1.0)
+    ax.set_xlim(0, max(1.2, top * 1.15))
+    ax.xaxis.set_major_formatter("{x:.1f}x")
+    ax.grid(axis="x", alpha=0.3)
     ax.set_yticks(y, shapes, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("speed-up of mmfast (peer time / mmfast time; > 1: mmfast faster)", fontsize=8)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=10)
     return _save(fig, path)

@@ -8,7 +8,9 @@ Reports per (D, L, causal): median ms of interleaved repeats, GFLOP/s (4·B·H·
 causal), % of the fp32 matmul peak measured in this run (torch sgemm 2048³, same threads), the
 speed-up of mmfast over SDPA and ORT, and the peak extra memory of each implementation: the RSS
 high-water mark growth over one call in a fresh process (inputs, session and warm-up excluded).
-Ends with a correctness check of every implementation against a float64 reference.
+Ends with a correctness check of every implementation against a float64 reference. The
+speed-ups are also drawn as bars per shape (benchmarks/plots/attention_speedup_<threads>t.png,
+or --plot FILE; --plot none: no picture).
 Needs torch, onnx and onnxruntime (the `export` extra). Not a test: nothing here asserts timing.
 """
 
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,9 @@ from onnx import TensorProto, helper
 
 import mmfast
 from mmfast import ops
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _plots import PLOTS, can_plot, speedup_bars
 
 IMPLS = ("mmfast", "sdpa", "ort_mha", "naive")
 B, H = 1, 8
@@ -231,6 +237,7 @@ def main() -> None:
     ap.add_argument("--no-rss", action="store_true", help="skip the fresh-process memory runs")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode-step table")
     ap.add_argument("--rss-child", nargs=4, metavar=("IMPL", "L", "D", "CAUSAL"))
+    ap.add_argument("--plot", default=None, help="speed-up bars (default plots/...; none: skip)")
     a = ap.parse_args()
     if a.rss_child:
         impl, L, D, c = a.rss_child
@@ -305,6 +312,18 @@ def main() -> None:
     print()
     for line in correctness(a.threads):
         print(line)
+    plot = a.plot or str(PLOTS / f"attention_speedup_{a.threads}t.png")
+    if plot != "none" and rows and can_plot():
+        labels = [f"D={D} L={L}{' causal' if c else ''}" for D, L, c, _, _ in rows]
+        peers = {
+            "SDPA": [med["sdpa"] / med["mmfast"] for *_, med, _ in rows],
+            "ORT MHA": [med["ort_mha"] / med["mmfast"] for *_, med, _ in rows],
+        }
+        title = (
+            f"attention (B={B}, H={H}, fp32): mmfast vs PyTorch SDPA and ORT MultiHeadAttention, "
+            f"{a.threads} thread(s), {time.strftime('%Y-%m-%d', time.gmtime())}\n{cpu_line()}"
+        )
+        speedup_bars(labels, peers, Path(plot), title)
 
 
 if __name__ == "__main__":

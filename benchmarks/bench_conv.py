@@ -7,6 +7,8 @@ same run, and the ratios (time of the peer / time of mmfast: > 1 means mmfast is
 torch runs F.conv2d (oneDNN) with a tuned allocator (see _common.py); ONNX Runtime runs a
 one-node Conv model with IO binding into a preallocated output; mmfast runs a prepacked
 ops.Conv2d into a preallocated output. Every result is checked against torch before timing.
+The ratios are also drawn as bars per shape (benchmarks/plots/conv_speedup_<threads>t.png, or
+--plot FILE; --plot none: no picture).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import statistics
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import CONV_SHAPES, matmul_peak_gflops, tune_allocator
+from _plots import PLOTS, can_plot, speedup_bars
 
 ALLOCATOR = tune_allocator()
 
@@ -111,6 +115,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=5, help="rotations of the three timers")
     ap.add_argument("--shapes", nargs="*", help="substrings of shape names to run")
+    ap.add_argument("--plot", default=None, help="speed-up bars (default plots/...; none: skip)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -140,6 +145,18 @@ def main() -> None:
             f"# N={n}: geometric mean of mmfast vs the faster of torch and ORT: {geo:.2f}x "
             f"(lowest {min(r):.2f}x)"
         )
+    plot = args.plot or str(PLOTS / f"conv_speedup_{args.threads}t.png")
+    if plot != "none" and BARS and can_plot():
+        title = (
+            f"conv2d: mmfast vs torch (oneDNN) and ORT (MLAS), {args.threads} thread(s), "
+            f"{datetime.now(timezone.utc):%Y-%m-%d}\n{cpu_line()}"
+        )
+        peers = {"torch": [r[1] for r in BARS], "ORT": [r[2] for r in BARS]}
+        speedup_bars([r[0] for r in BARS], peers, Path(plot), title)
+
+
+# (shape and batch, torch time / mmfast time, ORT time / mmfast time) per row: the picture
+BARS: list[tuple[str, float, float]] = []
 
 
 def bench_shape(
@@ -193,6 +210,7 @@ def bench_shape(
             args.rounds,
         )
         ratios.setdefault(n, []).append(min(t_torch, t_ort) / t_mm)
+        BARS.append((f"{name}  N={n}", t_torch / t_mm, t_ort / t_mm))
         gflops = flops / (t_mm * 1e-3) / 1e9
         print(
             f"| {name} | {n} | {flops / 1e9:.3f} | {t_mm:.3f} | {t_torch:.3f} | {t_ort:.3f} "
