@@ -309,7 +309,8 @@ void conv2d_bf16(const py::array& x, const py::array& packed, const py::object& 
   const mmfast::PoolScope pool;
   mmfast::Conv2dCpuPlan plan;
   mmfast::conv2d_cpu_plan(s, pool.num_threads(), /*have_cols=*/false, /*path=*/1, plan);
-  const int64_t words = mmfast::conv2d_bf16_workspace_words(s, plan);
+  const int64_t words =
+      mmfast::conv2d_bf16_workspace_words(s, plan, mmfast::conv2d_bf16_direct(s, p.x_stride));
   const mmfast::WorkspaceTrim trim;
   try {
     p.workspace = mmfast::thread_workspace(static_cast<size_t>(words));

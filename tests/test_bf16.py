@@ -133,6 +133,14 @@ def test_conv2d_bf16_strided_views_relu_and_out(path):
     bound = conv_bound(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     assert (np.abs(y - ref) <= bound).all()
     assert "precision='bf16'" in repr(conv)
+    # 1x1 on a channel-strided view (rows contiguous): the native kernel reads x in place
+    x1 = rng.standard_normal((2, 18, 6, 7)).astype(np.float32)[:, ::2]
+    w1 = rng.standard_normal((20, 9, 1, 1)).astype(np.float32)
+    y1 = ops.conv2d(x1, w1, b[:1].repeat(20), precision="bf16")
+    ref1 = conv2d_ref(x1, w1, b[:1].repeat(20), (1, 1), (0,) * 4, (1, 1), 1)
+    assert (
+        np.abs(y1 - ref1) <= conv_bound(x1, w1, b[:1].repeat(20), (1, 1), (0,) * 4, (1, 1), 1)
+    ).all()
 
 
 @pytest.mark.parametrize("depthwise", [False, True])

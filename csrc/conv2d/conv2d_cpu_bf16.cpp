@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "common/bf16.h"
 #include "common/bf16_simd.h"
 #include "common/parallel.h"
 
@@ -58,7 +59,10 @@ void fill_pair(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t
         const int64_t v0 = j0 > jb ? j0 - jb : 0, v1 = j1 - jb < width ? j1 - jb : width;
         __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
         if (v1 > v0) {
-          if (step == 1) {
+          if (step == 1 && v0 == 0 && v1 == 16) {
+            vlo = _mm512_loadu_ps(x0 + off + jb);
+            if (x1) vhi = _mm512_loadu_ps(x1 + off + jb);
+          } else if (step == 1) {
             // Lanes [v0, v1) hold columns jb + v0 ..: masked loads never touch the other lanes.
             const __mmask16 m = static_cast<__mmask16>(first_lanes(v1) & ~first_lanes(v0));
             const int64_t e = off + jb;  // element of lane 0 (may lie before the row: masked)
@@ -142,10 +146,16 @@ inline void store_run(const float* src, float* dst, int64_t len, int64_t ys_w, f
                       bool relu) {
   if (ys_w == 1) {
     const __m512 vb = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
-    for (int64_t j = 0; j < len; j += 16) {
+    int64_t j = 0;
+    for (; j + 16 <= len; j += 16) {
+      __m512 r = _mm512_add_ps(_mm512_loadu_ps(src + j), vb);
+      if (relu) r = _mm512_max_ps(zero, r);  // NaN stays NaN (max returns its second operand)
+      _mm512_storeu_ps(dst + j, r);
+    }
+    if (j < len) {
       const __mmask16 m = first_lanes(len - j);
       __m512 r = _mm512_add_ps(_mm512_maskz_loadu_ps(m, src + j), vb);
-      if (relu) r = _mm512_max_ps(zero, r);  // NaN stays NaN (max returns its second operand)
+      if (relu) r = _mm512_max_ps(zero, r);
       _mm512_mask_storeu_ps(dst + j, m, r);
     }
   } else {
@@ -179,6 +189,28 @@ void store_tile(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const 
   }
 }
 
+// B of one tile in direct mode (1x1, stride 1, no padding, rows contiguous: position p' is
+// input element p'): bt[cp][j] = (bf16 x[c0][p0 + j], bf16 x[c0 + 1][p0 + j]) for j < cols (0
+// past them), NR words a pair. Converted once per tile into this thread's slice of the
+// workspace and reused by every panel, instead of a planes copy of the whole image.
+void pack_direct_tile(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t grp,
+                      int64_t p0, int64_t cols, uint32_t* bt) {
+  const int64_t pairs = (g.Cg + 1) / 2;
+  const float* xn = f32(p.x) + n * p.x_stride.n + p0;
+  for (int64_t cp = 0; cp < pairs; ++cp) {
+    const int64_t c0 = grp * g.Cg + 2 * cp;
+    const float* x0 = xn + c0 * p.x_stride.c;
+    const float* x1 = 2 * cp + 1 < g.Cg ? x0 + p.x_stride.c : nullptr;
+    for (int64_t v = 0; v < kNV; ++v) {
+      const __mmask16 m = first_lanes(cols - v * 16);
+      const __m512 lo = _mm512_maskz_loadu_ps(m, x0 + v * 16);
+      const __m512 hi = x1 ? _mm512_maskz_loadu_ps(m, x1 + v * 16) : _mm512_setzero_ps();
+      _mm512_store_si512(bt + cp * NR + v * 16, pack_pairs(lo, hi));
+    }
+  }
+}
+
+// planes: the pairs' phase planes, or null in direct mode (B packed per tile from x).
 void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const uint32_t* planes) {
   const Conv2dShape& s = p.shape;
   const int64_t pairs = (g.Cg + 1) / 2;
@@ -191,8 +223,13 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const u
   const int64_t m_tasks = split_m ? g.m_blocks : 1;
   const int64_t tasks = s.groups * m_tasks * n_tiles;
   const uint32_t* weights = static_cast<const uint32_t*>(p.weight);
+  const bool direct = planes == nullptr;
+  static const int64_t kTap0[1] = {0};
   parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float tile[MR * NR];
+    const int tid = current_thread_index();
+    uint32_t* bt = static_cast<uint32_t*>(p.workspace) +
+                   (tid < g.nthreads ? tid : 0) * pairs * NR;  // direct mode's B
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t tile_idx = task % n_tiles;
       const int64_t rest = task / n_tiles;
@@ -201,18 +238,154 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const u
       const int64_t p0 = tile_idx * NR;
       const int64_t cols = g.virtual_cols - p0 < NR ? g.virtual_cols - p0 : NR;
       const int nv = static_cast<int>((cols + 15) / 16);
-      const uint32_t* b = planes + grp * pairs * g.plane_stride + p0;
+      const uint32_t* b = direct ? bt : planes + grp * pairs * g.plane_stride + p0;
+      const int64_t b_stride = direct ? NR : g.plane_stride;
+      const int64_t* tap = direct ? kTap0 : g.tap_offset;
+      if (direct) pack_direct_tile(p, g, n, grp, p0, cols, bt);
       for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
         const uint32_t* a = weights + (grp * g.m_blocks + mb) * MR * k;
         if (nv >= 3)
-          microkernel<3>(a, b, pairs, g.plane_stride, g.tap_offset, g.ntaps, tile);
+          microkernel<3>(a, b, pairs, b_stride, tap, g.ntaps, tile);
         else if (nv == 2)
-          microkernel<2>(a, b, pairs, g.plane_stride, g.tap_offset, g.ntaps, tile);
+          microkernel<2>(a, b, pairs, b_stride, tap, g.ntaps, tile);
         else
-          microkernel<1>(a, b, pairs, g.plane_stride, g.tap_offset, g.ntaps, tile);
+          microkernel<1>(a, b, pairs, b_stride, tap, g.ntaps, tile);
         const int64_t m0 = mb * MR;
         const int64_t rows = g.Mg - m0 < MR ? g.Mg - m0 : MR;
         store_tile(p, g, n, tile, p0, cols, grp * g.Mg + m0, rows);
+      }
+    }
+  });
+}
+
+// ---- (3) depthwise ----------------------------------------------------------------------------
+
+// One input channel per group has no channel pairs for VDPBF16PS: the stencil of
+// conv2d_cpu.cpp in float32 FMAs on the bf16-rounded input and weights (exact products, the same
+// bound). Channel c's planes, each value rounded to bf16, as float32 at dst.
+inline __m512 round_bf16_ps(__m512 v) {
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+void fill_channel_rounded(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c,
+                          float* dst) {
+  const Conv2dShape& s = p.shape;
+  const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
+  const int64_t step = s.stride_w * p.x_stride.w;
+  alignas(64) float lo[16];
+  for (int64_t slot = 0; slot < g.nphases; ++slot) {
+    const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
+    float* ph = dst + slot * g.phase_stride;
+    const int64_t lead = s.pad_left - b;
+    const int64_t j0 = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
+    const int64_t last = s.W - 1 + lead;
+    int64_t j1 = last < 0 ? 0 : last / s.stride_w + 1;
+    if (j1 > g.Wq) j1 = g.Wq;
+    for (int64_t i = 0; i < g.Hq; ++i) {
+      float* row = ph + i * g.Wq;
+      const int64_t r = i * s.stride_h + a - s.pad_top;
+      if (r < 0 || r >= s.H || j1 <= j0) {
+        std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(float));
+        continue;
+      }
+      const int64_t off = r * p.x_stride.h + (b - s.pad_left) * p.x_stride.w;
+      for (int64_t jb = 0; jb < g.Wq; jb += 16) {
+        const int64_t width = g.Wq - jb < 16 ? g.Wq - jb : 16;
+        const int64_t v0 = j0 > jb ? j0 - jb : 0, v1 = j1 - jb < width ? j1 - jb : width;
+        __m512 v = _mm512_setzero_ps();
+        if (v1 > v0) {
+          if (step == 1 && v0 == 0 && v1 == 16) {
+            v = _mm512_loadu_ps(xc + off + jb);
+          } else if (step == 1) {
+            const __mmask16 m = static_cast<__mmask16>(first_lanes(v1) & ~first_lanes(v0));
+            v = _mm512_maskz_loadu_ps(m, xc + off + jb);
+          } else {
+            for (int t = 0; t < 16; ++t) lo[t] = 0.0f;
+            for (int64_t t = v0; t < v1; ++t) lo[t] = xc[off + (jb + t) * step];
+            v = _mm512_load_ps(lo);
+          }
+        }
+        if (width == 16)
+          _mm512_storeu_ps(row + jb, round_bf16_ps(v));
+        else
+          _mm512_mask_storeu_ps(row + jb, first_lanes(width), round_bf16_ps(v));
+      }
+    }
+  }
+}
+
+// NV vectors of one output row: acc = bias + sum_t w[t] * src[tap[t] + v*16], ReLU, store.
+template <int NV>
+inline void depthwise_run(const float* src, const int64_t* tap, const float* w, int64_t ntaps,
+                          float* dst, int64_t len, int64_t ys_w, float bias, bool relu) {
+  __m512 acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = _mm512_set1_ps(bias);
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const __m512 wt = _mm512_set1_ps(w[t]);
+    const float* st = src + tap[t];
+    for (int v = 0; v < NV; ++v) acc[v] = _mm512_fmadd_ps(wt, _mm512_loadu_ps(st + v * 16), acc[v]);
+  }
+  for (int v = 0; v < NV; ++v) {
+    if (relu) acc[v] = _mm512_max_ps(_mm512_setzero_ps(), acc[v]);
+    const int64_t left = len - v * 16;
+    if (left <= 0) break;
+    if (ys_w == 1) {
+      if (left >= 16)  // (masked stores are slow on some CPUs: only for the tail)
+        _mm512_storeu_ps(dst + v * 16, acc[v]);
+      else
+        _mm512_mask_storeu_ps(dst + v * 16, first_lanes(left), acc[v]);
+    } else {
+      alignas(64) float buf[16];
+      _mm512_store_ps(buf, acc[v]);
+      for (int64_t j = 0; j < (left < 16 ? left : 16); ++j) dst[(v * 16 + j) * ys_w] = buf[j];
+    }
+  }
+}
+
+// As conv2d_cpu.cpp's conv_depthwise: per channel, its rounded planes in this thread's slice of
+// the workspace (g.channel_floats floats), every output channel of the group over them. The bf16
+// weights come from the packing: word (w[m, 0, t], 0) at panel m / MR, pair 0, tap t, row m % MR.
+void conv_depthwise(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) {
+  const Conv2dShape& s = p.shape;
+  const int64_t ntaps = g.ntaps;
+  float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
+  const uint32_t* weights = static_cast<const uint32_t*>(p.weight);
+  parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) {
+    const int tid = current_thread_index();
+    float* plane =
+        static_cast<float*>(p.workspace) + (tid < g.nthreads ? tid : 0) * g.channel_floats;
+    float w[kConvMaxTaps];
+    std::memset(plane + g.plane_stride, 0,
+                static_cast<size_t>(g.channel_floats - g.plane_stride) * sizeof(float));
+    for (int64_t c = c0; c < c1; ++c) {
+      fill_channel_rounded(p, g, n, c, plane);
+      for (int64_t j = 0; j < g.Mg; ++j) {
+        const int64_t m = c * g.Mg + j;
+        const uint32_t* panel = weights + (c * g.m_blocks + j / MR) * MR * ntaps;
+        for (int64_t t = 0; t < ntaps; ++t)
+          w[t] = bf16_to_float(static_cast<uint16_t>(panel[t * MR + j % MR]));
+        const float bias = p.bias ? f32(p.bias)[m] : 0.0f;
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
+          const float* src = plane + oh * g.Wq;
+          float* dst = yn + m * p.y_stride.c + oh * p.y_stride.h;
+          for (int64_t ow = 0; ow < s.OW; ow += 64) {
+            const int64_t left = s.OW - ow;
+            float* d = dst + ow * p.y_stride.w;
+            if (left > 48)
+              depthwise_run<4>(src + ow, g.tap_offset, w, ntaps, d, left, p.y_stride.w, bias,
+                               p.relu);
+            else if (left > 32)
+              depthwise_run<3>(src + ow, g.tap_offset, w, ntaps, d, left, p.y_stride.w, bias,
+                               p.relu);
+            else if (left > 16)
+              depthwise_run<2>(src + ow, g.tap_offset, w, ntaps, d, left, p.y_stride.w, bias,
+                               p.relu);
+            else
+              depthwise_run<1>(src + ow, g.tap_offset, w, ntaps, d, left, p.y_stride.w, bias,
+                               p.relu);
+          }
+        }
       }
     }
   });
@@ -223,9 +396,14 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const u
 void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g) {
   uint32_t* planes = static_cast<uint32_t*>(p.workspace);
   const int64_t words = static_cast<int64_t>(p.workspace_bytes / sizeof(uint32_t));
+  const bool direct = ::mmfast::conv2d_bf16_direct(p.shape, p.x_stride);
   for (int64_t n = 0; n < p.shape.N; ++n) {
-    fill_planes(p, g, n, planes, words);
-    conv_gemm(p, g, n, planes);
+    if (g.depthwise) {
+      conv_depthwise(p, g, n);
+      continue;
+    }
+    if (!direct) fill_planes(p, g, n, planes, words);
+    conv_gemm(p, g, n, direct ? nullptr : planes);
   }
 }
 

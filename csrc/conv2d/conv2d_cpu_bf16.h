@@ -12,7 +12,8 @@
 //  - the weights are packed per panel of kConvBf16MR output channels, per (pair, tap), as
 //    kConvBf16MR words (w[m, 2c'], w[m, 2c'+1]) that the microkernel broadcasts.
 // A group with an odd channel count pairs its last channel with zeros. Depthwise convolutions
-// (one channel per group) have no channel pairs to use and run the portable fallback.
+// (one channel per group) have no channel pairs to use: their stencil runs float32 FMAs on the
+// bf16-rounded input (rounded as the planes are filled) and weights, exact products as well.
 //
 // Error bound (per output element, against the float64 convolution of the float32 inputs):
 //   |y - y64| <= (2u + u^2 + gamma_{K+1}) * (sum_k |x_k| |w_k| + |b|)
@@ -43,14 +44,20 @@ int64_t conv2d_bf16_packed_words(const Conv2dShape& s);
 // w: (M, Cg, KH, KW) float32, C-contiguous; each value rounded to bf16 (round to nearest even).
 void conv2d_bf16_pack_weights(const Conv2dShape& s, const float* w, uint32_t* packed);
 
-// Words of workspace the fast kernel needs for a plan made by conv2d_cpu_plan() (the channel
-// pairs' planes of one image plus the slack the last tiles read). Throws std::invalid_argument
-// when absurdly large (as conv2d_cpu_plan does).
-int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g);
+// Direct mode: a 1x1, stride-1, unpadded convolution of an input with contiguous rows, whose
+// positions are the input's own: no planes, B converted per tile from x (one tile of every pair,
+// per thread).
+bool conv2d_bf16_direct(const Conv2dShape& s, const NchwStrides& x_stride);
+
+// Words of workspace the fast kernel needs for a plan made by conv2d_cpu_plan(): the channel
+// pairs' planes of one image plus the slack the last tiles read, or in direct mode a tile of
+// every pair per thread, or for a depthwise one a float32 channel plane per thread. Throws
+// std::invalid_argument when absurdly large (as conv2d_cpu_plan).
+int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g, bool direct);
 
 // The kernel's inputs: Conv2dParams with p.weight = the bf16 packing (uint32 words), p.x float32
 // (any strides), p.workspace 64-byte aligned, conv2d_bf16_workspace_words() words; g from
-// conv2d_cpu_plan(). Not for depthwise shapes (g.Cg == 1 runs, but wastes 15 of 16 lanes).
+// conv2d_cpu_plan().
 namespace avx512bf16 {
 void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g);
 }

@@ -47,7 +47,15 @@ void conv2d_bf16_pack_weights(const Conv2dShape& s, const float* w, uint32_t* pa
   }
 }
 
-int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g) {
+bool conv2d_bf16_direct(const Conv2dShape& s, const NchwStrides& xs) {
+  return s.KH == 1 && s.KW == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top == 0 &&
+         s.pad_left == 0 && s.pad_bottom == 0 && s.pad_right == 0 && xs.w == 1 &&
+         (xs.h == s.W || s.H == 1);
+}
+
+int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g, bool direct) {
+  if (g.depthwise) return mul(g.nthreads, g.channel_floats);  // float planes, one per thread
+  if (direct) return mul(mul(g.nthreads, (g.Cg + 1) / 2), kConvMaxNR);
   const int64_t pairs = mul(s.groups, (g.Cg + 1) / 2);
   int64_t max_off = 0;
   for (int64_t t = 0; t < g.ntaps; ++t) max_off = std::max(max_off, g.tap_offset[t]);

@@ -130,7 +130,7 @@ class Conv2d:
     precision: "fp32" (default) or "bf16" (CPU only): x and the weights rounded to bfloat16
     (nearest even), float32 accumulation, bias and output; x may then also be a bfloat16 array
     (ml_dtypes) or tensor. Runs on the AVX512-BF16 kernel where the CPU has it
-    (``mmfast._C.bf16_native()``; not for depthwise convolutions), else on the float32 kernel
+    (``mmfast._C.bf16_native()``), else on the float32 kernel
     with the rounded inputs: the same error bound (csrc/conv2d/conv2d_cpu_bf16.h).
     """
 
@@ -200,12 +200,11 @@ class Conv2d:
                 raise ValueError(f"bias: expected {m} values (weight's M), got {b.shape[0]}")
             self.bias = np.ascontiguousarray(b).copy()
         wc = np.ascontiguousarray(w)
-        # bf16: the AVX512-BF16 kernel's packing (channel pairs; none for depthwise, which has no
-        # pairs to use), and the float32 packings below of the rounded weights for the fallback.
+        # bf16: the AVX512-BF16 kernel's packing, and the float32 packings below of the rounded
+        # weights for the portable fallback.
         self._packed_bf16: np.ndarray | None = None
         if self.precision == "bf16":
-            if cg > 1:
-                self._packed_bf16 = _C.conv2d_pack_bf16(wc, self.groups)
+            self._packed_bf16 = _C.conv2d_pack_bf16(wc, self.groups)
             wc = _C.round_bf16(wc)
         # Two layouts, packed once: the kernel picks per input size (spatially vectorised, or
         # channel-vectorised for small images with many channels; the latter on AVX-512 only).
