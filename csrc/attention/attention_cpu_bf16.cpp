@@ -228,13 +228,14 @@ Converted convert_kv(const AttentionParams& p, void* workspace) {
 // ---- one block of queries ---------------------------------------------------------------------
 
 struct Workspace {
-  uint32_t* qt;  // Dp/2 x BQ words
-  float* st;     // BK x BQ
-  uint32_t* pt;  // BK/2 x BQ words
-  float* ot;     // Dv x BQ
-  float* m;      // BQ
-  float* l;      // BQ
-  float* iota;   // BQ: 0, 1, 2, ...
+  uint32_t* qrows;  // BQ x Dp/2 words: the block's query rows in bf16
+  uint32_t* qt;     // Dp/2 x BQ words
+  float* st;        // BK x BQ
+  uint32_t* pt;     // BK/2 x BQ words
+  float* ot;        // Dv x BQ
+  float* m;         // BQ
+  float* l;         // BQ
+  float* iota;      // BQ: 0, 1, 2, ...
 };
 
 template <int N>
@@ -249,14 +250,14 @@ void attention_block(const AttentionParams& p, const Converted& cv, const Worksp
   const uint32_t* k = reinterpret_cast<const uint32_t*>(cv.k + hh * p.kv_len * cv.dp);
   const uint32_t* v = cv.v + hh * kp * dv;
 
-  // Q^T in pairs of head dims, unscaled (bf16(q) exactly; the scale multiplies S in float32).
+  // Q^T in pairs of head dims, unscaled (bf16(q) exactly; the scale multiplies S in float32):
+  // each row converted in order (its words are its pairs), then the words transposed.
+  for (int64_t i = 0; i < nq; ++i)
+    convert_row(q + i * p.q_stride.row, p.head_dim,
+                reinterpret_cast<uint16_t*>(ws.qrows + i * dpairs));
   for (int64_t x = 0; x < dpairs; ++x) {
     uint32_t* row = ws.qt + x * BQ;
-    for (int64_t i = 0; i < nq; ++i) {
-      const float* qi = q + i * p.q_stride.row;
-      const float hi = 2 * x + 1 < p.head_dim ? qi[2 * x + 1] : 0.0f;
-      row[i] = bf16_pair(bf16_from_float(qi[2 * x]), bf16_from_float(hi));
-    }
+    for (int64_t i = 0; i < nq; ++i) row[i] = ws.qrows[i * dpairs + x];
     for (int64_t i = nq; i < BQ; ++i) row[i] = 0;
   }
   for (int64_t i = 0; i < dv * BQ; ++i) ws.ot[i] = 0.0f;
@@ -321,7 +322,10 @@ void attention_block(const AttentionParams& p, const Converted& cv, const Worksp
       }
     }
     // Online softmax (base 2), as attention_cpu.cpp: reference 0 while every key is masked.
+    // P = 2^(S - m) goes straight into P^T's key pairs (an odd last key pairs with a zero);
+    // the row sum l takes the float32 values.
     const bool masked = diagonal || p.mask_kind != MaskKind::none;
+    const int64_t npairs = (nk + 1) / 2;
     __m512 alpha[N];
     for (int c = 0; c < N; ++c) {
       __m512 mx = m[c];
@@ -330,34 +334,33 @@ void attention_block(const AttentionParams& p, const Converted& cv, const Worksp
           _mm512_cmp_ps_mask(mx, _mm512_set1_ps(-3.4e38f), _CMP_LT_OQ), mx, _mm512_setzero_ps());
       alpha[c] = exp2_nonpos<true>(_mm512_sub_ps(m[c], ref));
       __m512 sum = _mm512_setzero_ps();
-      float* s = st + c * W;
+      const float* s = st + c * W;
+      uint32_t* pw = ws.pt + c * W;
+      const int64_t full = nk / 2;
       if (masked) {
-        for (int64_t r = 0; r < nk; ++r, s += BQ) {
-          const __m512 e = exp2_nonpos<true>(_mm512_sub_ps(_mm512_load_ps(s), ref));
-          _mm512_store_ps(s, e);
-          sum = _mm512_add_ps(sum, e);
+        for (int64_t jp = 0; jp < full; ++jp, s += 2 * BQ, pw += BQ) {
+          const __m512 e0 = exp2_nonpos<true>(_mm512_sub_ps(_mm512_load_ps(s), ref));
+          const __m512 e1 = exp2_nonpos<true>(_mm512_sub_ps(_mm512_load_ps(s + BQ), ref));
+          sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+          _mm512_store_si512(pw, pack_pairs(e0, e1));
         }
       } else {
-        for (int64_t r = 0; r < nk; ++r, s += BQ) {
-          const __m512 e = exp2_nonpos<false>(_mm512_sub_ps(_mm512_load_ps(s), ref));
-          _mm512_store_ps(s, e);
-          sum = _mm512_add_ps(sum, e);
+        for (int64_t jp = 0; jp < full; ++jp, s += 2 * BQ, pw += BQ) {
+          const __m512 e0 = exp2_nonpos<false>(_mm512_sub_ps(_mm512_load_ps(s), ref));
+          const __m512 e1 = exp2_nonpos<false>(_mm512_sub_ps(_mm512_load_ps(s + BQ), ref));
+          sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+          _mm512_store_si512(pw, pack_pairs(e0, e1));
         }
+      }
+      if (nk % 2) {
+        const __m512 e0 = exp2_nonpos<true>(_mm512_sub_ps(_mm512_load_ps(s), ref));
+        sum = _mm512_add_ps(sum, e0);
+        _mm512_store_si512(pw, pack_pairs(e0, _mm512_setzero_ps()));
       }
       l[c] = _mm512_fmadd_ps(l[c], alpha[c], sum);
       m[c] = ref;
     }
-    // P^T in key pairs (an odd last key pairs with a zero), then O = alpha O + P.V.
-    const int64_t npairs = (nk + 1) / 2;
-    for (int64_t jp = 0; jp < npairs; ++jp) {
-      const float* s0 = st + 2 * jp * BQ;
-      const bool odd = 2 * jp + 1 >= nk;
-      for (int c = 0; c < N; ++c) {
-        const __m512 lo = _mm512_load_ps(s0 + c * W);
-        const __m512 hi = odd ? _mm512_setzero_ps() : _mm512_load_ps(s0 + BQ + c * W);
-        _mm512_store_si512(ws.pt + jp * BQ + c * W, pack_pairs(lo, hi));
-      }
-    }
+    // O = alpha O + P.V.
     pv_block<N>(v + (j0 / 2) * dv, ws.pt, npairs, dv, alpha, ws.ot);
   }
 
@@ -406,7 +409,7 @@ void attention_bf16(const AttentionParams& p, void* workspace) {
                             2e4;
   const int64_t grain = static_cast<int64_t>(4e6 / task_flops) + 1;
   parallel_for(bh * nqb, grain, [&p, &cv, nqb, bh](int64_t begin, int64_t end) {
-    const int64_t words = (cv.dp / 2 + BK / 2) * kBQ;
+    const int64_t words = (2 * (cv.dp / 2) + BK / 2) * kBQ;
     const int64_t floats = (BK + p.v_head_dim + 3) * kBQ;
     const size_t bytes = (static_cast<size_t>(words + floats) * 4 + 63) / 64 * 64;
     char* buf = static_cast<char*>(std::aligned_alloc(64, bytes));
@@ -415,7 +418,8 @@ void attention_bf16(const AttentionParams& p, void* workspace) {
       return;
     }
     Workspace ws;
-    ws.qt = reinterpret_cast<uint32_t*>(buf);
+    ws.qrows = reinterpret_cast<uint32_t*>(buf);
+    ws.qt = ws.qrows + (cv.dp / 2) * kBQ;
     ws.pt = ws.qt + (cv.dp / 2) * kBQ;
     ws.st = reinterpret_cast<float*>(ws.pt + (BK / 2) * kBQ);
     ws.ot = ws.st + BK * kBQ;
