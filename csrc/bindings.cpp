@@ -251,28 +251,32 @@ py::array round_bf16(const py::array& a) {
 }
 
 // (M, C/groups, KH, KW) float32 weights in the bf16 kernel's layout (conv2d_cpu_bf16.h).
-py::array conv2d_pack_bf16(const py::array& w, int64_t groups) {
+py::array conv2d_pack_bf16(const py::array& w, int64_t groups, int panel) {
+  MMFAST_CHECK(panel == mmfast::kConvBf16MR || panel == mmfast::kConvNC,
+               "panel: expected " + std::to_string(mmfast::kConvBf16MR) + " or " +
+                   std::to_string(mmfast::kConvNC));
   element_strides<4>(w, "weight");
   MMFAST_CHECK(w.flags() & py::array::c_style, "weight: must be C-contiguous");
   MMFAST_CHECK(groups >= 1, "groups: must be positive");
   const mmfast::Conv2dShape s = weight_shape(w, groups);
   mmfast::check_conv2d_shape(s);
-  py::array_t<uint32_t> packed(static_cast<py::ssize_t>(mmfast::conv2d_bf16_packed_words(s)));
+  py::array_t<uint32_t> packed(
+      static_cast<py::ssize_t>(mmfast::conv2d_bf16_packed_words(s, panel)));
   const float* src = static_cast<const float*>(w.data());
   uint32_t* dst = packed.mutable_data();
   {
     py::gil_scoped_release release;
-    mmfast::conv2d_bf16_pack_weights(s, src, dst);
+    mmfast::conv2d_bf16_pack_weights(s, panel, src, dst);
   }
   return std::move(packed);
 }
 
 // As conv2d(), on the AVX512-BF16 kernel with conv2d_pack_bf16's weights: x rounded to bf16 as
 // it is read, float32 accumulation, bias and output. RuntimeError where bf16_native() is false.
-void conv2d_bf16(const py::array& x, const py::array& packed, const py::object& bias, py::array out,
-                 int64_t M, int64_t KH, int64_t KW, const std::array<int64_t, 2>& stride,
-                 const std::array<int64_t, 2>& dilation, const std::array<int64_t, 4>& pads,
-                 int64_t groups, bool relu) {
+void conv2d_bf16(const py::array& x, const py::array& packed, const py::object& packed_cols,
+                 const py::object& bias, py::array out, int64_t M, int64_t KH, int64_t KW,
+                 const std::array<int64_t, 2>& stride, const std::array<int64_t, 2>& dilation,
+                 const std::array<int64_t, 4>& pads, int64_t groups, bool relu) {
   const mmfast::Bf16KernelTable* bk = mmfast::bf16_kernels();
   if (!bk) throw std::runtime_error("conv2d_bf16: this CPU or build has no AVX512-BF16 kernels");
   mmfast::Conv2dParams p;
@@ -289,6 +293,12 @@ void conv2d_bf16(const py::array& x, const py::array& packed, const py::object& 
   s.OH = out.shape(2), s.OW = out.shape(3);
   MMFAST_CHECK(packed.dtype().equal(py::dtype::of<uint32_t>()) && packed.ndim() == 1,
                "packed: expected conv2d_pack_bf16's uint32 words");
+  const std::optional<py::array> cols = optional_array(packed_cols, "packed_cols");
+  if (cols) {
+    MMFAST_CHECK(cols->dtype().equal(py::dtype::of<uint32_t>()) && cols->ndim() == 1,
+                 "packed_cols: expected conv2d_pack_bf16's uint32 words");
+    p.weight_cols = cols->data();
+  }
   const std::optional<py::array> b = optional_array(bias, "bias");
   if (b) {
     const std::array<int64_t, 1> bs = element_strides<1>(*b, "bias");
@@ -302,15 +312,20 @@ void conv2d_bf16(const py::array& x, const py::array& packed, const py::object& 
   mmfast::check_conv2d(p, mmfast::Device::cpu);
   require_shape(out, "out", {s.N, M, s.OH, s.OW});
   MMFAST_CHECK((packed.flags() & py::array::c_style) &&
-                   packed.shape(0) == mmfast::conv2d_bf16_packed_words(s),
+                   packed.shape(0) == mmfast::conv2d_bf16_packed_words(s, mmfast::kConvBf16MR),
                "packed: size does not match the convolution's weights");
+  if (cols)
+    MMFAST_CHECK((cols->flags() & py::array::c_style) &&
+                     cols->shape(0) == mmfast::conv2d_bf16_packed_words(s, mmfast::kConvNC),
+                 "packed_cols: size does not match the convolution's weights");
   if (b) require_shape(*b, "bias", {M});
   if (s.N == 0 || M == 0) return;
   const mmfast::PoolScope pool;
   mmfast::Conv2dCpuPlan plan;
-  mmfast::conv2d_cpu_plan(s, pool.num_threads(), /*have_cols=*/false, /*path=*/1, plan);
-  const int64_t words =
-      mmfast::conv2d_bf16_workspace_words(s, plan, mmfast::conv2d_bf16_direct(s, p.x_stride));
+  mmfast::conv2d_cpu_plan(s, pool.num_threads(), p.weight_cols != nullptr, g_conv_path.load(),
+                          plan);
+  const int64_t words = mmfast::conv2d_bf16_workspace_words(
+      s, plan, mmfast::conv2d_bf16_direct(s, p.x_stride), p.weight_cols != nullptr);
   const mmfast::WorkspaceTrim trim;
   try {
     p.workspace = mmfast::thread_workspace(static_cast<size_t>(words));
@@ -492,11 +507,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("round_bf16", &round_bf16, py::arg("a"),
         "A float32 copy of C-contiguous float32 `a` rounded to bfloat16 (nearest, ties to even).");
   m.def("conv2d_pack_bf16", &conv2d_pack_bf16, py::arg("weight"), py::arg("groups"),
-        "Pack (M, C/groups, KH, KW) float32 weights, rounded to bf16, for conv2d_bf16.");
-  m.def("conv2d_bf16", &conv2d_bf16, py::arg("x"), py::arg("packed"), py::arg("bias"),
-        py::arg("out"), py::arg("M"), py::arg("KH"), py::arg("KW"), py::arg("stride"),
-        py::arg("dilation"), py::arg("pads"), py::arg("groups"), py::arg("relu"),
-        "conv2d with bf16 inputs and float32 accumulation (AVX512-BF16; see bf16_native).");
+        py::arg("panel"),
+        "Pack (M, C/groups, KH, KW) float32 weights, rounded to bf16, for conv2d_bf16 in panels "
+        "of CONV_PANEL_ROWS or CONV_PANEL_COLS output channels.");
+  m.def("conv2d_bf16", &conv2d_bf16, py::arg("x"), py::arg("packed"), py::arg("packed_cols"),
+        py::arg("bias"), py::arg("out"), py::arg("M"), py::arg("KH"), py::arg("KW"),
+        py::arg("stride"), py::arg("dilation"), py::arg("pads"), py::arg("groups"), py::arg("relu"),
+        "conv2d with bf16 inputs and float32 accumulation (AVX512-BF16; see bf16_native); "
+        "packed_cols optional: enables the channel-vectorised path.");
   m.def("attention_bf16", &attention_bf16, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("mask"), py::arg("lse"), py::arg("causal"), py::arg("causal_offset"),
         py::arg("scale"), py::arg("softcap"),

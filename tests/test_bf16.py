@@ -14,7 +14,8 @@ RNE errs by at most half an ulp, 2^-8 relative), and gamma_n = n 2^-24 / (1 - n 
 
 where y64, o64 are the float64 results of the *unrounded* float32 inputs. Every case runs on
 both paths: the AVX512-BF16 kernels ("native", skipped on a CPU without them) and the portable
-fallback (rounded inputs, float32 kernels; forced with the avx2 variant).
+fallback (rounded inputs, float32 kernels; forced with the avx2 variant); the convolutions also
+on both GEMM paths (spatial, channel-vectorised).
 
 The bounds are shown not to be vacuous three ways: the bf16 results break float32's own bound
 somewhere (so the rounding really happens), single products are checked bit for bit (round to
@@ -97,7 +98,7 @@ def _pair(v):
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])))
-def test_conv2d_bf16_bound(case, path):
+def test_conv2d_bf16_bound(case, path, conv_path):
     n, c, m, h, w_, k, stride, pads, dilation, groups = case
     stride, dilation = _pair(stride), _pair(dilation)
     rng = np.random.default_rng(sum(case[:6]))

@@ -175,7 +175,8 @@ struct Converted {
 inline void convert_row(const float* src, int64_t n, uint16_t* dst) {
   for (int64_t x = 0; x < n; x += 2 * W) {
     const __m512 lo = _mm512_maskz_loadu_ps(first_lanes(n - x), src + x);
-    const __m512 hi = _mm512_maskz_loadu_ps(first_lanes(n - x - W), src + x + W);
+    const __m512 hi = n > x + W ? _mm512_maskz_loadu_ps(first_lanes(n - x - W), src + x + W)
+                                : _mm512_setzero_ps();
     const __m512i runs = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // x .. x + 31 in order
     const int64_t words = ((n - x + 1) / 2) < W ? (n - x + 1) / 2 : W;
     _mm512_mask_storeu_epi32(dst + x, first_lanes(words), runs);

@@ -63,11 +63,23 @@ void fill_pair(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t
             vlo = _mm512_loadu_ps(x0 + off + jb);
             if (x1) vhi = _mm512_loadu_ps(x1 + off + jb);
           } else if (step == 1) {
-            // Lanes [v0, v1) hold columns jb + v0 ..: masked loads never touch the other lanes.
+            // Lanes [v0, v1) take columns jb + v0 .. jb + v1 - 1: an expanding load reads just
+            // those elements, from the first one on.
             const __mmask16 m = static_cast<__mmask16>(first_lanes(v1) & ~first_lanes(v0));
-            const int64_t e = off + jb;  // element of lane 0 (may lie before the row: masked)
-            vlo = _mm512_maskz_loadu_ps(m, x0 + e);
-            if (x1) vhi = _mm512_maskz_loadu_ps(m, x1 + e);
+            const int64_t e = off + jb + v0;
+            vlo = _mm512_maskz_expandloadu_ps(m, x0 + e);
+            if (x1) vhi = _mm512_maskz_expandloadu_ps(m, x1 + e);
+          } else if (step == 2 && v0 == 0 && v1 == 16) {
+            // Stride 2 (a stem): the even elements of 31 contiguous ones.
+            const int64_t e = off + jb * 2;
+            const __m512i even =
+                _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+            const __mmask16 m15 = static_cast<__mmask16>(0x7fff);
+            vlo = _mm512_permutex2var_ps(_mm512_loadu_ps(x0 + e), even,
+                                         _mm512_maskz_loadu_ps(m15, x0 + e + 16));
+            if (x1)
+              vhi = _mm512_permutex2var_ps(_mm512_loadu_ps(x1 + e), even,
+                                           _mm512_maskz_loadu_ps(m15, x1 + e + 16));
           } else {
             for (int v = 0; v < 16; ++v) lo[v] = hi[v] = 0.0f;
             for (int64_t v = v0; v < v1; ++v) {
@@ -202,9 +214,12 @@ void pack_direct_tile(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, 
     const float* x0 = xn + c0 * p.x_stride.c;
     const float* x1 = 2 * cp + 1 < g.Cg ? x0 + p.x_stride.c : nullptr;
     for (int64_t v = 0; v < kNV; ++v) {
-      const __mmask16 m = first_lanes(cols - v * 16);
-      const __m512 lo = _mm512_maskz_loadu_ps(m, x0 + v * 16);
-      const __m512 hi = x1 ? _mm512_maskz_loadu_ps(m, x1 + v * 16) : _mm512_setzero_ps();
+      __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+      if (cols > v * 16) {  // (never a pointer past the image, even for a masked load)
+        const __mmask16 m = first_lanes(cols - v * 16);
+        lo = _mm512_maskz_loadu_ps(m, x0 + v * 16);
+        if (x1) hi = _mm512_maskz_loadu_ps(m, x1 + v * 16);
+      }
       _mm512_store_si512(bt + cp * NR + v * 16, pack_pairs(lo, hi));
     }
   }
@@ -258,6 +273,149 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const u
   });
 }
 
+// ---- (2b) channel-vectorised GEMM ---------------------------------------------------------------
+
+// As conv2d_cpu.cpp's channel path (small images, many channels): 8 output positions, each a
+// broadcast word (one channel pair at one position, from the pair planes) x 3 vectors of 16
+// output channels (the "cols" packing: per (pair, tap), kConvNC words (w[m, 2c'], w[m, 2c'+1])).
+constexpr int kPosRows = 8;
+constexpr int kNVc = kConvNC / 16;
+static_assert(kNVc * 16 == kConvNC, "panel must be whole vectors");
+
+// tile[i][v*16 + j] (+)= sum over pairs [cp0, cp1) x taps of planes[pos[i] + cp*plane_stride +
+// tap[t]] . a[(cp, t)][v*16 + j]; a points at (cp0, 0) of a panel.
+template <int NV>
+void microkernel_cols(const uint32_t* a, const uint32_t* planes, const int64_t* pos, int64_t cp0,
+                      int64_t cp1, int64_t plane_stride, const int64_t* tap, int64_t ntaps,
+                      float* tile, bool accumulate) {
+  __m512 acc[kPosRows][NV];
+  const uint32_t* r[kPosRows];
+#pragma GCC unroll 8
+  for (int i = 0; i < kPosRows; ++i) {
+    r[i] = planes + pos[i];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = accumulate ? _mm512_load_ps(tile + i * kConvNC + v * 16) : _mm512_setzero_ps();
+  }
+  for (int64_t cp = cp0; cp < cp1; ++cp) {
+    for (int64_t t = 0; t < ntaps; ++t) {
+      const int64_t off = cp * plane_stride + tap[t];
+      __m512i av[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) av[v] = _mm512_loadu_si512(a + v * 16);
+#pragma GCC unroll 8
+      for (int i = 0; i < kPosRows; ++i) {
+        const __m512i bv = _mm512_set1_epi32(static_cast<int>(r[i][off]));
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) acc[i][v] = dot_pairs(acc[i][v], bv, av[v]);
+      }
+      a += kConvNC;
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kPosRows; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + i * kConvNC + v * 16, acc[i][v]);
+}
+
+// Lanes each path uses, to pick one (as conv2d_cpu.cpp): spatial wastes garbage columns and
+// tail vectors, channel wastes tail positions and tail channel vectors.
+bool prefer_channel_path(const Conv2dShape& s, const Conv2dCpuPlan& g) {
+  const double useful = static_cast<double>(s.OH * s.OW);
+  const int64_t s_tiles = (g.virtual_cols + NR - 1) / NR;
+  const int64_t s_last = g.virtual_cols - (s_tiles - 1) * NR;
+  const double s_cols = static_cast<double>((s_tiles - 1) * NR + (s_last + 15) / 16 * 16);
+  const double s_eff =
+      useful / s_cols * static_cast<double>(g.Mg) / static_cast<double>(g.m_blocks * MR);
+  const int64_t c_rows = (s.OH * s.OW + kPosRows - 1) / kPosRows * kPosRows;
+  const double c_eff = useful / static_cast<double>(c_rows) * static_cast<double>(g.Mg) /
+                       static_cast<double>((g.Mg + 15) / 16 * 16);
+  return c_eff > 1.04 * s_eff;
+}
+
+// Images n0 .. n0 + count - 1 as one GEMM: position q is image n0 + q / (OH*OW), whose pair
+// planes start at planes + (q / (OH*OW)) * image_words.
+void conv_gemm_cols(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n0, int64_t count,
+                    const uint32_t* planes, int64_t image_words) {
+  const Conv2dShape& s = p.shape;
+  const int64_t pairs = (g.Cg + 1) / 2;
+  const int64_t k = pairs * g.ntaps;
+  const int64_t hw = s.OH * s.OW;
+  const int64_t positions = count * hw;
+  const int64_t pblocks = (positions + kPosRows - 1) / kPosRows;
+  const int64_t panels = (g.Mg + kConvNC - 1) / kConvNC;
+  // Tasks: (group, panel, run of up to 8 position blocks); K blocked (~256 pairs x taps) so
+  // the weight block stays in L2 while the blocks reuse it.
+  constexpr int64_t kGroupBlocks = 8;
+  const int64_t pgroups = (pblocks + kGroupBlocks - 1) / kGroupBlocks;
+  const int64_t cp_block = g.ntaps >= 256 ? 1 : 256 / g.ntaps;
+  const int64_t tasks = s.groups * panels * pgroups;
+  float* yn = static_cast<float*>(p.y) + n0 * p.y_stride.n;
+  const uint32_t* weights = static_cast<const uint32_t*>(p.weight_cols);
+  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float tiles[kGroupBlocks][kPosRows * kConvNC];
+    int64_t pos[kGroupBlocks][kPosRows];
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t pg = task % pgroups;
+      const int64_t panel = (task / pgroups) % panels, grp = task / (pgroups * panels);
+      const int64_t m0 = panel * kConvNC;
+      const int64_t width = g.Mg - m0 < kConvNC ? g.Mg - m0 : kConvNC;
+      const int nv = static_cast<int>((width + 15) / 16);
+      const int64_t pb0 = pg * kGroupBlocks;
+      const int64_t pb1 = pb0 + kGroupBlocks < pblocks ? pb0 + kGroupBlocks : pblocks;
+      for (int64_t pb = pb0; pb < pb1; ++pb) {
+        for (int i = 0; i < kPosRows; ++i) {
+          int64_t q = pb * kPosRows + i;
+          if (q >= positions) q = positions - 1;  // past the end: repeat the last (dropped)
+          const int64_t img = q / hw, qq = q % hw;
+          pos[pb - pb0][i] = img * image_words + (qq / s.OW) * g.Wq + qq % s.OW;
+        }
+      }
+      const uint32_t* a_panel = weights + (grp * panels + panel) * kConvNC * k;
+      const uint32_t* gplanes = planes + grp * pairs * g.plane_stride;
+      for (int64_t cp0 = 0; cp0 < pairs; cp0 += cp_block) {
+        const int64_t cp1 = cp0 + cp_block < pairs ? cp0 + cp_block : pairs;
+        const uint32_t* a = a_panel + cp0 * g.ntaps * kConvNC;
+        for (int64_t pb = pb0; pb < pb1; ++pb) {
+          float* tile = tiles[pb - pb0];
+          const int64_t* ps = pos[pb - pb0];
+          if (nv >= 3)
+            microkernel_cols<3>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
+                                tile, cp0 > 0);
+          else if (nv == 2)
+            microkernel_cols<2>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
+                                tile, cp0 > 0);
+          else
+            microkernel_cols<1>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
+                                tile, cp0 > 0);
+        }
+      }
+      // Transposing store: tile rows are positions, columns output channels.
+      for (int64_t pb = pb0; pb < pb1; ++pb) {
+        const float* tile = tiles[pb - pb0];
+        const int64_t rows =
+            positions - pb * kPosRows < kPosRows ? positions - pb * kPosRows : kPosRows;
+        int64_t yoff[kPosRows];
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t q = pb * kPosRows + i, qq = q % hw;
+          yoff[i] =
+              (q / hw) * p.y_stride.n + (qq / s.OW) * p.y_stride.h + (qq % s.OW) * p.y_stride.w;
+        }
+        for (int64_t j = 0; j < width; ++j) {
+          const int64_t m = grp * g.Mg + m0 + j;
+          const float bias = p.bias ? f32(p.bias)[m] : 0.0f;
+          float* ym = yn + m * p.y_stride.c;
+          for (int64_t i = 0; i < rows; ++i) {
+            float r = tile[i * kConvNC + j] + bias;
+            if (p.relu) r = r < 0.0f ? 0.0f : r;  // NaN stays NaN
+            ym[yoff[i]] = r;
+          }
+        }
+      }
+    }
+  });
+}
+
 // ---- (3) depthwise ----------------------------------------------------------------------------
 
 // One input channel per group has no channel pairs for VDPBF16PS: the stencil of
@@ -297,9 +455,9 @@ void fill_channel_rounded(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t
         if (v1 > v0) {
           if (step == 1 && v0 == 0 && v1 == 16) {
             v = _mm512_loadu_ps(xc + off + jb);
-          } else if (step == 1) {
+          } else if (step == 1) {  // (as in fill_pair)
             const __mmask16 m = static_cast<__mmask16>(first_lanes(v1) & ~first_lanes(v0));
-            v = _mm512_maskz_loadu_ps(m, xc + off + jb);
+            v = _mm512_maskz_expandloadu_ps(m, xc + off + jb + v0);
           } else {
             for (int t = 0; t < 16; ++t) lo[t] = 0.0f;
             for (int64_t t = v0; t < v1; ++t) lo[t] = xc[off + (jb + t) * step];
@@ -396,13 +554,28 @@ void conv_depthwise(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) {
 void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g) {
   uint32_t* planes = static_cast<uint32_t*>(p.workspace);
   const int64_t words = static_cast<int64_t>(p.workspace_bytes / sizeof(uint32_t));
+  // The workspace holds batch_images images' planes (conv2d_bf16_workspace_words), each in
+  // image_words (64-byte multiples); the spatial path uses the first.
+  const int64_t batch = g.batch_images > 0 ? g.batch_images : 1;
+  const int64_t image_words = words / batch / 16 * 16;
+  if (!g.depthwise && p.weight_cols && g.path != 1 &&
+      (g.path == 2 || prefer_channel_path(p.shape, g))) {
+    // Channel path: up to batch_images images' pair planes at once, one GEMM over them.
+    for (int64_t n0 = 0; n0 < p.shape.N; n0 += batch) {
+      const int64_t count = p.shape.N - n0 < batch ? p.shape.N - n0 : batch;
+      for (int64_t i = 0; i < count; ++i)
+        fill_planes(p, g, n0 + i, planes + i * image_words, image_words);
+      conv_gemm_cols(p, g, n0, count, planes, image_words);
+    }
+    return;
+  }
   const bool direct = ::mmfast::conv2d_bf16_direct(p.shape, p.x_stride);
   for (int64_t n = 0; n < p.shape.N; ++n) {
     if (g.depthwise) {
       conv_depthwise(p, g, n);
       continue;
     }
-    if (!direct) fill_planes(p, g, n, planes, words);
+    if (!direct) fill_planes(p, g, n, planes, image_words);
     conv_gemm(p, g, n, direct ? nullptr : planes);
   }
 }

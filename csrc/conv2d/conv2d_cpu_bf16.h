@@ -3,9 +3,10 @@
 // in float32, sums in float32, bias, ReLU and the output in float32.
 //
 // The fast kernel (conv2d_cpu_bf16.cpp, AVX512-BF16, compiled on its own with -mavx512bf16 and
-// picked at run time) is the spatial implicit GEMM of conv2d_cpu.h with K = (channel, tap) taken
-// in *channel pairs*: VDPBF16PS multiplies two bf16 pairs per 32-bit lane and adds both products
-// to a float32 accumulator, so both operands hold K pairs in one 32-bit word:
+// picked at run time) is the implicit GEMM of conv2d_cpu.h (spatial path, channel path for small
+// images, direct 1x1 mode) with K = (channel, tap) taken in *channel pairs*: VDPBF16PS multiplies
+// two bf16 pairs per 32-bit lane and adds both products to a float32 accumulator, so both operands
+// hold K pairs in one 32-bit word:
 //  - the phase planes (same geometry as the float32 plan: Conv2dCpuPlan's Hq, Wq, tap offsets)
 //    are stored per channel pair, word [pair][pos] = (bf16(x[2c'][pos]), bf16(x[2c'+1][pos]));
 //    a tap still reads a contiguous run of positions, now 16 per 64-byte vector;
@@ -38,11 +39,13 @@ namespace mmfast {
 // Output channels per packed bf16 weight panel (the microkernel's broadcast rows).
 constexpr int kConvBf16MR = 8;
 
-// 32-bit words of packed bf16 weights for the shape (only C, M, KH, KW, groups are read):
-// per group, ceil(Mg / kConvBf16MR) panels of ceil(Cg / 2) * KH * KW * kConvBf16MR words.
-int64_t conv2d_bf16_packed_words(const Conv2dShape& s);
+// 32-bit words of packed bf16 weights for the shape (only C, M, KH, KW, groups are read), in
+// panels of `panel` output channels: kConvBf16MR (the spatial GEMM's broadcast rows) or kConvNC
+// (the channel path's vectors, "cols"): per group, ceil(Mg / panel) panels of
+// ceil(Cg / 2) * KH * KW * panel words, [pair][tap][m].
+int64_t conv2d_bf16_packed_words(const Conv2dShape& s, int panel);
 // w: (M, Cg, KH, KW) float32, C-contiguous; each value rounded to bf16 (round to nearest even).
-void conv2d_bf16_pack_weights(const Conv2dShape& s, const float* w, uint32_t* packed);
+void conv2d_bf16_pack_weights(const Conv2dShape& s, int panel, const float* w, uint32_t* packed);
 
 // Direct mode: a 1x1, stride-1, unpadded convolution of an input with contiguous rows, whose
 // positions are the input's own: no planes, B converted per tile from x (one tile of every pair,
@@ -50,12 +53,15 @@ void conv2d_bf16_pack_weights(const Conv2dShape& s, const float* w, uint32_t* pa
 bool conv2d_bf16_direct(const Conv2dShape& s, const NchwStrides& x_stride);
 
 // Words of workspace the fast kernel needs for a plan made by conv2d_cpu_plan(): the channel
-// pairs' planes of one image plus the slack the last tiles read, or in direct mode a tile of
-// every pair per thread, or for a depthwise one a float32 channel plane per thread. Throws
-// std::invalid_argument when absurdly large (as conv2d_cpu_plan).
-int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g, bool direct);
+// pairs' planes of one image (g.batch_images on the channel path, possible when `have_cols`)
+// plus the slack the last tiles read, and in direct mode at least a tile of every pair per
+// thread; for a depthwise one a float32 channel plane per thread. Throws std::invalid_argument
+// when absurdly large (as conv2d_cpu_plan).
+int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g, bool direct,
+                                    bool have_cols);
 
-// The kernel's inputs: Conv2dParams with p.weight = the bf16 packing (uint32 words), p.x float32
+// The kernel's inputs: Conv2dParams with p.weight = the bf16 kConvBf16MR packing (uint32 words),
+// p.weight_cols the kConvNC one or null (then no channel path), p.x float32
 // (any strides), p.workspace 64-byte aligned, conv2d_bf16_workspace_words() words; g from
 // conv2d_cpu_plan().
 namespace avx512bf16 {

@@ -203,8 +203,11 @@ class Conv2d:
         # bf16: the AVX512-BF16 kernel's packing, and the float32 packings below of the rounded
         # weights for the portable fallback.
         self._packed_bf16: np.ndarray | None = None
+        self._packed_bf16_cols: np.ndarray | None = None
         if self.precision == "bf16":
-            self._packed_bf16 = _C.conv2d_pack_bf16(wc, self.groups)
+            self._packed_bf16 = _C.conv2d_pack_bf16(wc, self.groups, _C.CONV_PANEL_ROWS)
+            if m // self.groups >= 16 and cg > 1:
+                self._packed_bf16_cols = _C.conv2d_pack_bf16(wc, self.groups, _C.CONV_PANEL_COLS)
             wc = _C.round_bf16(wc)
         # Two layouts, packed once: the kernel picks per input size (spatially vectorised, or
         # channel-vectorised for small images with many channels; the latter on AVX-512 only).
@@ -288,6 +291,7 @@ class Conv2d:
             _C.conv2d_bf16(
                 aligned(xa),
                 packed_bf16,
+                self._packed_bf16_cols,
                 self.bias,
                 o_k,
                 M=self.out_channels,
