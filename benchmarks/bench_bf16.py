@@ -12,7 +12,9 @@ torch.nn.functional.scaled_dot_product_attention on bfloat16 tensors.
 
 The three are timed in turn, round after round (the order rotated each round), and each
 reported time is the median over rounds of a round's mean: a load spike on this shared machine
-hits all three alike. Ratios: fp32 time / bf16 time (> 1: bf16 is faster), torch bf16 time /
+hits all three alike. With 2+ threads torch is timed in rounds of its own after mmfast's (its
+OpenMP workers' spinning would slow whatever runs next, and itself, when interleaved).
+Ratios: fp32 time / bf16 time (> 1: bf16 is faster), torch bf16 time /
 mmfast bf16 time (> 1: mmfast is faster). Ends with each implementation's error against a
 float64 reference of the float32 inputs (max |err| / max |ref|). Not a test: nothing asserts
 timing.
@@ -42,6 +44,10 @@ import mmfast  # noqa: E402
 from mmfast import _C, ops  # noqa: E402
 
 F = torch.nn.functional
+# With 2+ threads torch is timed apart from mmfast: torch's OpenMP workers spin for a while
+# after each call and take the second core from whatever runs next (bench_conv.py measured it),
+# and interleaved, torch's own calls slowed 5-60x too. Set in main().
+APART: tuple[str, ...] = ()
 
 
 def cpu_name() -> str:
@@ -54,10 +60,13 @@ def cpu_name() -> str:
     return f"{get('Model name')} (family {get('CPU family')}, model {get('Model')})"
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, min_time: float) -> dict:
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, min_time: float, apart: tuple = ()
+) -> dict:
     """Median ms per call of each fn: `rounds` rounds, each timing every fn over enough calls to
-    last about min_time / rounds seconds, in an order rotated every round."""
-    names = list(fns)
+    last about min_time / rounds seconds, in an order rotated every round. The fns named in
+    `apart` are timed after the others' rounds, in rounds of their own."""
+    names = [n for n in fns if n not in apart]
     inner = {}
     for n in names:
         fns[n]()  # warm-up (packing, workspaces, oneDNN's primitive cache)
@@ -72,7 +81,10 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, min_time: flo
             for _ in range(inner[n]):
                 fns[n]()
             samples[n].append((time.perf_counter() - t0) / inner[n] * 1e3)
-    return {n: statistics.median(s) for n, s in samples.items()}
+    result = {n: statistics.median(s) for n, s in samples.items()}
+    for n in apart:
+        result.update(interleaved({n: fns[n]}, rounds, min_time))
+    return result
 
 
 def rel_err(y: np.ndarray, ref: np.ndarray) -> float:
@@ -113,6 +125,7 @@ def bench_conv(args: argparse.Namespace, rng: np.random.Generator, ratios: dict)
                 },
                 args.rounds,
                 args.min_time,
+                APART,
             )
             r = t["fp32"] / t["bf16"]
             ratios.setdefault(("conv", n), []).append(r)
@@ -179,6 +192,7 @@ def bench_attention(args: argparse.Namespace, rng: np.random.Generator, ratios: 
                     },
                     args.rounds,
                     args.min_time,
+                    APART,
                 )
                 r = t["fp32"] / t["bf16"]
                 ratios.setdefault(("attention", d), []).append(r)
@@ -211,6 +225,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", help="substrings of conv shape names to run")
     args = ap.parse_args()
 
+    global APART
+    APART = ("torch",) if args.threads > 1 else ()
     torch.set_num_threads(args.threads)
     mmfast.set_num_threads(args.threads)
     affinity = sorted(os.sched_getaffinity(0))
@@ -221,7 +237,10 @@ def main() -> None:
         f"(variant {_C.active_variant()}, bf16 kernels: "
         f"{'AVX512-BF16' if _C.bf16_native() else 'portable fallback'}); {ALLOCATOR}"
     )
-    print(f"# {args.rounds} interleaved rounds, ~{args.min_time:.1f} s per implementation")
+    print(
+        f"# {args.rounds} interleaved rounds, ~{args.min_time:.1f} s per implementation"
+        + ("; torch timed apart" if APART else "")
+    )
     rng = np.random.default_rng(0)
     ratios: dict = {}
     checks = []
