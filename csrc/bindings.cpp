@@ -14,12 +14,15 @@
 #include <vector>
 
 #include "attention/attention.h"
+#include "attention/attention_cpu_bf16.h"
+#include "common/bf16.h"
 #include "common/cpu_features.h"
 #include "common/parallel.h"
 #include "common/pool_scope.h"
 #include "common/workspace.h"
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_cpu.h"
+#include "conv2d/conv2d_cpu_bf16.h"
 #include "dispatch/dispatch.h"
 
 namespace py = pybind11;
@@ -219,9 +222,131 @@ void conv2d(const py::array& x, const py::array& packed, const py::object& packe
 // q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv) float32 with a
 // contiguous last dimension; mask None or (B, Hq, Lq, Lk) float32 (added) or bool/uint8 (keep),
 // any strides (0 = broadcast); lse None or a C-contiguous (B, Hq, Lq) float32.
-void attention(const py::array& q, const py::array& k, const py::array& v, py::array out,
-               const py::object& mask, const py::object& lse, bool causal, int64_t causal_offset,
-               double scale, double softcap) {
+// ---- precision="bf16" ------------------------------------------------------------------------
+
+// `a` (float32, C-contiguous) with every value rounded to the nearest bfloat16 (ties to even),
+// as a new float32 array: the portable fallback's input rounding (common/bf16.h).
+py::array round_bf16(const py::array& a) {
+  MMFAST_CHECK(a.dtype().equal(py::dtype::of<float>()),
+               "a: expected float32, got " + std::string(py::str(a.dtype())));
+  MMFAST_CHECK(a.flags() & py::array::c_style, "a: must be C-contiguous");
+  std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
+  py::array_t<float> out(shape);
+  const float* src = static_cast<const float*>(a.data());
+  float* dst = out.mutable_data();
+  const int64_t n = static_cast<int64_t>(a.size());
+  py::gil_scoped_release release;
+  struct Ctx {
+    const float* src;
+    float* dst;
+  } ctx{src, dst};
+  mmfast::parallel_for_raw(
+      n, int64_t{1} << 16,
+      [](void* c, int64_t b, int64_t e) {
+        const Ctx& x = *static_cast<const Ctx*>(c);
+        for (int64_t i = b; i < e; ++i) x.dst[i] = mmfast::bf16_round(x.src[i]);
+      },
+      &ctx);
+  return std::move(out);
+}
+
+// (M, C/groups, KH, KW) float32 weights in the bf16 kernel's layout (conv2d_cpu_bf16.h).
+py::array conv2d_pack_bf16(const py::array& w, int64_t groups, int panel) {
+  MMFAST_CHECK(panel == mmfast::kConvBf16MR || panel == mmfast::kConvNC,
+               "panel: expected " + std::to_string(mmfast::kConvBf16MR) + " or " +
+                   std::to_string(mmfast::kConvNC));
+  element_strides<4>(w, "weight");
+  MMFAST_CHECK(w.flags() & py::array::c_style, "weight: must be C-contiguous");
+  MMFAST_CHECK(groups >= 1, "groups: must be positive");
+  const mmfast::Conv2dShape s = weight_shape(w, groups);
+  mmfast::check_conv2d_shape(s);
+  py::array_t<uint32_t> packed(
+      static_cast<py::ssize_t>(mmfast::conv2d_bf16_packed_words(s, panel)));
+  const float* src = static_cast<const float*>(w.data());
+  uint32_t* dst = packed.mutable_data();
+  {
+    py::gil_scoped_release release;
+    mmfast::conv2d_bf16_pack_weights(s, panel, src, dst);
+  }
+  return std::move(packed);
+}
+
+// As conv2d(), on the AVX512-BF16 kernel with conv2d_pack_bf16's weights: x rounded to bf16 as
+// it is read, float32 accumulation, bias and output. RuntimeError where bf16_native() is false.
+void conv2d_bf16(const py::array& x, const py::array& packed, const py::object& packed_cols,
+                 const py::object& bias, py::array out, int64_t M, int64_t KH, int64_t KW,
+                 const std::array<int64_t, 2>& stride, const std::array<int64_t, 2>& dilation,
+                 const std::array<int64_t, 4>& pads, int64_t groups, bool relu) {
+  const mmfast::Bf16KernelTable* bk = mmfast::bf16_kernels();
+  if (!bk) throw std::runtime_error("conv2d_bf16: this CPU or build has no AVX512-BF16 kernels");
+  mmfast::Conv2dParams p;
+  p.x_stride = nchw(element_strides<4>(x, "x"));
+  p.y_stride = nchw(element_strides<4>(out, "out"));
+  MMFAST_CHECK(out.writeable(), "out: array is read-only");
+  mmfast::Conv2dShape& s = p.shape;
+  s.N = x.shape(0), s.C = x.shape(1), s.H = x.shape(2), s.W = x.shape(3);
+  s.M = M, s.KH = KH, s.KW = KW;
+  s.stride_h = stride[0], s.stride_w = stride[1];
+  s.dilation_h = dilation[0], s.dilation_w = dilation[1];
+  s.pad_top = pads[0], s.pad_left = pads[1], s.pad_bottom = pads[2], s.pad_right = pads[3];
+  s.groups = groups;
+  s.OH = out.shape(2), s.OW = out.shape(3);
+  MMFAST_CHECK(packed.dtype().equal(py::dtype::of<uint32_t>()) && packed.ndim() == 1,
+               "packed: expected conv2d_pack_bf16's uint32 words");
+  const std::optional<py::array> cols = optional_array(packed_cols, "packed_cols");
+  if (cols) {
+    MMFAST_CHECK(cols->dtype().equal(py::dtype::of<uint32_t>()) && cols->ndim() == 1,
+                 "packed_cols: expected conv2d_pack_bf16's uint32 words");
+    p.weight_cols = cols->data();
+  }
+  const std::optional<py::array> b = optional_array(bias, "bias");
+  if (b) {
+    const std::array<int64_t, 1> bs = element_strides<1>(*b, "bias");
+    MMFAST_CHECK(b->shape(0) <= 1 || bs[0] == 1, "bias: must be contiguous");
+    p.bias = b->data();
+  }
+  p.x = x.data();
+  p.weight = packed.data();
+  p.y = out.mutable_data();
+  p.relu = relu;
+  mmfast::check_conv2d(p, mmfast::Device::cpu);
+  require_shape(out, "out", {s.N, M, s.OH, s.OW});
+  MMFAST_CHECK((packed.flags() & py::array::c_style) &&
+                   packed.shape(0) == mmfast::conv2d_bf16_packed_words(s, mmfast::kConvBf16MR),
+               "packed: size does not match the convolution's weights");
+  if (cols)
+    MMFAST_CHECK((cols->flags() & py::array::c_style) &&
+                     cols->shape(0) == mmfast::conv2d_bf16_packed_words(s, mmfast::kConvNC),
+                 "packed_cols: size does not match the convolution's weights");
+  if (b) require_shape(*b, "bias", {M});
+  if (s.N == 0 || M == 0) return;
+  const mmfast::PoolScope pool;
+  mmfast::Conv2dCpuPlan plan;
+  mmfast::conv2d_cpu_plan(s, pool.num_threads(), p.weight_cols != nullptr, g_conv_path.load(),
+                          plan);
+  const int64_t words = mmfast::conv2d_bf16_workspace_words(
+      s, plan, mmfast::conv2d_bf16_direct(s, p.x_stride), p.weight_cols != nullptr);
+  const mmfast::WorkspaceTrim trim;
+  try {
+    p.workspace = mmfast::thread_workspace(static_cast<size_t>(words));
+  } catch (const std::bad_alloc&) {
+    PyErr_Format(PyExc_MemoryError,
+                 "conv2d: cannot allocate its %.2f GiB bf16 workspace (the padded input's planes)",
+                 static_cast<double>(words) * 4.0 / (1 << 30));
+    throw py::error_already_set();
+  }
+  p.workspace_bytes = static_cast<size_t>(words) * sizeof(uint32_t);
+  py::gil_scoped_release release;
+  bk->conv2d(p, plan);
+}
+
+// The checked AttentionParams of a call (shared by the float32 and bf16 kernels). `keep` holds
+// the optional arrays (mask, lse) alive while the kernel runs.
+mmfast::AttentionParams attention_params(const py::array& q, const py::array& k, const py::array& v,
+                                         py::array& out, const py::object& mask,
+                                         const py::object& lse, bool causal, int64_t causal_offset,
+                                         double scale, double softcap,
+                                         std::vector<py::array>& keep) {
   const std::array<int64_t, 4> qs = element_strides<4>(q, "q"), ks = element_strides<4>(k, "k"),
                                vs = element_strides<4>(v, "v"), os = element_strides<4>(out, "out");
   require_rows<4>(q, qs, "q");
@@ -253,6 +378,7 @@ void attention(const py::array& q, const py::array& k, const py::array& v, py::a
     p.mask = m.data();
     p.mask_kind = m.itemsize() == 4 ? mmfast::MaskKind::additive : mmfast::MaskKind::boolean;
     p.mask_stride = {ms[0], ms[1], ms[2], ms[3]};
+    keep.push_back(m);
   }
   if (lse_a) {
     py::array& la = *lse_a;
@@ -261,16 +387,56 @@ void attention(const py::array& q, const py::array& k, const py::array& v, py::a
     MMFAST_CHECK(la.flags() & py::array::c_style, "lse: must be C-contiguous");
     MMFAST_CHECK(la.writeable(), "lse: array is read-only");
     p.lse = static_cast<float*>(la.mutable_data());
+    keep.push_back(la);
   }
   p.q = q.data();
   p.k = k.data();
   p.v = v.data();
   p.out = out.mutable_data();
   mmfast::check_attention(p, mmfast::Device::cpu);
+  return p;
+}
+
+// q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv) float32 with a
+// contiguous last dimension; mask None or (B, Hq, Lq, Lk) float32 (added) or bool/uint8 (keep),
+// any strides (0 = broadcast); lse None or a C-contiguous (B, Hq, Lq) float32.
+void attention(const py::array& q, const py::array& k, const py::array& v, py::array out,
+               const py::object& mask, const py::object& lse, bool causal, int64_t causal_offset,
+               double scale, double softcap) {
+  std::vector<py::array> keep;
+  const mmfast::AttentionParams p =
+      attention_params(q, k, v, out, mask, lse, causal, causal_offset, scale, softcap, keep);
   const mmfast::KernelTable& kt = mmfast::kernels();
   py::gil_scoped_release release;
   kt.attention(p);
 }
+
+// As attention(), on the AVX512-BF16 kernel (bf16 inputs, float32 accumulation and output):
+// RuntimeError where bf16_native() is false (mmfast.ops then runs the portable fallback).
+void attention_bf16(const py::array& q, const py::array& k, const py::array& v, py::array out,
+                    const py::object& mask, const py::object& lse, bool causal,
+                    int64_t causal_offset, double scale, double softcap) {
+  const mmfast::Bf16KernelTable* bk = mmfast::bf16_kernels();
+  if (!bk) throw std::runtime_error("attention_bf16: this CPU or build has no AVX512-BF16 kernels");
+  std::vector<py::array> keep;
+  const mmfast::AttentionParams p =
+      attention_params(q, k, v, out, mask, lse, causal, causal_offset, scale, softcap, keep);
+  if (p.batch == 0 || p.q_heads == 0 || p.q_len == 0) return;
+  const size_t bytes = mmfast::attention_bf16_workspace_bytes(p);
+  const mmfast::WorkspaceTrim trim;
+  float* ws = nullptr;
+  try {
+    ws = mmfast::thread_workspace((bytes + sizeof(float) - 1) / sizeof(float));
+  } catch (const std::bad_alloc&) {
+    PyErr_Format(PyExc_MemoryError,
+                 "attention: cannot allocate the bf16 copies of k and v (%.2f GiB)",
+                 static_cast<double>(bytes) / (1 << 30));
+    throw py::error_already_set();
+  }
+  py::gil_scoped_release release;
+  bk->attention(p, ws);
+}
+
 void set_conv_path(const std::string& path) {
   if (path == "auto")
     g_conv_path = 0;
@@ -332,6 +498,27 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dilation"), py::arg("pads"), py::arg("groups"), py::arg("relu"),
         "2-D convolution of NCHW float32 `x` into `out` (N, M, OH, OW) with packed weights "
         "(packed_cols optional: enables the channel-vectorised path).");
+
+  // precision="bf16" (mmfast.ops picks the kernel or the portable fallback).
+  m.def(
+      "bf16_native", [] { return mmfast::bf16_kernels() != nullptr; },
+      "Whether precision='bf16' runs the AVX512-BF16 kernels (else: inputs rounded to bf16, "
+      "then the float32 kernels).");
+  m.def("round_bf16", &round_bf16, py::arg("a"),
+        "A float32 copy of C-contiguous float32 `a` rounded to bfloat16 (nearest, ties to even).");
+  m.def("conv2d_pack_bf16", &conv2d_pack_bf16, py::arg("weight"), py::arg("groups"),
+        py::arg("panel"),
+        "Pack (M, C/groups, KH, KW) float32 weights, rounded to bf16, for conv2d_bf16 in panels "
+        "of CONV_PANEL_ROWS or CONV_PANEL_COLS output channels.");
+  m.def("conv2d_bf16", &conv2d_bf16, py::arg("x"), py::arg("packed"), py::arg("packed_cols"),
+        py::arg("bias"), py::arg("out"), py::arg("M"), py::arg("KH"), py::arg("KW"),
+        py::arg("stride"), py::arg("dilation"), py::arg("pads"), py::arg("groups"), py::arg("relu"),
+        "conv2d with bf16 inputs and float32 accumulation (AVX512-BF16; see bf16_native); "
+        "packed_cols optional: enables the channel-vectorised path.");
+  m.def("attention_bf16", &attention_bf16, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("mask"), py::arg("lse"), py::arg("causal"), py::arg("causal_offset"),
+        py::arg("scale"), py::arg("softcap"),
+        "attention with bf16 inputs, float32 accumulation (AVX512-BF16; see bf16_native).");
 
   m.def("_set_conv_path", &set_conv_path, py::arg("path"),
         "Testing/benchmarking hook: force conv2d's GEMM path ('auto', 'spatial', 'channel'; "

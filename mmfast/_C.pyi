@@ -59,3 +59,37 @@ def active_variant() -> str: ...
 def set_variant(name: str) -> None: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
+
+# precision="bf16" (csrc/conv2d/conv2d_cpu_bf16.h, csrc/attention/attention_cpu_bf16.h)
+def bf16_native() -> bool: ...
+def round_bf16(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+def conv2d_pack_bf16(
+    weight: npt.NDArray[np.float32], groups: int, panel: int
+) -> npt.NDArray[np.uint32]: ...
+def conv2d_bf16(
+    x: npt.NDArray[np.float32],
+    packed: npt.NDArray[np.uint32],
+    packed_cols: npt.NDArray[np.uint32] | None,
+    bias: npt.NDArray[np.float32] | None,
+    out: npt.NDArray[np.float32],
+    M: int,
+    KH: int,
+    KW: int,
+    stride: tuple[int, int] | list[int],
+    dilation: tuple[int, int] | list[int],
+    pads: tuple[int, int, int, int] | list[int],
+    groups: int,
+    relu: bool,
+) -> None: ...
+def attention_bf16(
+    q: npt.NDArray[np.float32],
+    k: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.float32] | npt.NDArray[np.bool_] | npt.NDArray[np.uint8] | None,
+    lse: npt.NDArray[np.float32] | None,
+    causal: bool,
+    causal_offset: int,
+    scale: float,
+    softcap: float,
+) -> None: ...

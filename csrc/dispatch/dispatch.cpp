@@ -5,6 +5,10 @@
 #include <stdexcept>
 
 #include "common/cpu_features.h"
+#ifdef MMFAST_HAVE_AVX512BF16
+#include "attention/attention_cpu_bf16.h"
+#include "conv2d/conv2d_cpu_bf16.h"
+#endif
 
 namespace mmfast {
 
@@ -86,6 +90,16 @@ const KernelTable& kernels() {
     g_active.store(t, std::memory_order_release);
   }
   return *t;
+}
+
+const Bf16KernelTable* bf16_kernels() {
+#if defined(MMFAST_HAVE_AVX512BF16) && defined(MMFAST_HAVE_AVX512)
+  static const Bf16KernelTable table = {"avx512bf16", &avx512bf16::conv2d_bf16,
+                                        &avx512bf16::attention_bf16};
+  static const bool runnable = cpu_can_run_avx512() && cpu_features().avx512_bf16;
+  if (runnable && &kernels() == &avx512::kernel_table()) return &table;
+#endif
+  return nullptr;
 }
 
 void set_variant(const std::string& name) {

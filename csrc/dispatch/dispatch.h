@@ -17,5 +17,9 @@ std::vector<std::string> runnable_variants();
 const KernelTable& kernels();
 // Throws std::invalid_argument for an unknown / not compiled / not runnable variant.
 void set_variant(const std::string& name);
+// The AVX512-BF16 kernels when this build has them, the CPU (and OS) can run them and the
+// active variant is "avx512" (so MMFAST_KERNEL / set_variant("avx2") also turn them off);
+// null otherwise: the caller runs the portable fallback.
+const Bf16KernelTable* bf16_kernels();
 
 }  // namespace mmfast

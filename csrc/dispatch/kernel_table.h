@@ -3,6 +3,8 @@
 // this by the bindings (csrc/bindings.cpp) with each op's check function.
 #pragma once
 
+#include <cstddef>
+
 #include "attention/attention.h"
 #include "conv2d/conv2d_cpu.h"
 #include "softmax/softmax.h"
@@ -14,6 +16,15 @@ struct KernelTable {
   void (*softmax)(const SoftmaxParams& p);
   void (*conv2d)(const Conv2dParams& p, const Conv2dCpuPlan& plan);
   void (*attention)(const AttentionParams& p);
+};
+
+// The bf16 kernels (precision="bf16": bf16 inputs, float32 accumulation), compiled once with
+// -mavx512bf16 (conv2d/conv2d_cpu_bf16.h, attention/attention_cpu_bf16.h). Without them the ops
+// run the portable fallback: inputs rounded to bf16, then the float32 kernels.
+struct Bf16KernelTable {
+  const char* name;
+  void (*conv2d)(const Conv2dParams& p, const Conv2dCpuPlan& plan);
+  void (*attention)(const AttentionParams& p, void* workspace);
 };
 
 }  // namespace mmfast

@@ -17,6 +17,7 @@ import numpy as np
 from .. import _C
 from .._cuda import cuda_kernels
 from ._arrays import from_numpy, host_array, host_out, overlap, to_numpy
+from ._bf16 import check_precision, host_array_bf16
 from ._cuda_arrays import (
     CudaArray,
     cuda_array,
@@ -148,6 +149,7 @@ def attention(
     softcap: float = 0.0,
     out: Any = None,
     return_lse: bool = False,
+    precision: str = "fp32",
 ) -> Any:
     """Scaled dot-product attention, fused (FlashAttention-style online softmax, O(L) memory).
 
@@ -179,6 +181,12 @@ def attention(
             to; must not overlap the inputs.
         return_lse: also return ``lse``, ``(B, Hq, Lq)`` float32: the natural-log-sum-exp of
             the final (scaled, softcapped, masked) scores of each query.
+        precision: ``"fp32"`` (default) or ``"bf16"`` (CPU only): q, k, v rounded to bfloat16
+            (nearest even; they may then also be bfloat16 arrays of ml_dtypes or torch),
+            float32 accumulation, softmax and output (float32). On the AVX512-BF16 kernel where
+            the CPU has it (``mmfast._C.bf16_native()``; P is then rounded to bf16 for P·V too),
+            else the float32 kernel on the rounded inputs; both within the bound derived in
+            csrc/attention/attention_cpu_bf16.h.
 
     Returns:
         ``out`` ``(B, Hq, Lq, Dv)`` in q's dtype, of the kind ``q`` is (numpy, torch, CuPy),
@@ -192,12 +200,18 @@ def attention(
         TypeError: an argument of the wrong type or dtype (names the argument).
         ValueError: wrong ndim, head counts that don't divide, mismatched batch / head dim /
             sequence length, a mask that doesn't broadcast, a non-finite ``scale``, a negative
-            or non-finite ``softcap``, an unknown ``causal_align``, a bad ``out``.
+            or non-finite ``softcap``, an unknown ``causal_align``, a bad ``out``, an unknown
+            ``precision``.
     """
     s = _scalars(is_causal, causal_align, scale, softcap, return_lse)
+    bf16 = check_precision(precision) == "bf16"
     if is_cuda_array(q):
+        if bf16:
+            raise ValueError(
+                "precision: 'bf16' is for the CPU kernels; on the GPU pass bfloat16 arrays instead"
+            )
         return _attention_cuda(q, k, v, attn_mask, out, s)
-    return _attention_cpu(q, k, v, attn_mask, out, s)
+    return _attention_cpu(q, k, v, attn_mask, out, s, bf16)
 
 
 # ---- CPU: numpy arrays and torch CPU tensors -> mmfast._C ---------------------------------------
@@ -214,10 +228,13 @@ def _kernel_layout(a: np.ndarray) -> np.ndarray:
     return a if ok else np.array(a, order="C")
 
 
-def _attention_cpu(q: Any, k: Any, v: Any, attn_mask: Any, out: Any, s: _Scalars) -> Any:
-    qa, kind = host_array(q, "q")
-    ka, k_kind = host_array(k, "k")
-    va, v_kind = host_array(v, "v")
+def _attention_cpu(
+    q: Any, k: Any, v: Any, attn_mask: Any, out: Any, s: _Scalars, bf16: bool = False
+) -> Any:
+    host = host_array_bf16 if bf16 else host_array
+    qa, kind = host(q, "q")
+    ka, k_kind = host(k, "k")
+    va, v_kind = host(v, "v")
     for name, other in (("k", k_kind), ("v", v_kind)):
         if other != kind:
             raise TypeError(f"{name}: expected a {kind.framework} array like q")
@@ -254,7 +271,12 @@ def _attention_cpu(q: Any, k: Any, v: Any, attn_mask: Any, out: Any, s: _Scalars
     if oa.size or (lse is not None and lse.size):
         # Where an overlap could not be ruled out cheaply, the kernel writes a fresh buffer.
         o_k = np.empty(oshape, np.float32) if undecided else _kernel_layout(oa)
-        _C.attention(
+        kernel = _C.attention
+        if bf16 and _C.bf16_native():
+            kernel = _C.attention_bf16
+        elif bf16:  # no AVX512-BF16: the rounded inputs, then the float32 kernel
+            qa, ka, va = (_C.round_bf16(np.ascontiguousarray(a)) for a in (qa, ka, va))
+        kernel(
             _kernel_layout(qa),
             _kernel_layout(ka),
             _kernel_layout(va),

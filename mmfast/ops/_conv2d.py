@@ -17,6 +17,7 @@ import numpy as np
 from .. import _C
 from .._cuda import cuda_kernels
 from ._arrays import aligned, from_numpy, host_array, host_out, overlap
+from ._bf16 import check_precision, host_array_bf16
 from ._cuda_arrays import (
     CudaArray,
     cuda_array,
@@ -125,6 +126,12 @@ class Conv2d:
     (N, M, OH, OW), as a numpy array or a torch CPU tensor like x. With weights on the GPU
     (a torch CUDA tensor or CuPy array, float32 / float16 / bfloat16), call it with CUDA arrays
     of the weights' dtype and device.
+
+    precision: "fp32" (default) or "bf16" (CPU only): x and the weights rounded to bfloat16
+    (nearest even), float32 accumulation, bias and output; x may then also be a bfloat16 array
+    (ml_dtypes) or tensor. Runs on the AVX512-BF16 kernel where the CPU has it
+    (``mmfast._C.bf16_native()``), else on the float32 kernel
+    with the rounded inputs: the same error bound (csrc/conv2d/conv2d_cpu_bf16.h).
     """
 
     def __init__(
@@ -137,7 +144,9 @@ class Conv2d:
         dilation: Any = 1,
         groups: int = 1,
         activation: str | None = None,
+        precision: str = "fp32",
     ) -> None:
+        self.precision = check_precision(precision)
         self._cuda_weight: Any = None
         self._cuda_bias: Any = None
         w: np.ndarray | None = None
@@ -146,7 +155,15 @@ class Conv2d:
             shape = tuple(int(d) for d in weight.shape)
             if len(shape) != 4:
                 raise ValueError(f"weight: expected 4 dimensions, got {len(shape)} {shape}")
+            if self.precision != "fp32":
+                raise ValueError(
+                    f"precision: {self.precision!r} is for the CPU kernels; on the GPU pass "
+                    "bfloat16 arrays instead"
+                )
             self._cuda_weight, self._cuda_bias = weight, bias
+        elif self.precision == "bf16":
+            w, _ = host_array_bf16(weight, "weight", 4)
+            shape = tuple(int(d) for d in w.shape)
         else:
             w, _ = host_array(weight, "weight", 4)
             shape = tuple(int(d) for d in w.shape)
@@ -183,6 +200,15 @@ class Conv2d:
                 raise ValueError(f"bias: expected {m} values (weight's M), got {b.shape[0]}")
             self.bias = np.ascontiguousarray(b).copy()
         wc = np.ascontiguousarray(w)
+        # bf16: the AVX512-BF16 kernel's packing, and the float32 packings below of the rounded
+        # weights for the portable fallback.
+        self._packed_bf16: np.ndarray | None = None
+        self._packed_bf16_cols: np.ndarray | None = None
+        if self.precision == "bf16":
+            self._packed_bf16 = _C.conv2d_pack_bf16(wc, self.groups, _C.CONV_PANEL_ROWS)
+            if m // self.groups >= 16 and cg > 1:
+                self._packed_bf16_cols = _C.conv2d_pack_bf16(wc, self.groups, _C.CONV_PANEL_COLS)
+            wc = _C.round_bf16(wc)
         # Two layouts, packed once: the kernel picks per input size (spatially vectorised, or
         # channel-vectorised for small images with many channels; the latter on AVX-512 only).
         self._packed = _C.conv2d_pack(wc, self.groups, _C.CONV_PANEL_ROWS)
@@ -246,7 +272,8 @@ class Conv2d:
     # ---- CPU: numpy arrays and torch CPU tensors -> mmfast._C -----------------------------------
 
     def _call_cpu(self, x: Any, out: Any) -> Any:
-        xa, kind = host_array(x, "x", 4)
+        bf16 = self.precision == "bf16"
+        xa, kind = host_array_bf16(x, "x", 4) if bf16 else host_array(x, "x", 4)
         pads, shape = self._output(xa.shape)
         shared: bool | None = False
         if out is None:
@@ -259,9 +286,29 @@ class Conv2d:
         # The kernel writes a fresh buffer where an overlap could not be ruled out cheaply, or
         # where `out` is not aligned to whole floats; it reads an aligned copy of such an x.
         o_k = oa if out is None or (shared is False and oa.flags.aligned) else np.empty_like(oa)
-        if oa.size:
-            _C.conv2d(
+        packed_bf16 = self._packed_bf16 if bf16 and _C.bf16_native() else None
+        if oa.size and packed_bf16 is not None:
+            _C.conv2d_bf16(
                 aligned(xa),
+                packed_bf16,
+                self._packed_bf16_cols,
+                self.bias,
+                o_k,
+                M=self.out_channels,
+                KH=self.kernel_size[0],
+                KW=self.kernel_size[1],
+                stride=self.stride,
+                dilation=self.dilation,
+                pads=pads,
+                groups=self.groups,
+                relu=self.activation == "relu",
+            )
+            if o_k is not oa:
+                oa[...] = o_k
+        elif oa.size:
+            # bf16 without the native kernel: the rounded input, then the float32 kernel.
+            _C.conv2d(
+                _C.round_bf16(np.ascontiguousarray(xa)) if bf16 else aligned(xa),
                 self._packed,
                 self._packed_cols,
                 self.bias,
@@ -363,7 +410,8 @@ class Conv2d:
             f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation}, "
             f"groups={self.groups}, bias={self.bias is not None or self._cuda_bias is not None}, "
-            f"activation={self.activation!r})"
+            f"activation={self.activation!r}"
+            + (f", precision={self.precision!r})" if self.precision != "fp32" else ")")
         )
 
 
@@ -396,6 +444,7 @@ def conv2d(
     groups: int = 1,
     activation: str | None = None,
     out: Any = None,
+    precision: str = "fp32",
 ) -> Any:
     """2-D convolution with ONNX Conv semantics (cross-correlation), float32, NCHW.
 
@@ -407,14 +456,16 @@ def conv2d(
     and returns the kind x was. On the GPU: torch CUDA tensors or CuPy arrays of float32,
     float16 or bfloat16 (x, weight, bias of one dtype and device; float32 accumulation), the
     output on that device, enqueued on the caller's current stream. For repeated calls with
-    the same weights use :class:`Conv2d`, which packs them once.
+    the same weights use :class:`Conv2d`, which packs them once. precision: "fp32" or "bf16"
+    (CPU: bfloat16 inputs, float32 accumulation and output; see :class:`Conv2d`).
     """
+    check_precision(precision)
     if is_cuda_array(x):
         shape = tuple(int(d) for d in x.shape)
         if len(shape) != 4:
             raise ValueError(f"x: expected 4 dimensions, got {len(shape)} {shape}")
     else:
-        shape = host_array(x, "x", 4)[0].shape
+        shape = (host_array_bf16 if precision == "bf16" else host_array)(x, "x", 4)[0].shape
     conv = Conv2d(
         weight,
         bias,
@@ -423,6 +474,7 @@ def conv2d(
         dilation=dilation,
         groups=groups,
         activation=activation,
+        precision=precision,
     )
     if shape[1] % conv.groups:
         raise ValueError(f"groups: {conv.groups} does not divide the {shape[1]} input channels")

@@ -1,0 +1,584 @@
+// The bf16 convolution's AVX512-BF16 kernel: the spatial implicit GEMM of conv2d_cpu.cpp with K
+// taken in channel pairs (layouts and error bound in conv2d_cpu_bf16.h). Per image:
+//  (1) fill the channel pairs' phase planes, float32 -> bf16 pairs (parallel over pairs);
+//  (2) out_virtual[m, p'] = sum_(pair, tap) A[m, (pair, tap)] . planes[pair][tap_offset + p'],
+//      a microkernel of kConvBf16MR output channels (one broadcast word each) x 3 vectors of 16
+//      virtual positions: 24 zmm accumulators, each VDPBF16PS doing 32 multiply-adds;
+//  then bias and ReLU in float32 when a tile is written out.
+// Compiled once, with -mavx512bf16, into namespace mmfast::avx512bf16.
+#include "conv2d/conv2d_cpu_bf16.h"
+
+#include <cstring>
+
+#include "common/bf16.h"
+#include "common/bf16_simd.h"
+#include "common/parallel.h"
+
+namespace mmfast {
+namespace MMFAST_VARIANT {
+namespace {
+
+constexpr int MR = kConvBf16MR;
+constexpr int kNV = 3;        // vectors of 16 positions per tile
+constexpr int NR = kNV * 16;  // positions per tile
+static_assert(NR <= kConvMaxNR, "tile wider than the workspace slack");
+
+inline const float* f32(const void* ptr) { return static_cast<const float*>(ptr); }
+
+// ---- (1) channel-pair phase planes ------------------------------------------------------------
+
+// The pair (c0, c1) of image n (c1 < 0: a zero partner), every used phase plane, at dst:
+// dst[slot*Hq*Wq + i*Wq + j] = (bf16(xpad[c0, i*SH + a, j*SW + b]), bf16(xpad[c1, ...])).
+void fill_pair(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c0, int64_t c1,
+               uint32_t* dst) {
+  const Conv2dShape& s = p.shape;
+  const float* x0 = f32(p.x) + n * p.x_stride.n + c0 * p.x_stride.c;
+  const float* x1 = c1 >= 0 ? f32(p.x) + n * p.x_stride.n + c1 * p.x_stride.c : nullptr;
+  const int64_t step = s.stride_w * p.x_stride.w;  // input elements between plane columns
+  alignas(64) float lo[16], hi[16];
+  for (int64_t slot = 0; slot < g.nphases; ++slot) {
+    const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
+    uint32_t* ph = dst + slot * g.phase_stride;
+    // Plane column j reads input column j*SW + b - PL: valid for j in [j0, j1).
+    const int64_t lead = s.pad_left - b;
+    const int64_t j0 = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
+    const int64_t last = s.W - 1 + lead;
+    int64_t j1 = last < 0 ? 0 : last / s.stride_w + 1;
+    if (j1 > g.Wq) j1 = g.Wq;
+    for (int64_t i = 0; i < g.Hq; ++i) {
+      uint32_t* row = ph + i * g.Wq;
+      const int64_t r = i * s.stride_h + a - s.pad_top;
+      if (r < 0 || r >= s.H || j1 <= j0) {
+        std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(uint32_t));
+        continue;
+      }
+      // Input element of plane column j: base[j * step], valid for j in [j0, j1).
+      const int64_t off = r * p.x_stride.h + (b - s.pad_left) * p.x_stride.w;
+      for (int64_t jb = 0; jb < g.Wq; jb += 16) {
+        const int64_t width = g.Wq - jb < 16 ? g.Wq - jb : 16;
+        const int64_t v0 = j0 > jb ? j0 - jb : 0, v1 = j1 - jb < width ? j1 - jb : width;
+        __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+        if (v1 > v0) {
+          if (step == 1 && v0 == 0 && v1 == 16) {
+            vlo = _mm512_loadu_ps(x0 + off + jb);
+            if (x1) vhi = _mm512_loadu_ps(x1 + off + jb);
+          } else if (step == 1) {
+            // Lanes [v0, v1) take columns jb + v0 .. jb + v1 - 1: an expanding load reads just
+            // those elements, from the first one on.
+            const __mmask16 m = static_cast<__mmask16>(first_lanes(v1) & ~first_lanes(v0));
+            const int64_t e = off + jb + v0;
+            vlo = _mm512_maskz_expandloadu_ps(m, x0 + e);
+            if (x1) vhi = _mm512_maskz_expandloadu_ps(m, x1 + e);
+          } else if (step == 2 && v0 == 0 && v1 == 16) {
+            // Stride 2 (a stem): the even elements of 31 contiguous ones.
+            const int64_t e = off + jb * 2;
+            const __m512i even =
+                _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+            const __mmask16 m15 = static_cast<__mmask16>(0x7fff);
+            vlo = _mm512_permutex2var_ps(_mm512_loadu_ps(x0 + e), even,
+                                         _mm512_maskz_loadu_ps(m15, x0 + e + 16));
+            if (x1)
+              vhi = _mm512_permutex2var_ps(_mm512_loadu_ps(x1 + e), even,
+                                           _mm512_maskz_loadu_ps(m15, x1 + e + 16));
+          } else {
+            for (int v = 0; v < 16; ++v) lo[v] = hi[v] = 0.0f;
+            for (int64_t v = v0; v < v1; ++v) {
+              const int64_t e = off + (jb + v) * step;
+              lo[v] = x0[e];
+              if (x1) hi[v] = x1[e];
+            }
+            vlo = _mm512_load_ps(lo);
+            vhi = _mm512_load_ps(hi);
+          }
+        }
+        const __m512i words = pack_pairs(vlo, vhi);
+        if (width == 16)
+          _mm512_storeu_si512(row + jb, words);
+        else
+          _mm512_mask_storeu_epi32(row + jb, first_lanes(width), words);
+      }
+    }
+  }
+}
+
+// Every pair's planes of image n, then the slack the last tiles read (kept finite: zero).
+void fill_planes(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, uint32_t* planes,
+                 int64_t words) {
+  const Conv2dShape& s = p.shape;
+  const int64_t pairs = (g.Cg + 1) / 2, total = s.groups * pairs;
+  const int64_t grain = g.plane_stride >= 4096 ? 1 : 4096 / g.plane_stride + 1;
+  parallel_for(total, grain, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t grp = q / pairs, cp = q % pairs;
+      const int64_t c0 = grp * g.Cg + 2 * cp;
+      const int64_t c1 = 2 * cp + 1 < g.Cg ? c0 + 1 : -1;
+      fill_pair(p, g, n, c0, c1, planes + q * g.plane_stride);
+    }
+  });
+  const int64_t used = total * g.plane_stride;
+  std::memset(planes + used, 0, static_cast<size_t>(words - used) * sizeof(uint32_t));
+}
+
+// ---- (2) GEMM -------------------------------------------------------------------------------
+
+// tile[MR][NV*16] = A_panel . B over K = pairs x taps, B[(cp, t)][j] = b[cp*plane_stride +
+// tap[t] + j] (a word: one channel pair at one position). The accumulators stay in registers.
+template <int NV>
+void microkernel(const uint32_t* a, const uint32_t* b, int64_t pairs, int64_t plane_stride,
+                 const int64_t* tap, int64_t ntaps, float* tile) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t cp = 0; cp < pairs; ++cp) {
+    const uint32_t* bc = b + cp * plane_stride;
+    for (int64_t t = 0; t < ntaps; ++t) {
+      const uint32_t* bp = bc + tap[t];
+      __m512i bv[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(bp + v * 16);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i]));
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) acc[i][v] = dot_pairs(acc[i][v], av, bv[v]);
+      }
+      a += MR;
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(tile + i * NR + v * 16, acc[i][v]);
+}
+
+// y[row, ow0 : ow0 + len] = act(src[0 : len] + bias), ys_w == 1 vectorised.
+inline void store_run(const float* src, float* dst, int64_t len, int64_t ys_w, float bias,
+                      bool relu) {
+  if (ys_w == 1) {
+    const __m512 vb = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= len; j += 16) {
+      __m512 r = _mm512_add_ps(_mm512_loadu_ps(src + j), vb);
+      if (relu) r = _mm512_max_ps(zero, r);  // NaN stays NaN (max returns its second operand)
+      _mm512_storeu_ps(dst + j, r);
+    }
+    if (j < len) {
+      const __mmask16 m = first_lanes(len - j);
+      __m512 r = _mm512_add_ps(_mm512_maskz_loadu_ps(m, src + j), vb);
+      if (relu) r = _mm512_max_ps(zero, r);
+      _mm512_mask_storeu_ps(dst + j, m, r);
+    }
+  } else {
+    for (int64_t j = 0; j < len; ++j) {
+      float r = src[j] + bias;
+      if (relu) r = r < 0.0f ? 0.0f : r;  // NaN stays NaN, as on the vector path
+      dst[j * ys_w] = r;
+    }
+  }
+}
+
+// Writes the valid part of a tile of virtual positions [p0, p0 + cols) for output channels
+// m0 .. m0 + rows - 1: position p' is output (p' / Wq, p' % Wq) when p' % Wq < OW.
+void store_tile(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const float* tile,
+                int64_t p0, int64_t cols, int64_t m0, int64_t rows) {
+  const Conv2dShape& s = p.shape;
+  float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
+  const int64_t oh_first = p0 / g.Wq, oh_last = (p0 + cols - 1) / g.Wq;
+  for (int64_t oh = oh_first; oh <= oh_last && oh < s.OH; ++oh) {
+    const int64_t row0 = oh * g.Wq;
+    const int64_t ow_begin = (p0 > row0 ? p0 : row0) - row0;
+    const int64_t end = p0 + cols < row0 + s.OW ? p0 + cols : row0 + s.OW;
+    const int64_t len = end - row0 - ow_begin;
+    if (len <= 0) continue;
+    const int64_t j = row0 + ow_begin - p0;
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t m = m0 + i;
+      float* dst = yn + m * p.y_stride.c + oh * p.y_stride.h + ow_begin * p.y_stride.w;
+      store_run(tile + i * NR + j, dst, len, p.y_stride.w, p.bias ? f32(p.bias)[m] : 0.0f, p.relu);
+    }
+  }
+}
+
+// B of one tile in direct mode (1x1, stride 1, no padding, rows contiguous: position p' is
+// input element p'): bt[cp][j] = (bf16 x[c0][p0 + j], bf16 x[c0 + 1][p0 + j]) for j < cols (0
+// past them), NR words a pair. Converted once per tile into this thread's slice of the
+// workspace and reused by every panel, instead of a planes copy of the whole image.
+void pack_direct_tile(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t grp,
+                      int64_t p0, int64_t cols, uint32_t* bt) {
+  const int64_t pairs = (g.Cg + 1) / 2;
+  const float* xn = f32(p.x) + n * p.x_stride.n + p0;
+  for (int64_t cp = 0; cp < pairs; ++cp) {
+    const int64_t c0 = grp * g.Cg + 2 * cp;
+    const float* x0 = xn + c0 * p.x_stride.c;
+    const float* x1 = 2 * cp + 1 < g.Cg ? x0 + p.x_stride.c : nullptr;
+    for (int64_t v = 0; v < kNV; ++v) {
+      __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+      if (cols > v * 16) {  // (never a pointer past the image, even for a masked load)
+        const __mmask16 m = first_lanes(cols - v * 16);
+        lo = _mm512_maskz_loadu_ps(m, x0 + v * 16);
+        if (x1) hi = _mm512_maskz_loadu_ps(m, x1 + v * 16);
+      }
+      _mm512_store_si512(bt + cp * NR + v * 16, pack_pairs(lo, hi));
+    }
+  }
+}
+
+// planes: the pairs' phase planes, or null in direct mode (B packed per tile from x).
+void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const uint32_t* planes) {
+  const Conv2dShape& s = p.shape;
+  const int64_t pairs = (g.Cg + 1) / 2;
+  const int64_t k = pairs * g.ntaps;
+  const int64_t n_tiles = (g.virtual_cols + NR - 1) / NR;
+  // As conv2d_cpu.cpp: (group, tile) tasks, each running every panel of its group over one tile
+  // (its B rows stay in L1/L2), or split by panel too when that gives too few tasks.
+  const int64_t nthreads = get_num_threads();
+  const bool split_m = s.groups * n_tiles < 4 * nthreads;
+  const int64_t m_tasks = split_m ? g.m_blocks : 1;
+  const int64_t tasks = s.groups * m_tasks * n_tiles;
+  const uint32_t* weights = static_cast<const uint32_t*>(p.weight);
+  const bool direct = planes == nullptr;
+  static const int64_t kTap0[1] = {0};
+  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float tile[MR * NR];
+    const int tid = current_thread_index();
+    uint32_t* bt = static_cast<uint32_t*>(p.workspace) +
+                   (tid < g.nthreads ? tid : 0) * pairs * NR;  // direct mode's B
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t tile_idx = task % n_tiles;
+      const int64_t rest = task / n_tiles;
+      const int64_t mt = rest % m_tasks, grp = rest / m_tasks;
+      const int64_t mb_begin = split_m ? mt : 0, mb_end = split_m ? mt + 1 : g.m_blocks;
+      const int64_t p0 = tile_idx * NR;
+      const int64_t cols = g.virtual_cols - p0 < NR ? g.virtual_cols - p0 : NR;
+      const int nv = static_cast<int>((cols + 15) / 16);
+      const uint32_t* b = direct ? bt : planes + grp * pairs * g.plane_stride + p0;
+      const int64_t b_stride = direct ? NR : g.plane_stride;
+      const int64_t* tap = direct ? kTap0 : g.tap_offset;
+      if (direct) pack_direct_tile(p, g, n, grp, p0, cols, bt);
+      for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
+        const uint32_t* a = weights + (grp * g.m_blocks + mb) * MR * k;
+        if (nv >= 3)
+          microkernel<3>(a, b, pairs, b_stride, tap, g.ntaps, tile);
+        else if (nv == 2)
+          microkernel<2>(a, b, pairs, b_stride, tap, g.ntaps, tile);
+        else
+          microkernel<1>(a, b, pairs, b_stride, tap, g.ntaps, tile);
+        const int64_t m0 = mb * MR;
+        const int64_t rows = g.Mg - m0 < MR ? g.Mg - m0 : MR;
+        store_tile(p, g, n, tile, p0, cols, grp * g.Mg + m0, rows);
+      }
+    }
+  });
+}
+
+// ---- (2b) channel-vectorised GEMM ---------------------------------------------------------------
+
+// As conv2d_cpu.cpp's channel path (small images, many channels): 8 output positions, each a
+// broadcast word (one channel pair at one position, from the pair planes) x 3 vectors of 16
+// output channels (the "cols" packing: per (pair, tap), kConvNC words (w[m, 2c'], w[m, 2c'+1])).
+constexpr int kPosRows = 8;
+constexpr int kNVc = kConvNC / 16;
+static_assert(kNVc * 16 == kConvNC, "panel must be whole vectors");
+
+// tile[i][v*16 + j] (+)= sum over pairs [cp0, cp1) x taps of planes[pos[i] + cp*plane_stride +
+// tap[t]] . a[(cp, t)][v*16 + j]; a points at (cp0, 0) of a panel.
+template <int NV>
+void microkernel_cols(const uint32_t* a, const uint32_t* planes, const int64_t* pos, int64_t cp0,
+                      int64_t cp1, int64_t plane_stride, const int64_t* tap, int64_t ntaps,
+                      float* tile, bool accumulate) {
+  __m512 acc[kPosRows][NV];
+  const uint32_t* r[kPosRows];
+#pragma GCC unroll 8
+  for (int i = 0; i < kPosRows; ++i) {
+    r[i] = planes + pos[i];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = accumulate ? _mm512_load_ps(tile + i * kConvNC + v * 16) : _mm512_setzero_ps();
+  }
+  for (int64_t cp = cp0; cp < cp1; ++cp) {
+    for (int64_t t = 0; t < ntaps; ++t) {
+      const int64_t off = cp * plane_stride + tap[t];
+      __m512i av[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) av[v] = _mm512_loadu_si512(a + v * 16);
+#pragma GCC unroll 8
+      for (int i = 0; i < kPosRows; ++i) {
+        const __m512i bv = _mm512_set1_epi32(static_cast<int>(r[i][off]));
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) acc[i][v] = dot_pairs(acc[i][v], bv, av[v]);
+      }
+      a += kConvNC;
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kPosRows; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + i * kConvNC + v * 16, acc[i][v]);
+}
+
+// Lanes each path uses, to pick one (as conv2d_cpu.cpp): spatial wastes garbage columns and
+// tail vectors, channel wastes tail positions and tail channel vectors.
+bool prefer_channel_path(const Conv2dShape& s, const Conv2dCpuPlan& g) {
+  const double useful = static_cast<double>(s.OH * s.OW);
+  const int64_t s_tiles = (g.virtual_cols + NR - 1) / NR;
+  const int64_t s_last = g.virtual_cols - (s_tiles - 1) * NR;
+  const double s_cols = static_cast<double>((s_tiles - 1) * NR + (s_last + 15) / 16 * 16);
+  const double s_eff =
+      useful / s_cols * static_cast<double>(g.Mg) / static_cast<double>(g.m_blocks * MR);
+  const int64_t c_rows = (s.OH * s.OW + kPosRows - 1) / kPosRows * kPosRows;
+  const double c_eff = useful / static_cast<double>(c_rows) * static_cast<double>(g.Mg) /
+                       static_cast<double>((g.Mg + 15) / 16 * 16);
+  return c_eff > 1.04 * s_eff;
+}
+
+// Images n0 .. n0 + count - 1 as one GEMM: position q is image n0 + q / (OH*OW), whose pair
+// planes start at planes + (q / (OH*OW)) * image_words.
+void conv_gemm_cols(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n0, int64_t count,
+                    const uint32_t* planes, int64_t image_words) {
+  const Conv2dShape& s = p.shape;
+  const int64_t pairs = (g.Cg + 1) / 2;
+  const int64_t k = pairs * g.ntaps;
+  const int64_t hw = s.OH * s.OW;
+  const int64_t positions = count * hw;
+  const int64_t pblocks = (positions + kPosRows - 1) / kPosRows;
+  const int64_t panels = (g.Mg + kConvNC - 1) / kConvNC;
+  // Tasks: (group, panel, run of up to 8 position blocks); K blocked (~256 pairs x taps) so
+  // the weight block stays in L2 while the blocks reuse it.
+  constexpr int64_t kGroupBlocks = 8;
+  const int64_t pgroups = (pblocks + kGroupBlocks - 1) / kGroupBlocks;
+  const int64_t cp_block = g.ntaps >= 256 ? 1 : 256 / g.ntaps;
+  const int64_t tasks = s.groups * panels * pgroups;
+  float* yn = static_cast<float*>(p.y) + n0 * p.y_stride.n;
+  const uint32_t* weights = static_cast<const uint32_t*>(p.weight_cols);
+  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float tiles[kGroupBlocks][kPosRows * kConvNC];
+    int64_t pos[kGroupBlocks][kPosRows];
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t pg = task % pgroups;
+      const int64_t panel = (task / pgroups) % panels, grp = task / (pgroups * panels);
+      const int64_t m0 = panel * kConvNC;
+      const int64_t width = g.Mg - m0 < kConvNC ? g.Mg - m0 : kConvNC;
+      const int nv = static_cast<int>((width + 15) / 16);
+      const int64_t pb0 = pg * kGroupBlocks;
+      const int64_t pb1 = pb0 + kGroupBlocks < pblocks ? pb0 + kGroupBlocks : pblocks;
+      for (int64_t pb = pb0; pb < pb1; ++pb) {
+        for (int i = 0; i < kPosRows; ++i) {
+          int64_t q = pb * kPosRows + i;
+          if (q >= positions) q = positions - 1;  // past the end: repeat the last (dropped)
+          const int64_t img = q / hw, qq = q % hw;
+          pos[pb - pb0][i] = img * image_words + (qq / s.OW) * g.Wq + qq % s.OW;
+        }
+      }
+      const uint32_t* a_panel = weights + (grp * panels + panel) * kConvNC * k;
+      const uint32_t* gplanes = planes + grp * pairs * g.plane_stride;
+      for (int64_t cp0 = 0; cp0 < pairs; cp0 += cp_block) {
+        const int64_t cp1 = cp0 + cp_block < pairs ? cp0 + cp_block : pairs;
+        const uint32_t* a = a_panel + cp0 * g.ntaps * kConvNC;
+        for (int64_t pb = pb0; pb < pb1; ++pb) {
+          float* tile = tiles[pb - pb0];
+          const int64_t* ps = pos[pb - pb0];
+          if (nv >= 3)
+            microkernel_cols<3>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
+                                tile, cp0 > 0);
+          else if (nv == 2)
+            microkernel_cols<2>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
+                                tile, cp0 > 0);
+          else
+            microkernel_cols<1>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
+                                tile, cp0 > 0);
+        }
+      }
+      // Transposing store: tile rows are positions, columns output channels.
+      for (int64_t pb = pb0; pb < pb1; ++pb) {
+        const float* tile = tiles[pb - pb0];
+        const int64_t rows =
+            positions - pb * kPosRows < kPosRows ? positions - pb * kPosRows : kPosRows;
+        int64_t yoff[kPosRows];
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t q = pb * kPosRows + i, qq = q % hw;
+          yoff[i] =
+              (q / hw) * p.y_stride.n + (qq / s.OW) * p.y_stride.h + (qq % s.OW) * p.y_stride.w;
+        }
+        for (int64_t j = 0; j < width; ++j) {
+          const int64_t m = grp * g.Mg + m0 + j;
+          const float bias = p.bias ? f32(p.bias)[m] : 0.0f;
+          float* ym = yn + m * p.y_stride.c;
+          for (int64_t i = 0; i < rows; ++i) {
+            float r = tile[i * kConvNC + j] + bias;
+            if (p.relu) r = r < 0.0f ? 0.0f : r;  // NaN stays NaN
+            ym[yoff[i]] = r;
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---- (3) depthwise ----------------------------------------------------------------------------
+
+// One input channel per group has no channel pairs for VDPBF16PS: the stencil of
+// conv2d_cpu.cpp in float32 FMAs on the bf16-rounded input and weights (exact products, the same
+// bound). Channel c's planes, each value rounded to bf16, as float32 at dst.
+inline __m512 round_bf16_ps(__m512 v) {
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+void fill_channel_rounded(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c,
+                          float* dst) {
+  const Conv2dShape& s = p.shape;
+  const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
+  const int64_t step = s.stride_w * p.x_stride.w;
+  alignas(64) float lo[16];
+  for (int64_t slot = 0; slot < g.nphases; ++slot) {
+    const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
+    float* ph = dst + slot * g.phase_stride;
+    const int64_t lead = s.pad_left - b;
+    const int64_t j0 = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
+    const int64_t last = s.W - 1 + lead;
+    int64_t j1 = last < 0 ? 0 : last / s.stride_w + 1;
+    if (j1 > g.Wq) j1 = g.Wq;
+    for (int64_t i = 0; i < g.Hq; ++i) {
+      float* row = ph + i * g.Wq;
+      const int64_t r = i * s.stride_h + a - s.pad_top;
+      if (r < 0 || r >= s.H || j1 <= j0) {
+        std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(float));
+        continue;
+      }
+      const int64_t off = r * p.x_stride.h + (b - s.pad_left) * p.x_stride.w;
+      for (int64_t jb = 0; jb < g.Wq; jb += 16) {
+        const int64_t width = g.Wq - jb < 16 ? g.Wq - jb : 16;
+        const int64_t v0 = j0 > jb ? j0 - jb : 0, v1 = j1 - jb < width ? j1 - jb : width;
+        __m512 v = _mm512_setzero_ps();
+        if (v1 > v0) {
+          if (step == 1 && v0 == 0 && v1 == 16) {
+            v = _mm512_loadu_ps(xc + off + jb);
+          } else if (step == 1) {  // (as in fill_pair)
+            const __mmask16 m = static_cast<__mmask16>(first_lanes(v1) & ~first_lanes(v0));
+            v = _mm512_maskz_expandloadu_ps(m, xc + off + jb + v0);
+          } else {
+            for (int t = 0; t < 16; ++t) lo[t] = 0.0f;
+            for (int64_t t = v0; t < v1; ++t) lo[t] = xc[off + (jb + t) * step];
+            v = _mm512_load_ps(lo);
+          }
+        }
+        if (width == 16)
+          _mm512_storeu_ps(row + jb, round_bf16_ps(v));
+        else
+          _mm512_mask_storeu_ps(row + jb, first_lanes(width), round_bf16_ps(v));
+      }
+    }
+  }
+}
+
+// NV vectors of one output row: acc = bias + sum_t w[t] * src[tap[t] + v*16], ReLU, store.
+template <int NV>
+inline void depthwise_run(const float* src, const int64_t* tap, const float* w, int64_t ntaps,
+                          float* dst, int64_t len, int64_t ys_w, float bias, bool relu) {
+  __m512 acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = _mm512_set1_ps(bias);
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const __m512 wt = _mm512_set1_ps(w[t]);
+    const float* st = src + tap[t];
+    for (int v = 0; v < NV; ++v) acc[v] = _mm512_fmadd_ps(wt, _mm512_loadu_ps(st + v * 16), acc[v]);
+  }
+  for (int v = 0; v < NV; ++v) {
+    if (relu) acc[v] = _mm512_max_ps(_mm512_setzero_ps(), acc[v]);
+    const int64_t left = len - v * 16;
+    if (left <= 0) break;
+    if (ys_w == 1) {
+      if (left >= 16)  // (masked stores are slow on some CPUs: only for the tail)
+        _mm512_storeu_ps(dst + v * 16, acc[v]);
+      else
+        _mm512_mask_storeu_ps(dst + v * 16, first_lanes(left), acc[v]);
+    } else {
+      alignas(64) float buf[16];
+      _mm512_store_ps(buf, acc[v]);
+      for (int64_t j = 0; j < (left < 16 ? left : 16); ++j) dst[(v * 16 + j) * ys_w] = buf[j];
+    }
+  }
+}
+
+// As conv2d_cpu.cpp's conv_depthwise: per channel, its rounded planes in this thread's slice of
+// the workspace (g.channel_floats floats), every output channel of the group over them. The bf16
+// weights come from the packing: word (w[m, 0, t], 0) at panel m / MR, pair 0, tap t, row m % MR.
+void conv_depthwise(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) {
+  const Conv2dShape& s = p.shape;
+  const int64_t ntaps = g.ntaps;
+  float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
+  const uint32_t* weights = static_cast<const uint32_t*>(p.weight);
+  parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) {
+    const int tid = current_thread_index();
+    float* plane =
+        static_cast<float*>(p.workspace) + (tid < g.nthreads ? tid : 0) * g.channel_floats;
+    float w[kConvMaxTaps];
+    std::memset(plane + g.plane_stride, 0,
+                static_cast<size_t>(g.channel_floats - g.plane_stride) * sizeof(float));
+    for (int64_t c = c0; c < c1; ++c) {
+      fill_channel_rounded(p, g, n, c, plane);
+      for (int64_t j = 0; j < g.Mg; ++j) {
+        const int64_t m = c * g.Mg + j;
+        const uint32_t* panel = weights + (c * g.m_blocks + j / MR) * MR * ntaps;
+        for (int64_t t = 0; t < ntaps; ++t)
+          w[t] = bf16_to_float(static_cast<uint16_t>(panel[t * MR + j % MR]));
+        const float bias = p.bias ? f32(p.bias)[m] : 0.0f;
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
+          const float* src = plane + oh * g.Wq;
+          float* dst = yn + m * p.y_stride.c + oh * p.y_stride.h;
+          for (int64_t ow = 0; ow < s.OW; ow += 64) {
+            const int64_t left = s.OW - ow;
+            float* d = dst + ow * p.y_stride.w;
+            if (left > 48)
+              depthwise_run<4>(src + ow, g.tap_offset, w, ntaps, d, left, p.y_stride.w, bias,
+                               p.relu);
+            else if (left > 32)
+              depthwise_run<3>(src + ow, g.tap_offset, w, ntaps, d, left, p.y_stride.w, bias,
+                               p.relu);
+            else if (left > 16)
+              depthwise_run<2>(src + ow, g.tap_offset, w, ntaps, d, left, p.y_stride.w, bias,
+                               p.relu);
+            else
+              depthwise_run<1>(src + ow, g.tap_offset, w, ntaps, d, left, p.y_stride.w, bias,
+                               p.relu);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g) {
+  uint32_t* planes = static_cast<uint32_t*>(p.workspace);
+  const int64_t words = static_cast<int64_t>(p.workspace_bytes / sizeof(uint32_t));
+  // The workspace holds batch_images images' planes (conv2d_bf16_workspace_words), each in
+  // image_words (64-byte multiples); the spatial path uses the first.
+  const int64_t batch = g.batch_images > 0 ? g.batch_images : 1;
+  const int64_t image_words = words / batch / 16 * 16;
+  if (!g.depthwise && p.weight_cols && g.path != 1 &&
+      (g.path == 2 || prefer_channel_path(p.shape, g))) {
+    // Channel path: up to batch_images images' pair planes at once, one GEMM over them.
+    for (int64_t n0 = 0; n0 < p.shape.N; n0 += batch) {
+      const int64_t count = p.shape.N - n0 < batch ? p.shape.N - n0 : batch;
+      for (int64_t i = 0; i < count; ++i)
+        fill_planes(p, g, n0 + i, planes + i * image_words, image_words);
+      conv_gemm_cols(p, g, n0, count, planes, image_words);
+    }
+    return;
+  }
+  const bool direct = ::mmfast::conv2d_bf16_direct(p.shape, p.x_stride);
+  for (int64_t n = 0; n < p.shape.N; ++n) {
+    if (g.depthwise) {
+      conv_depthwise(p, g, n);
+      continue;
+    }
+    if (!direct) fill_planes(p, g, n, planes, image_words);
+    conv_gemm(p, g, n, direct ? nullptr : planes);
+  }
+}
+
+}  // namespace MMFAST_VARIANT
+}  // namespace mmfast

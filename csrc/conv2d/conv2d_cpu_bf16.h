@@ -1,0 +1,71 @@
+// conv2d with bfloat16 inputs and float32 accumulation on the CPU (mmfast.ops.conv2d with
+// precision="bf16"): x and the weights rounded to bf16 (round to nearest even), products exact
+// in float32, sums in float32, bias, ReLU and the output in float32.
+//
+// The fast kernel (conv2d_cpu_bf16.cpp, AVX512-BF16, compiled on its own with -mavx512bf16 and
+// picked at run time) is the implicit GEMM of conv2d_cpu.h (spatial path, channel path for small
+// images, direct 1x1 mode) with K = (channel, tap) taken in *channel pairs*: VDPBF16PS multiplies
+// two bf16 pairs per 32-bit lane and adds both products to a float32 accumulator, so both operands
+// hold K pairs in one 32-bit word:
+//  - the phase planes (same geometry as the float32 plan: Conv2dCpuPlan's Hq, Wq, tap offsets)
+//    are stored per channel pair, word [pair][pos] = (bf16(x[2c'][pos]), bf16(x[2c'+1][pos]));
+//    a tap still reads a contiguous run of positions, now 16 per 64-byte vector;
+//  - the weights are packed per panel of kConvBf16MR output channels, per (pair, tap), as
+//    kConvBf16MR words (w[m, 2c'], w[m, 2c'+1]) that the microkernel broadcasts.
+// A group with an odd channel count pairs its last channel with zeros. Depthwise convolutions
+// (one channel per group) have no channel pairs to use: their stencil runs float32 FMAs on the
+// bf16-rounded input (rounded as the planes are filled) and weights, exact products as well.
+//
+// Error bound (per output element, against the float64 convolution of the float32 inputs):
+//   |y - y64| <= (2u + u^2 + gamma_{K+1}) * (sum_k |x_k| |w_k| + |b|)
+//                + K * 2^-126 * (max|x| + max|w| + 1)
+// with u = 2^-8 (bf16's unit roundoff: each input is bf16(v) = v(1 + d), |d| <= u), products of
+// two bf16 numbers exact in float32 (8 + 8 significant bits <= 24), gamma_n = n*2^-24 / (1 -
+// n*2^-24) for the chain of float32 additions of one accumulator lane (each VDPBF16PS adds its two
+// products one after the other, each rounded to nearest even) and the bias, and the last term for
+// DAZ/FTZ: an input below 2^-126 in magnitude may be read as zero (an error of at most 2^-126
+// times the other factor) and a partial sum below it flushed to zero (2^-126). ReLU is
+// 1-Lipschitz and keeps the bound. The portable fallback (inputs rounded by bf16_round, then the
+// float32 kernels) obeys the same bound.
+#pragma once
+
+#include <cstdint>
+
+#include "conv2d/conv2d.h"
+#include "conv2d/conv2d_cpu.h"
+
+namespace mmfast {
+
+// Output channels per packed bf16 weight panel (the microkernel's broadcast rows).
+constexpr int kConvBf16MR = 8;
+
+// 32-bit words of packed bf16 weights for the shape (only C, M, KH, KW, groups are read), in
+// panels of `panel` output channels: kConvBf16MR (the spatial GEMM's broadcast rows) or kConvNC
+// (the channel path's vectors, "cols"): per group, ceil(Mg / panel) panels of
+// ceil(Cg / 2) * KH * KW * panel words, [pair][tap][m].
+int64_t conv2d_bf16_packed_words(const Conv2dShape& s, int panel);
+// w: (M, Cg, KH, KW) float32, C-contiguous; each value rounded to bf16 (round to nearest even).
+void conv2d_bf16_pack_weights(const Conv2dShape& s, int panel, const float* w, uint32_t* packed);
+
+// Direct mode: a 1x1, stride-1, unpadded convolution of an input with contiguous rows, whose
+// positions are the input's own: no planes, B converted per tile from x (one tile of every pair,
+// per thread).
+bool conv2d_bf16_direct(const Conv2dShape& s, const NchwStrides& x_stride);
+
+// Words of workspace the fast kernel needs for a plan made by conv2d_cpu_plan(): the channel
+// pairs' planes of one image (g.batch_images on the channel path, possible when `have_cols`)
+// plus the slack the last tiles read, and in direct mode at least a tile of every pair per
+// thread; for a depthwise one a float32 channel plane per thread. Throws std::invalid_argument
+// when absurdly large (as conv2d_cpu_plan).
+int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g, bool direct,
+                                    bool have_cols);
+
+// The kernel's inputs: Conv2dParams with p.weight = the bf16 kConvBf16MR packing (uint32 words),
+// p.weight_cols the kConvNC one or null (then no channel path), p.x float32
+// (any strides), p.workspace 64-byte aligned, conv2d_bf16_workspace_words() words; g from
+// conv2d_cpu_plan().
+namespace avx512bf16 {
+void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g);
+}
+
+}  // namespace mmfast

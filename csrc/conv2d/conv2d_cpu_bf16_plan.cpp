@@ -1,0 +1,80 @@
+// The bf16 convolution's weight packing and workspace size: plain integer work, compiled for
+// the baseline ISA (the kernel itself is in conv2d_cpu_bf16.cpp). Layouts in conv2d_cpu_bf16.h.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "common/bf16.h"
+#include "common/checked.h"
+#include "conv2d/conv2d_cpu_bf16.h"
+
+namespace mmfast {
+namespace {
+
+constexpr const char* kTooLarge = "padding, dilation: the convolution's workspace is too large";
+int64_t mul(int64_t a, int64_t b) { return mul_or_throw(a, b, kTooLarge); }
+int64_t add(int64_t a, int64_t b) { return add_or_throw(a, b, kTooLarge); }
+
+}  // namespace
+
+int64_t conv2d_bf16_packed_words(const Conv2dShape& s, int panel) {
+  const int64_t cg = s.C / s.groups, mg = s.M / s.groups;
+  const int64_t blocks = (mg + panel - 1) / panel;
+  return s.groups * blocks * panel * ((cg + 1) / 2) * s.KH * s.KW;
+}
+
+void conv2d_bf16_pack_weights(const Conv2dShape& s, int panel, const float* w, uint32_t* packed) {
+  const int64_t cg = s.C / s.groups, mg = s.M / s.groups, taps = s.KH * s.KW;
+  const int64_t pairs = (cg + 1) / 2;
+  const int64_t blocks = (mg + panel - 1) / panel;
+  for (int64_t grp = 0; grp < s.groups; ++grp) {
+    for (int64_t mb = 0; mb < blocks; ++mb) {
+      uint32_t* dst = packed + (grp * blocks + mb) * panel * pairs * taps;
+      for (int64_t cp = 0; cp < pairs; ++cp) {
+        for (int64_t t = 0; t < taps; ++t) {
+          for (int64_t i = 0; i < panel; ++i) {
+            const int64_t m = mb * panel + i;
+            // W is (M, Cg, KH, KW) contiguous: w[m, c, t] at (m*Cg + c)*taps + t.
+            const float* wm = w + (grp * mg + m) * cg * taps;
+            const float lo = m < mg ? wm[(2 * cp) * taps + t] : 0.0f;
+            const float hi = m < mg && 2 * cp + 1 < cg ? wm[(2 * cp + 1) * taps + t] : 0.0f;
+            dst[(cp * taps + t) * panel + i] = bf16_pair(bf16_from_float(lo), bf16_from_float(hi));
+          }
+        }
+      }
+    }
+  }
+}
+
+bool conv2d_bf16_direct(const Conv2dShape& s, const NchwStrides& xs) {
+  return s.KH == 1 && s.KW == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top == 0 &&
+         s.pad_left == 0 && s.pad_bottom == 0 && s.pad_right == 0 && xs.w == 1 &&
+         (xs.h == s.W || s.H == 1);
+}
+
+int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g, bool direct,
+                                    bool have_cols) {
+  if (g.depthwise) return mul(g.nthreads, g.channel_floats);  // float planes, one per thread
+  const int64_t direct_words = mul(mul(g.nthreads, (g.Cg + 1) / 2), kConvMaxNR);
+  if (direct && !have_cols) return direct_words;  // (with "cols" the channel path may run)
+  const int64_t pairs = mul(s.groups, (g.Cg + 1) / 2);
+  int64_t max_off = 0;
+  for (int64_t t = 0; t < g.ntaps; ++t) max_off = std::max(max_off, g.tap_offset[t]);
+  // The last pair's tiles read up to kConvMaxNR positions past the last virtual column.
+  const int64_t reach = add(add(max_off, g.virtual_cols), kConvMaxNR);
+  int64_t words = std::max(mul(pairs, g.plane_stride),
+                           add(mul(pairs > 0 ? pairs - 1 : 0, g.plane_stride), reach));
+  // The channel path fills batch_images images' planes at once (1 unless "cols" weights exist).
+  const int64_t batch = g.batch_images > 0 ? g.batch_images : 1;
+  words = std::max(mul((words + 15) / 16 * 16, batch), direct ? direct_words : 0);
+  // Half the float32 planes' size per channel; the float32 plan already refused an absurd one.
+  const int64_t cap =
+      std::max(kConvMinWorkspaceCap / 4, mul(mul(mul(s.C, mul(s.H, s.W)), 16), batch));
+  if (words > cap)
+    throw std::invalid_argument("padding, dilation: the bf16 convolution would need " +
+                                std::to_string(words / (int64_t{1} << 28)) +
+                                " GiB of workspace for its input");
+  return words;
+}
+
+}  // namespace mmfast
