@@ -320,8 +320,8 @@ def main() -> None:
             "ORT MHA": [med["ort_mha"] / med["mmfast"] for *_, med, _ in rows],
         }
         title = (
-            f"attention (B={B}, H={H}, fp32): mmfast vs PyTorch SDPA and ORT MultiHeadAttention, "
-            f"{a.threads} thread(s), {time.strftime('%Y-%m-%d', time.gmtime())}\n{cpu_line()}"
+            f"attention (B={B}, H={H}, fp32): mmfast vs PyTorch SDPA and ORT MultiHeadAttention"
+            f"\n{a.threads} thread(s), {time.strftime('%Y-%m-%d', time.gmtime())}, {cpu_line()}"
         )
         speedup_bars(labels, peers, Path(plot), title)
 

@@ -148,8 +148,8 @@ def main() -> None:
     plot = args.plot or str(PLOTS / f"conv_speedup_{args.threads}t.png")
     if plot != "none" and BARS and can_plot():
         title = (
-            f"conv2d: mmfast vs torch (oneDNN) and ORT (MLAS), {args.threads} thread(s), "
-            f"{datetime.now(timezone.utc):%Y-%m-%d}\n{cpu_line()}"
+            f"conv2d: mmfast vs torch (oneDNN) and ORT (MLAS)\n{args.threads} thread(s), "
+            f"{datetime.now(timezone.utc):%Y-%m-%d}, {cpu_line()}"
         )
         peers = {"torch": [r[1] for r in BARS], "ORT": [r[2] for r in BARS]}
         speedup_bars([r[0] for r in BARS], peers, Path(plot), title)
