@@ -281,6 +281,7 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const u
 constexpr int kPosRows = 8;
 constexpr int kNVc = kConvNC / 16;
 static_assert(kNVc * 16 == kConvNC, "panel must be whole vectors");
+static_assert(kNVc <= 4, "conv_gemm_cols runs at most 4 vectors a panel");
 
 // tile[i][v*16 + j] (+)= sum over pairs [cp0, cp1) x taps of planes[pos[i] + cp*plane_stride +
 // tap[t]] . a[(cp, t)][v*16 + j]; a points at (cp0, 0) of a panel.
@@ -379,7 +380,14 @@ void conv_gemm_cols(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n0, i
         for (int64_t pb = pb0; pb < pb1; ++pb) {
           float* tile = tiles[pb - pb0];
           const int64_t* ps = pos[pb - pb0];
-          if (nv >= 3)
+          if (nv == 4) {
+            // a full 64-wide panel in two halves: 8 rows x 4 vectors would need 32
+            // accumulators, all of the zmm registers (spills)
+            microkernel_cols<2>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
+                                tile, cp0 > 0);
+            microkernel_cols<2>(a + 32, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset,
+                                g.ntaps, tile + 32, cp0 > 0);
+          } else if (nv == 3)
             microkernel_cols<3>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
                                 tile, cp0 > 0);
           else if (nv == 2)
