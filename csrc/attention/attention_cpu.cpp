@@ -76,7 +76,7 @@ inline void qk_micro(const float* k, int64_t k_sl, const float* qt, int64_t d, f
   VecF acc[R][N];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < N; ++c) acc[r][c] = VecF::set1(0.0f);
-#pragma GCC unroll 4  // 0.97-0.98x the time at D = 64 and 128 (GCC does not unroll by itself)
+#pragma GCC unroll 4  // 0.95-1.0x the time at D = 64 and 128 (GCC does not unroll by itself)
   for (int64_t x = 0; x < d; ++x) {
     VecF qv[N];
     for (int c = 0; c < N; ++c) qv[c] = VecF::load(qt + x * BQ + c * W);
@@ -114,7 +114,7 @@ inline void pv_micro(const float* v, int64_t v_sl, const float* pt, int64_t nk, 
 // Sᵀ for nk keys: full MR-row microkernels, then one for the remainder. No software prefetch of
 // the next key block: K and V rows stream in order, which the hardware prefetchers follow.
 // Prefetching the next block's K and V rows (prefetcht1, which on AMD also fills L1, 2 × 48 KiB
-// at D = 128, next to the Qᵀ, Sᵀ and Oᵀ tiles) took 1.02-1.04x the time without it at L = 1024,
+// at D = 128, next to the Qᵀ, Sᵀ and Oᵀ tiles) took 1.01-1.06x the time without it at L = 1024,
 // 2048 and 4096, D = 64 and 128, contiguous or head-strided K/V (1 thread, Zen 5).
 template <int N>
 void qk_block(const float* k, int64_t k_sl, const float* qt, int64_t d, float* st, int64_t nk) {
