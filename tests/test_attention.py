@@ -403,6 +403,9 @@ def test_native_layer_checks_too():
 def test_matches_torch_sdpa(variant: str, Hq, Hkv, Lq, Lk, D, causal, mask):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
+    # a fixed draw: the "twice torch's error" rule compares two roundings of the same data, and
+    # on a rare draw torch's float32 error is itself unusually small (the test was flaky)
+    torch.manual_seed(Hq * 1000 + Lq + Lk + D)
     q, k, v = torch.randn(2, Hq, Lq, D), torch.randn(2, Hkv, Lk, D), torch.randn(2, Hkv, Lk, D)
     m = None
     if mask == "bool":
