@@ -127,7 +127,10 @@ def main() -> None:
         f"mmfast {mmfast.__version__} ({mmfast._C.active_variant()}); {ALLOCATOR}"
     )
     print(f"# CPU: {cpu_line()}; {' '.join(sys.argv)}")
-    print(f"# fp32 matmul peak (torch.mm 2048^3, same run): {peak:.0f} GFLOP/s")
+    print(
+        "# fp32 matmul peak (the faster of torch.mm and ORT MatMul, 2048^3, best block, same "
+        f"run): {peak:.0f} GFLOP/s"
+    )
     print(
         "| shape | N | GFLOP | mmfast ms | torch ms | ORT ms | mmfast GFLOP/s | % peak "
         "| vs torch | vs ORT | vs faster |"
