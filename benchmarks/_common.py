@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import sys
 import time
@@ -93,3 +94,22 @@ def best_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times) * 1e3
+
+
+def cpu_line() -> str:
+    """'model name, family F model M' of the first CPU (Linux /proc/cpuinfo), or the platform's
+    processor string elsewhere."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    return (
+        f"{info.get('model name', '?')}, family {info.get('cpu family', '?')} "
+        f"model {info.get('model', '?')}"
+    )

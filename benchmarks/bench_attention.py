@@ -36,6 +36,7 @@ import mmfast
 from mmfast import ops
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _common import cpu_line
 from _plots import PLOTS, can_plot, speedup_bars
 
 IMPLS = ("mmfast", "sdpa", "ort_mha", "naive")
@@ -113,24 +114,6 @@ def make_runner(
 
         return naive
     raise ValueError(impl)
-
-
-def cpu_line() -> str:
-    """'model name, family F model M' of the first CPU (Linux /proc/cpuinfo)."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                info[key.strip()] = value.strip()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    return (
-        f"{info.get('model name', '?')}, family {info.get('cpu family', '?')} "
-        f"model {info.get('model', '?')}"
-    )
 
 
 def set_threads(threads: int) -> None:

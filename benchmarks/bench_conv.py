@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import CONV_SHAPES, matmul_peak_gflops, tune_allocator
+from _common import CONV_SHAPES, cpu_line, matmul_peak_gflops, tune_allocator
 from _plots import PLOTS, can_plot, speedup_bars
 
 ALLOCATOR = tune_allocator()
@@ -59,25 +59,6 @@ def ort_session(w: np.ndarray, b: np.ndarray, k: int, s: int, p: int, g: int, th
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def cpu_line() -> str:
-    """'model name, family F model M' of the first CPU (Linux /proc/cpuinfo), or the platform's
-    processor string elsewhere."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                info[key.strip()] = value.strip()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    return (
-        f"{info.get('model name', '?')}, family {info.get('cpu family', '?')} "
-        f"model {info.get('model', '?')}"
-    )
 
 
 def sample_ms(fn, n: int, min_time: float = 0.04) -> list[float]:
