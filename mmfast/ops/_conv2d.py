@@ -287,41 +287,25 @@ class Conv2d:
         # where `out` is not aligned to whole floats; it reads an aligned copy of such an x.
         o_k = oa if out is None or (shared is False and oa.flags.aligned) else np.empty_like(oa)
         packed_bf16 = self._packed_bf16 if bf16 and _C.bf16_native() else None
-        if oa.size and packed_bf16 is not None:
-            _C.conv2d_bf16(
-                aligned(xa),
-                packed_bf16,
-                self._packed_bf16_cols,
-                self.bias,
-                o_k,
-                M=self.out_channels,
-                KH=self.kernel_size[0],
-                KW=self.kernel_size[1],
-                stride=self.stride,
-                dilation=self.dilation,
-                pads=pads,
-                groups=self.groups,
-                relu=self.activation == "relu",
-            )
-            if o_k is not oa:
-                oa[...] = o_k
-        elif oa.size:
-            # bf16 without the native kernel: the rounded input, then the float32 kernel.
-            _C.conv2d(
-                _C.round_bf16(np.ascontiguousarray(xa)) if bf16 else aligned(xa),
-                self._packed,
-                self._packed_cols,
-                self.bias,
-                o_k,
-                M=self.out_channels,
-                KH=self.kernel_size[0],
-                KW=self.kernel_size[1],
-                stride=self.stride,
-                dilation=self.dilation,
-                pads=pads,
-                groups=self.groups,
-                relu=self.activation == "relu",
-            )
+        if oa.size:
+            geometry: dict[str, Any] = {
+                "M": self.out_channels,
+                "KH": self.kernel_size[0],
+                "KW": self.kernel_size[1],
+                "stride": self.stride,
+                "dilation": self.dilation,
+                "pads": pads,
+                "groups": self.groups,
+                "relu": self.activation == "relu",
+            }
+            if packed_bf16 is not None:
+                _C.conv2d_bf16(
+                    aligned(xa), packed_bf16, self._packed_bf16_cols, self.bias, o_k, **geometry
+                )
+            else:
+                # bf16 without the native kernel: the rounded input, then the float32 kernel.
+                xk = _C.round_bf16(np.ascontiguousarray(xa)) if bf16 else aligned(xa)
+                _C.conv2d(xk, self._packed, self._packed_cols, self.bias, o_k, **geometry)
             if o_k is not oa:
                 oa[...] = o_k
         return from_numpy(oa, kind) if out is None else out
