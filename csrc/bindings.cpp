@@ -151,12 +151,16 @@ py::array conv2d_pack(const py::array& w, int64_t groups, int panel) {
   return packed;
 }
 
-// x (N, C, H, W) and out (N, M, OH, OW) float32 with any strides; `packed` (and optionally
-// `packed_cols`) from conv2d_pack; bias (M,) or None.
-void conv2d(const py::array& x, const py::array& packed, const py::object& packed_cols,
-            const py::object& bias, py::array out, int64_t M, int64_t KH, int64_t KW,
-            const std::array<int64_t, 2>& stride, const std::array<int64_t, 2>& dilation,
-            const std::array<int64_t, 4>& pads, int64_t groups, bool relu) {
+// What both conv2d bindings share: x (N, C, H, W), out (N, M, OH, OW) float32 with any strides,
+// bias (M,) or None, the geometry, and the packed weights' pointers (their dtype checked by the
+// caller, their size after: it depends on the kernel's layout) -> params, checked
+// (check_conv2d: OH, OW, taken from out, must be right).
+mmfast::Conv2dParams conv2d_params(const py::array& x, const py::array& packed,
+                                   const std::optional<py::array>& cols, const py::object& bias,
+                                   py::array& out, int64_t M, int64_t KH, int64_t KW,
+                                   const std::array<int64_t, 2>& stride,
+                                   const std::array<int64_t, 2>& dilation,
+                                   const std::array<int64_t, 4>& pads, int64_t groups, bool relu) {
   mmfast::Conv2dParams p;
   p.x_stride = nchw(element_strides<4>(x, "x"));
   p.y_stride = nchw(element_strides<4>(out, "out"));
@@ -169,13 +173,8 @@ void conv2d(const py::array& x, const py::array& packed, const py::object& packe
   s.pad_top = pads[0], s.pad_left = pads[1], s.pad_bottom = pads[2], s.pad_right = pads[3];
   s.groups = groups;
   s.OH = out.shape(2), s.OW = out.shape(3);
-  element_strides<1>(packed, "packed");
-  const std::optional<py::array> cols = optional_array(packed_cols, "packed_cols");
+  // b borrows the caller's `bias` object, which outlives the call: p.bias stays valid
   const std::optional<py::array> b = optional_array(bias, "bias");
-  if (cols) {
-    element_strides<1>(*cols, "packed_cols");
-    p.weight_cols = cols->data();
-  }
   if (b) {
     const std::array<int64_t, 1> bs = element_strides<1>(*b, "bias");
     MMFAST_CHECK(b->shape(0) <= 1 || bs[0] == 1, "bias: must be contiguous");
@@ -183,19 +182,36 @@ void conv2d(const py::array& x, const py::array& packed, const py::object& packe
   }
   p.x = x.data();
   p.weight = packed.data();
+  if (cols) p.weight_cols = cols->data();
   p.y = out.mutable_data();
   p.relu = relu;
-  mmfast::check_conv2d(p, mmfast::Device::cpu);  // (OH, OW), taken from out, must be right
+  mmfast::check_conv2d(p, mmfast::Device::cpu);
   // The buffers must cover what the checked shape says the kernel reads and writes.
   require_shape(out, "out", {s.N, M, s.OH, s.OW});
-  MMFAST_CHECK((packed.flags() & py::array::c_style) &&
-                   packed.shape(0) == mmfast::conv2d_packed_floats(s, mmfast::kConvMR),
-               "packed: size does not match the convolution's weights");
-  if (cols)
-    MMFAST_CHECK((cols->flags() & py::array::c_style) &&
-                     cols->shape(0) == mmfast::conv2d_packed_floats(s, mmfast::kConvNC),
-                 "packed_cols: size does not match the convolution's weights");
   if (b) require_shape(*b, "bias", {M});
+  return p;
+}
+
+// A packed weight buffer: C-contiguous, of the length its layout has for this convolution.
+void require_packed(const py::array& a, const char* name, int64_t length) {
+  MMFAST_CHECK((a.flags() & py::array::c_style) && a.shape(0) == length,
+               std::string(name) + ": size does not match the convolution's weights");
+}
+
+// x (N, C, H, W) and out (N, M, OH, OW) float32 with any strides; `packed` (and optionally
+// `packed_cols`) from conv2d_pack; bias (M,) or None.
+void conv2d(const py::array& x, const py::array& packed, const py::object& packed_cols,
+            const py::object& bias, py::array out, int64_t M, int64_t KH, int64_t KW,
+            const std::array<int64_t, 2>& stride, const std::array<int64_t, 2>& dilation,
+            const std::array<int64_t, 4>& pads, int64_t groups, bool relu) {
+  element_strides<1>(packed, "packed");
+  const std::optional<py::array> cols = optional_array(packed_cols, "packed_cols");
+  if (cols) element_strides<1>(*cols, "packed_cols");
+  mmfast::Conv2dParams p =
+      conv2d_params(x, packed, cols, bias, out, M, KH, KW, stride, dilation, pads, groups, relu);
+  const mmfast::Conv2dShape& s = p.shape;
+  require_packed(packed, "packed", mmfast::conv2d_packed_floats(s, mmfast::kConvMR));
+  if (cols) require_packed(*cols, "packed_cols", mmfast::conv2d_packed_floats(s, mmfast::kConvNC));
   if (s.N == 0 || M == 0) return;
   // The workspace is sized for this pool's threads, and the kernel runs on the same pool even
   // if set_num_threads() swaps in another meanwhile.
@@ -279,46 +295,18 @@ void conv2d_bf16(const py::array& x, const py::array& packed, const py::object& 
                  const std::array<int64_t, 4>& pads, int64_t groups, bool relu) {
   const mmfast::Bf16KernelTable* bk = mmfast::bf16_kernels();
   if (!bk) throw std::runtime_error("conv2d_bf16: this CPU or build has no AVX512-BF16 kernels");
-  mmfast::Conv2dParams p;
-  p.x_stride = nchw(element_strides<4>(x, "x"));
-  p.y_stride = nchw(element_strides<4>(out, "out"));
-  MMFAST_CHECK(out.writeable(), "out: array is read-only");
-  mmfast::Conv2dShape& s = p.shape;
-  s.N = x.shape(0), s.C = x.shape(1), s.H = x.shape(2), s.W = x.shape(3);
-  s.M = M, s.KH = KH, s.KW = KW;
-  s.stride_h = stride[0], s.stride_w = stride[1];
-  s.dilation_h = dilation[0], s.dilation_w = dilation[1];
-  s.pad_top = pads[0], s.pad_left = pads[1], s.pad_bottom = pads[2], s.pad_right = pads[3];
-  s.groups = groups;
-  s.OH = out.shape(2), s.OW = out.shape(3);
   MMFAST_CHECK(packed.dtype().equal(py::dtype::of<uint32_t>()) && packed.ndim() == 1,
                "packed: expected conv2d_pack_bf16's uint32 words");
   const std::optional<py::array> cols = optional_array(packed_cols, "packed_cols");
-  if (cols) {
+  if (cols)
     MMFAST_CHECK(cols->dtype().equal(py::dtype::of<uint32_t>()) && cols->ndim() == 1,
                  "packed_cols: expected conv2d_pack_bf16's uint32 words");
-    p.weight_cols = cols->data();
-  }
-  const std::optional<py::array> b = optional_array(bias, "bias");
-  if (b) {
-    const std::array<int64_t, 1> bs = element_strides<1>(*b, "bias");
-    MMFAST_CHECK(b->shape(0) <= 1 || bs[0] == 1, "bias: must be contiguous");
-    p.bias = b->data();
-  }
-  p.x = x.data();
-  p.weight = packed.data();
-  p.y = out.mutable_data();
-  p.relu = relu;
-  mmfast::check_conv2d(p, mmfast::Device::cpu);
-  require_shape(out, "out", {s.N, M, s.OH, s.OW});
-  MMFAST_CHECK((packed.flags() & py::array::c_style) &&
-                   packed.shape(0) == mmfast::conv2d_bf16_packed_words(s, mmfast::kConvBf16MR),
-               "packed: size does not match the convolution's weights");
+  mmfast::Conv2dParams p =
+      conv2d_params(x, packed, cols, bias, out, M, KH, KW, stride, dilation, pads, groups, relu);
+  const mmfast::Conv2dShape& s = p.shape;
+  require_packed(packed, "packed", mmfast::conv2d_bf16_packed_words(s, mmfast::kConvBf16MR));
   if (cols)
-    MMFAST_CHECK((cols->flags() & py::array::c_style) &&
-                     cols->shape(0) == mmfast::conv2d_bf16_packed_words(s, mmfast::kConvNC),
-                 "packed_cols: size does not match the convolution's weights");
-  if (b) require_shape(*b, "bias", {M});
+    require_packed(*cols, "packed_cols", mmfast::conv2d_bf16_packed_words(s, mmfast::kConvNC));
   if (s.N == 0 || M == 0) return;
   const mmfast::PoolScope pool;
   mmfast::Conv2dCpuPlan plan;
