@@ -25,13 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .preprocess import PreprocessConfig, capped_size
+from .preprocess import PreprocessConfig
 
 __all__ = [
     "RegionLayout",
     "display_size",
     "heatmap",
-    "model_input_size",
     "region_grid",
     "region_layout",
     "view_box",
@@ -95,14 +94,6 @@ def view_box(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int, 
         min(width, max(1, round(box[2]))),
         min(height, max(1, round(box[3]))),
     )
-
-
-def model_input_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
-    """(height, width) of the model's input for a photo: (size, size), or the photo's own
-    resized size with "shortest_edge_capped"."""
-    if cfg.resize_mode == "shortest_edge_capped":
-        return capped_size(width, height, cfg)
-    return cfg.size, cfg.size
 
 
 def region_grid(weights: npt.ArrayLike, layout: RegionLayout) -> FloatArray:

@@ -57,15 +57,23 @@ def overlay(
         raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
     if not isinstance(image, Image.Image) or image.mode != "RGB":
         image = rgb_image(image)
-    box = view_box(image.width, image.height, layout.preprocess)
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    scale = side / max(bw, bh)
-    h, w = display_size(layout, bh * scale, bw * scale)
-    photo = np.asarray(image.crop(box).resize((w, h), Image.Resampling.BILINEAR), np.float32)
+    photo = model_view(image, layout, side).astype(np.float32)  # (h, w, 3)
+    h, w = photo.shape[:2]
     heat = heatmap(weights, layout, h, w)  # (h, w) in [0, 1]
     colour = colormaps[COLORMAP](heat)[..., :3] * 255.0  # (h, w, 3)
     out = (1.0 - alpha) * photo + alpha * colour
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def model_view(image: Image.Image, layout: RegionLayout, side: int) -> npt.NDArray[np.uint8]:
+    """The part of the photo the model saw (attention_map.view_box), resized to about `side`
+    pixels on its longer side, at a size that is an odd multiple of the grid (display_size):
+    (H, W, 3) uint8."""
+    box = view_box(image.width, image.height, layout.preprocess)
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    scale = side / max(bw, bh)
+    h, w = display_size(layout, bh * scale, bw * scale)
+    return np.asarray(image.crop(box).resize((w, h), Image.Resampling.BILINEAR), np.uint8)
 
 
 def words_of(caption: Caption) -> list[str]:
@@ -100,8 +108,7 @@ def attention_grid(
     photo = rgb_image(image)
     words = words_of(caption)
     fig, axes = new_figure(1 + len(words), columns, (side, side))
-    first = overlay(photo, np.zeros(caption.regions.positions), caption.regions, side, 0.0)
-    show(axes[0], first, wrap(caption.text, 34, 3))
+    show(axes[0], model_view(photo, caption.regions, side), wrap(caption.text, 34, 3))
     for ax, word, row in zip(axes[1:], words, caption.attention, strict=True):
         show(ax, overlay(photo, row, caption.regions, side, alpha), word)
     return fig
