@@ -23,6 +23,7 @@
 #include "conv2d/conv2d.h"
 #include "conv2d/conv2d_cpu.h"
 #include "conv2d/conv2d_cpu_bf16.h"
+#include "conv2d/conv2d_winograd.h"
 #include "dispatch/dispatch.h"
 
 namespace py = pybind11;
@@ -233,6 +234,54 @@ void conv2d(const py::array& x, const py::array& packed, const py::object& packe
   const mmfast::KernelTable& k = mmfast::kernels();
   py::gil_scoped_release release;
   k.conv2d(p, plan);
+}
+
+// (M, C, 3, 3) float32 weights transformed for the Winograd F(2x2, 3x3) kernel
+// (conv2d/conv2d_winograd.h): G g G^T in double, rounded once.
+py::array conv2d_winograd_pack(const py::array& w) {
+  element_strides<4>(w, "weight");
+  MMFAST_CHECK(w.flags() & py::array::c_style, "weight: must be C-contiguous");
+  const mmfast::Conv2dShape s = weight_shape(w, 1);
+  MMFAST_CHECK(s.KH == 3 && s.KW == 3, "weight: the Winograd kernel takes 3x3 filters, got " +
+                                           std::to_string(s.KH) + "x" + std::to_string(s.KW));
+  mmfast::check_conv2d_shape(s);
+  py::array_t<float> packed(static_cast<py::ssize_t>(mmfast::conv2d_winograd_packed_floats(s)));
+  const float* src = static_cast<const float*>(w.data());
+  float* dst = packed.mutable_data();
+  {
+    py::gil_scoped_release release;
+    mmfast::conv2d_winograd_pack(s, src, dst);
+  }
+  return packed;
+}
+
+// As conv2d() for a 3x3, stride 1, dilation 1, one-group convolution, by Winograd F(2x2, 3x3)
+// with conv2d_winograd_pack's weights.
+void conv2d_winograd(const py::array& x, const py::array& packed, const py::object& bias,
+                     py::array out, int64_t M, const std::array<int64_t, 4>& pads, bool relu) {
+  element_strides<1>(packed, "packed");
+  mmfast::Conv2dParams p =
+      conv2d_params(x, packed, std::nullopt, bias, out, M, 3, 3, {1, 1}, {1, 1}, pads, 1, relu);
+  const mmfast::Conv2dShape& s = p.shape;
+  require_packed(packed, "packed", mmfast::conv2d_winograd_packed_floats(s));
+  if (s.N == 0 || M == 0) return;
+  const mmfast::PoolScope pool;
+  mmfast::Conv2dWinogradPlan plan;
+  mmfast::conv2d_winograd_plan(s, pool.num_threads(), plan);
+  const mmfast::WorkspaceTrim trim;
+  try {
+    p.workspace = mmfast::thread_workspace(static_cast<size_t>(plan.workspace_floats));
+  } catch (const std::bad_alloc&) {
+    PyErr_Format(PyExc_MemoryError,
+                 "conv2d: cannot allocate its %.2f GiB Winograd workspace (check padding and "
+                 "the image size)",
+                 static_cast<double>(plan.workspace_floats) * 4.0 / (1 << 30));
+    throw py::error_already_set();
+  }
+  p.workspace_bytes = static_cast<size_t>(plan.workspace_floats) * sizeof(float);
+  const mmfast::KernelTable& k = mmfast::kernels();
+  py::gil_scoped_release release;
+  k.conv2d_winograd(p, plan);
 }
 
 // q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, Hq, Lq, Dv) float32 with a
@@ -486,6 +535,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dilation"), py::arg("pads"), py::arg("groups"), py::arg("relu"),
         "2-D convolution of NCHW float32 `x` into `out` (N, M, OH, OW) with packed weights "
         "(packed_cols optional: enables the channel-vectorised path).");
+
+  m.def("conv2d_winograd_pack", &conv2d_winograd_pack, py::arg("weight"),
+        "Transform (M, C, 3, 3) float32 weights for conv2d_winograd (G g G^T in double, "
+        "rounded once; a layout independent of the CPU).");
+  m.def("conv2d_winograd", &conv2d_winograd, py::arg("x"), py::arg("packed"), py::arg("bias"),
+        py::arg("out"), py::arg("M"), py::arg("pads"), py::arg("relu"),
+        "3x3 stride-1 convolution of NCHW float32 `x` into `out` (N, M, OH, OW) by Winograd "
+        "F(2x2, 3x3) with conv2d_winograd_pack's weights.");
 
   // precision="bf16" (mmfast.ops picks the kernel or the portable fallback).
   m.def(

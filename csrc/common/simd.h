@@ -188,6 +188,35 @@ struct VecF {
 };
 #endif
 
+#if defined(__AVX512F__)
+// r[i][k] <- r[k][i]: a 16 × 16 float tile transposed in registers (unpack within 128-bit
+// lanes, then shuffle 128-bit lanes), used where a kernel reorders between lanes-over-positions and
+// lanes-over-channels (attention's Qᵀ/Oᵀ packing, the Winograd conv's channel-blocked input).
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+  }
+}
+#endif
+
 // exp(x) to ~2 ulp for x in [-87, 88.37]: x = n·ln2 + r with |r| <= ln2/2 (Cody-Waite split of
 // ln2), e^r by the degree-6 polynomial of Cephes expf, times 2^n built in the exponent bits
 // (n in [-126, 127], so no denormals). Below -87 the result is 0 (true value < 1.7e-38; -inf,

@@ -9,6 +9,7 @@ namespace MMFAST_VARIANT {
 void softmax(const SoftmaxParams& p);
 void conv2d(const Conv2dParams& p, const Conv2dCpuPlan& plan);
 void attention(const AttentionParams& p);
+void conv2d_winograd(const Conv2dParams& p, const Conv2dWinogradPlan& plan);
 
 const KernelTable& kernel_table();
 
@@ -21,6 +22,7 @@ const KernelTable& kernel_table() {
       /*softmax=*/&softmax,
       /*conv2d=*/&conv2d,
       /*attention=*/&attention,
+      /*conv2d_winograd=*/&conv2d_winograd,
   };
   return table;
 }

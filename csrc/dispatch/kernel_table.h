@@ -7,6 +7,7 @@
 
 #include "attention/attention.h"
 #include "conv2d/conv2d_cpu.h"
+#include "conv2d/conv2d_winograd.h"
 #include "softmax/softmax.h"
 
 namespace mmfast {
@@ -16,6 +17,7 @@ struct KernelTable {
   void (*softmax)(const SoftmaxParams& p);
   void (*conv2d)(const Conv2dParams& p, const Conv2dCpuPlan& plan);
   void (*attention)(const AttentionParams& p);
+  void (*conv2d_winograd)(const Conv2dParams& p, const Conv2dWinogradPlan& plan);
 };
 
 // The bf16 kernels (precision="bf16": bf16 inputs, float32 accumulation), compiled once with
