@@ -565,6 +565,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("scale"), py::arg("softcap"),
         "attention with bf16 inputs, float32 accumulation (AVX512-BF16; see bf16_native).");
 
+  m.def("_set_winograd_block_tiles", &mmfast::set_winograd_block_tiles, py::arg("tiles"),
+        "Testing hook: tiles per block of the Winograd kernel (0: sized from the L2 cache).");
+  m.def("l2_cache_bytes", &mmfast::l2_cache_bytes,
+        "The L2 cache per core in bytes as read at run time (1 MiB if unknown); sizes the "
+        "Winograd kernel's tile blocks.");
   m.def("_set_conv_path", &set_conv_path, py::arg("path"),
         "Testing/benchmarking hook: force conv2d's GEMM path ('auto', 'spatial', 'channel'; "
         "'channel' needs AVX-512 and packed_cols, else it falls back to spatial).");

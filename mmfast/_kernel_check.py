@@ -7,6 +7,7 @@ against oneDNN / ONNX Runtime / PyTorch, in the same run, are in benchmarks/.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 
 from . import _C, ops
 from ._checks import positive_int
+from .ops._winograd_bound import winograd_error_bound
 
 __all__ = ["MAX_REPEATS", "run_kernel_check"]
 
@@ -43,7 +45,8 @@ def _softmax_case(rng: np.random.Generator) -> _Case:
     return _Case(f"softmax {rows}x{cols}", lambda: ops.softmax(x, out=out), ref, bound)
 
 
-def _conv_case(rng: np.random.Generator) -> _Case:
+def _conv_cases(rng: np.random.Generator) -> list[_Case]:
+    """A 3x3 layer on both CPU algorithms, each against its own bound."""
     n, c, h, w, m, k = 1, 32, 28, 28, 48, 3
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = (rng.standard_normal((m, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
@@ -56,10 +59,15 @@ def _conv_case(rng: np.random.Generator) -> _Case:
             patch = xp[:, :, i : i + h, j : j + w]
             ref += np.einsum("nchw,mc->nmhw", patch, wt[:, :, i, j].astype(np.float64))
             mag += np.einsum("nchw,mc->nmhw", np.abs(patch), np.abs(wt[:, :, i, j]).astype(float))
-    bound = (c * k * k + 2) * EPS * mag  # a length-K float32 dot product (Higham)
-    conv = ops.Conv2d(wt, b, padding=1)
-    out = np.empty(ref.shape, np.float32)
-    return _Case(f"conv2d 3x3 {c}->{m} @{h}", lambda: conv(x, out=out), ref, bound)
+    direct_bound = (c * k * k + 2) * EPS * mag  # a length-K float32 dot product (Higham)
+    wino_bound = winograd_error_bound(x, wt, b, (1, 1, 1, 1))
+    cases = []
+    for algorithm, bound in (("direct", direct_bound), ("winograd", wino_bound)):
+        conv = ops.Conv2d(wt, b, padding=1, algorithm=algorithm)
+        out = np.empty(ref.shape, np.float32)
+        name = f"conv2d 3x3 {c}->{m} @{h} {algorithm}"
+        cases.append(_Case(name, functools.partial(conv, x, out=out), ref, bound))
+    return cases
 
 
 def _attention_case(rng: np.random.Generator) -> _Case:
@@ -94,14 +102,14 @@ def run_kernel_check(repeats: int = 20) -> int:
     repeats: timed runs per op and variant (1..MAX_REPEATS), the median reported."""
     repeats = positive_int("repeats", repeats, at_most=MAX_REPEATS)
     rng = np.random.default_rng(0)
-    cases = [_softmax_case(rng), _conv_case(rng), _attention_case(rng)]
+    cases = [_softmax_case(rng), *_conv_cases(rng), _attention_case(rng)]
     active = _C.active_variant()
     ok = True
     print(
         f"{_C.get_num_threads()} thread(s), median of {repeats}; err/bound = worst error over "
         "its float32 rounding bound (float64 reference), must be <= 1"
     )
-    print(f"  {'op':26} {'variant':10} {'err/bound':>9} {'ms':>8}")
+    print(f"  {'op':35} {'variant':10} {'err/bound':>9} {'ms':>8}")
     try:
         for case in cases:
             for variant in _C.runnable_variants():
@@ -113,7 +121,7 @@ def run_kernel_check(repeats: int = 20) -> int:
                 t = _median_ms(case.run, repeats)
                 star = " *" if variant == active else ""
                 flag = "" if good else "  FAIL"
-                print(f"  {case.name:26} {variant + star:10} {worst:9.3f} {t:8.3f}{flag}")
+                print(f"  {case.name:35} {variant + star:10} {worst:9.3f} {t:8.3f}{flag}")
     finally:
         _C.set_variant(active)
     print("  (* = the variant this CPU uses)")

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from mmfast import _C
+from mmfast.ops import _conv2d
 
 settings.register_profile(
     "ci",
@@ -46,11 +47,16 @@ def variant(request: pytest.FixtureRequest) -> Iterator[str]:
         _C.set_variant(previous)
 
 
-@pytest.fixture(params=["spatial", "channel"])
+@pytest.fixture(params=["spatial", "channel", "winograd"])
 def conv_path(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test on each of conv2d's GEMM paths (channel falls back to spatial off AVX-512)."""
-    _C._set_conv_path(request.param)
+    """Run the test on each of conv2d's CPU paths: the direct kernel's two GEMMs (channel falls
+    back to spatial off AVX-512), then Winograd (where it applies; elsewhere the direct kernel
+    as "auto" picks it), as algorithm="auto" would run them."""
+    path = request.param
+    _C._set_conv_path("auto" if path == "winograd" else path)
+    _conv2d._auto_override = "winograd" if path == "winograd" else "direct"
     try:
-        yield request.param
+        yield path
     finally:
         _C._set_conv_path("auto")
+        _conv2d._auto_override = None

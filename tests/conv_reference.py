@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmfast.ops._conv2d import choose_algorithm
+from mmfast.ops._winograd_bound import winograd_error_bound
+
 EPS32 = float(np.finfo(np.float32).eps)
 
 
@@ -55,3 +58,21 @@ def conv2d_tolerance(
         np.abs(x), np.abs(w), None if b is None else np.abs(b), stride, pads, dilation, groups
     )
     return (k + 2) * EPS32 * mag + np.finfo(np.float32).tiny
+
+
+def auto_tolerance(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> np.ndarray:
+    """The bound of the kernel mmfast's algorithm="auto" runs for this layer: Winograd's
+    (mmfast/ops/_winograd_bound.py) or the direct kernel's (conv2d_tolerance)."""
+    kernel = (w.shape[2], w.shape[3])
+    channels = (x.shape[1], w.shape[0])
+    if choose_algorithm("auto", kernel, stride, dilation, groups, channels) == "winograd":
+        return winograd_error_bound(x, w, b, pads)
+    return conv2d_tolerance(x, w, b, stride, pads, dilation, groups)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conv_reference import conv2d_ref, conv2d_tolerance
+from conv_reference import auto_tolerance, conv2d_ref
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -38,7 +38,7 @@ def check(x, w, b, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, 
     )
     np.testing.assert_array_equal(out, y)
     ref = conv2d_ref(x, w, b, stride, pads, dilation, groups)
-    tol = conv2d_tolerance(x, w, b, stride, pads, dilation, groups)
+    tol = auto_tolerance(x, w, b, stride, pads, dilation, groups)
     if relu:
         ref = np.maximum(ref, 0)
     assert y.shape == ref.shape and y.dtype == np.float32
@@ -129,7 +129,7 @@ def test_random_convolutions_match_torch_float64(case):
         groups=case["groups"],
     )
     assert isinstance(y, torch.Tensor)
-    tol = conv2d_tolerance(x, w, b, case["stride"], case["pads"], case["dilation"], case["groups"])
+    tol = auto_tolerance(x, w, b, case["stride"], case["pads"], case["dilation"], case["groups"])
     assert (np.abs(y.numpy() - ref) <= tol).all()
 
 
@@ -216,7 +216,7 @@ def test_prepacked_layer_reuses_weights(variant):
         y = conv(x)
         ref = np.maximum(conv2d_ref(x, w, b, (2, 2), pads, (1, 1), 1), 0)
         assert y.shape == (1, 16, -(-hw[0] // 2), -(-hw[1] // 2))
-        assert (np.abs(y - ref) <= conv2d_tolerance(x, w, b, (2, 2), pads, (1, 1), 1)).all()
+        assert (np.abs(y - ref) <= auto_tolerance(x, w, b, (2, 2), pads, (1, 1), 1)).all()
     w[:] = 0  # packed at construction: later changes to the caller's array don't leak in
     assert np.abs(conv(x)).max() > 0
 
@@ -253,7 +253,7 @@ def test_auto_pad_against_onnx_reference(mode, k, s, d, size):
     y = ops.conv2d(x, w, b, stride=stride, padding=mode, dilation=d)
     assert y.shape == ref.shape
     pads = resolve_padding(mode, (size, size + 3), (k, k), stride, (d, d))
-    tol = conv2d_tolerance(x, w, b, stride, pads, (d, d), 1)
+    tol = auto_tolerance(x, w, b, stride, pads, (d, d), 1)
     # the ONNX reference itself computes in float32: allow its error as well as ours
     assert (np.abs(y - ref) <= 2 * tol).all()
 
@@ -277,7 +277,7 @@ def test_asymmetric_pads_against_onnx_reference():
     w = rng.standard_normal((6, 2, 3, 2)).astype(np.float32)
     (ref,) = ReferenceEvaluator(model).run(None, {"x": x, "w": w})
     y = ops.conv2d(x, w, stride=(2, 1), padding=pads, groups=2)
-    tol = conv2d_tolerance(x, w, None, (2, 1), pads, (1, 1), 2)
+    tol = auto_tolerance(x, w, None, (2, 1), pads, (1, 1), 2)
     assert y.shape == ref.shape and (np.abs(y - ref) <= 2 * tol).all()
 
 
@@ -311,7 +311,7 @@ def test_onnx_shipped_pytorch_converted_cases(variant, case_dir):
     y = ops.conv2d(x, w, b, stride=stride, padding=pads, dilation=dil, groups=groups)
     assert y.shape == expected.shape
     # expected was computed by PyTorch in float32: both sides carry a float32 rounding error
-    tol = conv2d_tolerance(x, w, b, stride, pads, dil, groups)
+    tol = auto_tolerance(x, w, b, stride, pads, dil, groups)
     assert (np.abs(y - expected) <= 2 * tol).all()
 
 
@@ -444,9 +444,7 @@ def test_torch_tensors_in_and_out():
     ref = torch.relu(
         torch.nn.functional.conv2d(x.double(), w.detach().double(), b.double(), padding=1)
     )
-    tol = conv2d_tolerance(
-        x.numpy(), w.detach().numpy(), b.numpy(), (1, 1), (1, 1, 1, 1), (1, 1), 1
-    )
+    tol = auto_tolerance(x.numpy(), w.detach().numpy(), b.numpy(), (1, 1), (1, 1, 1, 1), (1, 1), 1)
     assert (np.abs(y.numpy() - ref.numpy()) <= tol).all()
     out = torch.empty(2, 4, 11, 13)
     assert ops.conv2d(x, w, b, padding=1, out=out) is out

@@ -18,6 +18,7 @@ from numpy.lib.stride_tricks import as_strided
 
 import mmfast
 from mmfast import _C, ops
+from mmfast.ops._winograd_bound import winograd_error_bound
 
 EPS = float(np.finfo(np.float32).eps)
 VARIANTS = _C.runnable_variants()
@@ -158,6 +159,8 @@ def _conv_ref(x, w, pad):
         ("spatial", 4, 8, 1, True),  # scalar stores (strided out)
         ("channel", 32, 48, 1, False),  # the channel-vectorised GEMM (AVX-512; else spatial)
         ("auto", 6, 6, 6, False),  # depthwise
+        ("winograd", 32, 48, 1, False),  # row stores
+        ("winograd", 32, 48, 1, True),  # scalar stores (strided out)
     ],
 )
 def test_relu_keeps_nan_on_every_path(variant, path, c, m, groups, strided_out):
@@ -165,8 +168,9 @@ def test_relu_keeps_nan_on_every_path(variant, path, c, m, groups, strided_out):
     x = rng.standard_normal((1, c, 9, 9)).astype(np.float32)
     x[0, :, 4, 4] = np.nan
     w = rng.standard_normal((m, c // groups, 3, 3)).astype(np.float32)
-    conv = ops.Conv2d(w, padding=1, groups=groups, activation="relu")
-    _C._set_conv_path(path)
+    algorithm = "winograd" if path == "winograd" else "direct"
+    conv = ops.Conv2d(w, padding=1, groups=groups, activation="relu", algorithm=algorithm)
+    _C._set_conv_path("auto" if path == "winograd" else path)
     try:
         if strided_out:
             buf = np.full((1, m, 9, 18), 7.0, np.float32)
@@ -179,8 +183,11 @@ def test_relu_keeps_nan_on_every_path(variant, path, c, m, groups, strided_out):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
     assert np.isnan(ref).sum() == m * 9  # the 3x3 neighbourhood of the NaN pixel, per channel
     finite = ~np.isnan(ref)
-    # the float32 rounding bound of a K-term dot product (conv_reference), on the NaN-free input
-    bound = conv2d_tolerance(np.nan_to_num(x), w, None, (1, 1), (1, 1, 1, 1), (1, 1), groups)
+    # the kernel's float32 rounding bound (conv_reference, _winograd_bound) on the NaN-free input
+    if algorithm == "winograd":
+        bound = winograd_error_bound(np.nan_to_num(x), w, None, (1, 1, 1, 1))
+    else:
+        bound = conv2d_tolerance(np.nan_to_num(x), w, None, (1, 1), (1, 1, 1, 1), (1, 1), groups)
     assert (np.abs(y[finite] - ref[finite]) <= bound[finite]).all()
 
 

@@ -82,6 +82,10 @@ void conv2d_winograd_plan(const Conv2dShape& s, int64_t nthreads, Conv2dWinograd
 int64_t conv2d_winograd_packed_floats(const Conv2dShape& s);
 void conv2d_winograd_pack(const Conv2dShape& s, const float* w, float* packed);
 
+// Testing hook: tiles per block (rounded up to kWinoTileGroup) instead of the L2-sized count;
+// 0 restores it. Lets tests run the many-block and many-chunk paths at small sizes.
+void set_winograd_block_tiles(int64_t tiles);
+
 // The L2 cache per core in bytes (sysconf, else 1 MiB), read once.
 int64_t l2_cache_bytes();
 
