@@ -4,8 +4,9 @@
 
 One benchmark group per shape; in each, every implementation runs on the same inputs:
 - conv2d, bench_conv.py's shapes at batch 1 and 8 (group "conv <shape> N=<n>"): mmfast's
-  prepacked ops.Conv2d into a preallocated output, ONNX Runtime's one-node Conv model with IO
-  binding (bench_conv.ort_session), torch F.conv2d (oneDNN);
+  prepacked ops.Conv2d into a preallocated output (algorithm "auto"; on the 3x3 layers, where
+  that is Winograd, also "mmfast-direct", the direct kernel), ONNX Runtime's one-node Conv
+  model with IO binding (bench_conv.ort_session), torch F.conv2d (oneDNN);
 - attention, B=1, H=8, fp32, L 1024/4096, D 64/128, causal or not (group "attention D=.. L=..
   [causal]"): bench_attention.make_runner's mmfast ops.attention, ONNX Runtime
   com.microsoft.MultiHeadAttention and torch SDPA.
@@ -31,12 +32,14 @@ import torch
 from _common import CONV_SHAPES
 
 from mmfast import ops
+from mmfast.ops._conv2d import choose_algorithm, winograd_applies
+from mmfast.ops._winograd_bound import winograd_error_bound
 
 EPS = float(np.finfo(np.float32).eps)
 F = torch.nn.functional
 
 CONV_BATCHES = (1, 8)
-CONV_IMPLS = ("mmfast", "onnxruntime", "torch")
+CONV_IMPLS = ("mmfast", "mmfast-direct", "onnxruntime", "torch")
 ATT_SHAPES = [(d, length, c) for d in (64, 128) for length in (1024, 4096) for c in (False, True)]
 ATT_IMPLS = ("mmfast", "ort_mha", "sdpa")  # bench_attention's names (naive is left out: 1 GiB)
 
@@ -88,8 +91,9 @@ class ConvCase:
     w: np.ndarray  # (M, C/g, k, k)
     b: np.ndarray  # (M,)
     ref: np.ndarray  # (N, M, Ho, Wo) float64
-    bound: np.ndarray  # same shape: |err| of a float32 conv may reach this
+    bound: np.ndarray  # same shape: |err| of a float32 direct conv may reach this
     gflop: float
+    bound_winograd: np.ndarray | None  # Winograd F(2x2, 3x3)'s bound, where it applies
 
 
 def _conv_case(spec: tuple, n: int) -> ConvCase:
@@ -105,7 +109,10 @@ def _conv_case(spec: tuple, n: int) -> ConvCase:
     kk = c // g * k * k
     bound = (kk + 2) * EPS * mag  # a length-K float32 dot product plus the bias (Higham)
     gflop = 2 * ref.numel() * kk / 1e9
-    return ConvCase(spec, x, w, b, ref.numpy(), bound.numpy(), gflop)
+    wino = None
+    if winograd_applies((k, k), (s, s), (1, 1), g):
+        wino = winograd_error_bound(x, w, b, (p, p, p, p))
+    return ConvCase(spec, x, w, b, ref.numpy(), bound.numpy(), gflop, wino)
 
 
 conv_case = LastOnly(_conv_case)
@@ -114,8 +121,9 @@ conv_case = LastOnly(_conv_case)
 def _conv_runner(impl: str, case: ConvCase, threads: int) -> tuple[Callable[[], Any], Callable]:
     """(the timed call, a function returning its latest output as numpy)."""
     _, _, _, _, k, s, p, g = case.spec
-    if impl == "mmfast":
-        conv = ops.Conv2d(case.w, case.b, stride=s, padding=p, groups=g)
+    if impl in ("mmfast", "mmfast-direct"):
+        algorithm = "direct" if impl == "mmfast-direct" else "auto"
+        conv = ops.Conv2d(case.w, case.b, stride=s, padding=p, groups=g, algorithm=algorithm)
         out = np.empty(conv.output_shape(case.x.shape), np.float32)
         return (lambda: conv(case.x, out=out)), (lambda _: out)
     if impl == "onnxruntime":  # bench_conv's session and IO binding
@@ -130,11 +138,19 @@ def _conv_runner(impl: str, case: ConvCase, threads: int) -> tuple[Callable[[], 
     return (lambda: F.conv2d(tx, tw, tb, stride=s, padding=p, groups=g)), lambda last: last.numpy()
 
 
+def _auto_algorithm(spec: tuple) -> str:
+    _, c, m, _, k, s, _, g = spec
+    return choose_algorithm("auto", (k, k), (s, s), (1, 1), g, (c, m))
+
+
+# mmfast runs its default algorithm; where that is not the direct kernel (Winograd on the 3x3
+# layers), "mmfast-direct" times the direct kernel in the same group as well.
 CONV_PARAMS = [
     pytest.param(spec, n, impl, id=f"{spec[0].replace(' ', '_')}-N{n}-{impl}")
     for spec in CONV_SHAPES
     for n in CONV_BATCHES
     for impl in CONV_IMPLS
+    if impl != "mmfast-direct" or _auto_algorithm(spec) != "direct"
 ]
 
 
@@ -144,10 +160,14 @@ def test_conv2d(benchmark: Any, threads: int, spec: tuple, n: int, impl: str) ->
     benchmark.group = f"conv {spec[0]} N={n} threads={threads}"
     run, output = _conv_runner(impl, case, threads)
     what = f"{impl} conv {spec[0]} N={n}"
-    worst = check(output(run()), case.ref, case.bound, what)
+    bound = case.bound
+    if impl == "mmfast" and _auto_algorithm(spec) == "winograd":
+        assert case.bound_winograd is not None
+        bound = case.bound_winograd
+    worst = check(output(run()), case.ref, bound, what)
     settle()
     last = benchmark(run)
-    worst = max(worst, check(output(last), case.ref, case.bound, what + " (after timing)"))
+    worst = max(worst, check(output(last), case.ref, bound, what + " (after timing)"))
     record(benchmark, case.gflop, worst, impl=impl, threads=threads, shape=spec[0], batch=n)
 
 

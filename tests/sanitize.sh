@@ -47,4 +47,4 @@ venv/bin/python -m pytest -q -p no:cacheprovider -m "not export and not cuda" \
   -c "$tests/../pyproject.toml" --rootdir "$tests/.." \
   "$tests/test_softmax.py" "$tests/test_attention.py" "$tests/test_conv2d.py" \
   "$tests/test_threading.py" "$tests/test_reliability.py" "$tests/test_fuzz.py" \
-  "$tests/test_bf16.py" "$@"
+  "$tests/test_bf16.py" "$tests/test_conv2d_winograd.py" "$@"
