@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from conv_reference import conv2d_ref
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from mmfast import _C, ops
 from mmfast.ops._winograd_bound import winograd_error_bound
@@ -228,3 +230,33 @@ def test_auto_is_direct_off_avx512():
         assert ops.Conv2d(np.zeros((64, 64, 3, 3), np.float32), padding=1).algorithm == "direct"
     finally:
         _C.set_variant(previous)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 70),
+    m=st.integers(1, 140),
+    h=st.integers(1, 18),
+    w=st.integers(1, 18),
+    pads=st.tuples(*(st.integers(0, 3) for _ in range(4))),
+    block=st.sampled_from([0, 6, 12, 30]),
+    threads=st.integers(1, 2),
+    bias=st.booleans(),
+    relu=st.booleans(),
+    fortran=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_layers_within_bound(n, c, m, h, w, pads, block, threads, bias, relu, fortran, seed):
+    assume(h + pads[0] + pads[2] >= 3 and w + pads[1] + pads[3] >= 3)
+    x, wt, b = case(n, c, m, h, w, seed=seed, bias=bias)
+    if fortran:
+        x = np.asfortranarray(x)  # strided rows: the scalar fill
+    before = _C.get_num_threads()
+    _C._set_winograd_block_tiles(block)
+    _C.set_num_threads(threads)
+    try:
+        check(x, wt, b, pads=pads, relu=relu)
+    finally:
+        _C._set_winograd_block_tiles(0)
+        _C.set_num_threads(before)

@@ -198,7 +198,8 @@ class Conv2d:
     algorithm (CPU, float32): "direct" (the implicit GEMM), "winograd" (F(2x2, 3x3): 3x3
     filters, stride 1, dilation 1, one group; 2.25x fewer multiplies, its error bound in
     csrc/conv2d/conv2d_winograd.h, measured within the direct kernel's; an infinite input makes
-    NaN instead of ±inf in the outputs it reaches, as the transforms subtract it from itself),
+    NaN instead of ±inf in the outputs it reaches, as the transforms subtract it from itself,
+    and inputs within 4x of float32's largest value may overflow in the transforms),
     or "auto" (default): Winograd where it applies with at least 16 input and 32 output channels
     and the AVX-512 kernels are active when the layer is made, else direct. The choice is in
     ``self.algorithm``.
