@@ -39,48 +39,72 @@ static_assert(NR <= kConvMaxNR, "tile wider than the workspace slack");
 
 // ---- (1) phase planes ---------------------------------------------------------------------
 
-// Channel c's phase planes (the used ones), each Hq x Wq, at dst: for phase slot (a, b),
-// dst[slot*Hq*Wq + i*Wq + j] = xpad[c, i*SH + a, j*SW + b] (0 in the padding).
-void fill_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c, float* dst) {
+// Plane `slot` (phase (a, b)) of channel c at ph, Hq x Wq:
+// ph[i*Wq + j] = xpad[c, i*SH + a, j*SW + b] (0 in the padding).
+void fill_phase(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c, int64_t slot,
+                float* ph) {
   const Conv2dShape& s = p.shape;
   const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
-  for (int64_t slot = 0; slot < g.nphases; ++slot) {
-    const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
-    {
-      float* ph = dst + slot * g.phase_stride;
-      // Plane columns j read input column j*SW + b - PL: valid for j in [j0, j1).
-      const int64_t lead = s.pad_left - b;
-      const int64_t j0 = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
-      const int64_t last = s.W - 1 + lead;
-      int64_t j1 = last < 0 ? 0 : last / s.stride_w + 1;
-      if (j1 > g.Wq) j1 = g.Wq;
-      for (int64_t i = 0; i < g.Hq; ++i) {
-        float* row = ph + i * g.Wq;
-        const int64_t r = i * s.stride_h + a - s.pad_top;
-        if (r < 0 || r >= s.H || j1 <= j0) {
-          std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(float));
-          continue;
-        }
-        const float* xr = xc + r * p.x_stride.h + (j0 * s.stride_w + b - s.pad_left) * p.x_stride.w;
-        std::memset(row, 0, static_cast<size_t>(j0) * sizeof(float));
-        if (s.stride_w == 1 && p.x_stride.w == 1) {
-          std::memcpy(row + j0, xr, static_cast<size_t>(j1 - j0) * sizeof(float));
-        } else {
-          const int64_t step = s.stride_w * p.x_stride.w;
-          for (int64_t j = j0; j < j1; ++j) row[j] = xr[(j - j0) * step];
-        }
-        std::memset(row + j1, 0, static_cast<size_t>(g.Wq - j1) * sizeof(float));
-      }
+  const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
+  // Plane columns j read input column j*SW + b - PL: valid for j in [j0, j1).
+  const int64_t lead = s.pad_left - b;
+  const int64_t j0 = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
+  const int64_t last = s.W - 1 + lead;
+  int64_t j1 = last < 0 ? 0 : last / s.stride_w + 1;
+  if (j1 > g.Wq) j1 = g.Wq;
+  for (int64_t i = 0; i < g.Hq; ++i) {
+    float* row = ph + i * g.Wq;
+    const int64_t r = i * s.stride_h + a - s.pad_top;
+    if (r < 0 || r >= s.H || j1 <= j0) {
+      std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(float));
+      continue;
     }
+    const int64_t col0 = j0 * s.stride_w + b - s.pad_left;  // input column of plane column j0
+    const float* xr = xc + r * p.x_stride.h + col0 * p.x_stride.w;
+    std::memset(row, 0, static_cast<size_t>(j0) * sizeof(float));
+    if (s.stride_w == 1 && p.x_stride.w == 1) {
+      std::memcpy(row + j0, xr, static_cast<size_t>(j1 - j0) * sizeof(float));
+    } else {
+      const int64_t step = s.stride_w * p.x_stride.w;
+      int64_t j = j0;
+#if defined(__AVX512F__)
+      // Stride 2 along a contiguous row (the ResNet stem): 16 plane columns from two vectors
+      // of 16 input columns, the even lanes picked by a permute (the scalar loop was ~9% of
+      // the stem's time). The loads read input columns col0 + 2(j - j0) .. + 31: only while
+      // those lie in the row (the rest is done below).
+      if (s.stride_w == 2 && p.x_stride.w == 1) {
+        const __m512i even =
+            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        for (; j + W <= j1 && col0 + 2 * (j - j0) + 2 * W <= s.W; j += W) {
+          const float* src = xr + 2 * (j - j0);
+          _mm512_storeu_ps(row + j, _mm512_permutex2var_ps(_mm512_loadu_ps(src), even,
+                                                           _mm512_loadu_ps(src + W)));
+        }
+      }
+#endif
+      for (; j < j1; ++j) row[j] = xr[(j - j0) * step];
+    }
+    std::memset(row + j1, 0, static_cast<size_t>(g.Wq - j1) * sizeof(float));
   }
 }
 
-// All channels' planes of image n (the GEMM paths read across channels).
+// Channel c's phase planes (the used ones), each Hq x Wq, at dst: slot after slot.
+void fill_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c, float* dst) {
+  for (int64_t slot = 0; slot < g.nphases; ++slot)
+    fill_phase(p, g, n, c, slot, dst + slot * g.phase_stride);
+}
+
+// All channels' planes of image n (the GEMM paths read across channels), in tasks of one
+// (channel, phase) plane: a stride-2 layer of 3 channels has 12 planes to spread over the
+// threads, not 3 channels.
 void fill_planes(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, float* planes) {
   const Conv2dShape& s = p.shape;
-  const int64_t grain = g.plane_stride >= 4096 ? 1 : 4096 / g.plane_stride + 1;
-  parallel_for(s.C, grain, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) fill_channel(p, g, n, c, planes + c * g.plane_stride);
+  const int64_t grain = g.phase_stride >= 4096 ? 1 : 4096 / g.phase_stride + 1;
+  parallel_for(s.C * g.nphases, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c = t / g.nphases, slot = t % g.nphases;
+      fill_phase(p, g, n, c, slot, planes + c * g.plane_stride + slot * g.phase_stride);
+    }
   });
   // Slack read (and dropped) by the last tiles: keep it finite.
   const int64_t used = s.C * g.plane_stride;
@@ -269,8 +293,7 @@ bool prefer_row_tiles(const Conv2dParams& p, const Conv2dCpuPlan& g, bool direct
 // The spatial GEMM in row tiles (prefer_row_tiles): vector q of the image is row q / vpr,
 // columns [(q % vpr) * W, ...) with vpr = ceil(OW / W) vectors a row; a tile is NR = kNV * W
 // consecutive vectors, which may span two output rows.
-void conv_gemm_rows(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n,
-                    const float* planes) {
+void conv_gemm_rows(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const float* planes) {
   const Conv2dShape& s = p.shape;
   const int64_t k = g.Cg * g.ntaps;
   const int64_t vpr = (s.OW + W - 1) / W;
