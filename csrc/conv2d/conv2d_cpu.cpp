@@ -3,7 +3,9 @@
 // Per image, one of three paths (bias and ReLU applied when a tile is written to the output):
 //  - spatial GEMM: fill the zero-padded phase planes (parallel over channels), then
 //    out_virtual[m, p'] = sum_k A[m, k] * planes[k-offset + p'] with a register-blocked
-//    microkernel of kConvMR output channels (broadcast) x NV vectors of virtual positions;
+//    microkernel of kConvMR output channels (broadcast) x NV vectors of virtual positions,
+//    or, where that uses more lanes, of whole vectors along the output rows ("row tiles":
+//    no garbage columns, accumulators stored straight to y; the ResNet stem 7x7/2 @224);
 //  - channel GEMM (AVX-512, chosen when it wastes clearly fewer lanes — small images, many
 //    channels): the same planes, 6 output positions (broadcast from the planes) x 4 vectors of
 //    16 output channels (the "cols" weight layout); no garbage columns, K blocked to keep
