@@ -497,3 +497,49 @@ def test_native_layer_refuses_non_arrays_for_optional_buffers():
         _C.conv2d(x, packed, None, [1.0, 2.0, 3.0, 4.0], out, **args)
     with pytest.raises(TypeError, match="packed_cols: expected a numpy array or None"):
         _C.conv2d(x, packed, [0.0] * 10, None, out, **args)
+
+
+@pytest.mark.parametrize(
+    "n,c,m,hw,k,stride,pad,groups",
+    [
+        (2, 3, 64, 64, 7, 2, 3, 1),  # the ResNet stem, scaled down: OW = 32, planes 35 wide
+        (1, 3, 20, 61, 7, 2, 3, 1),  # OW = 31: last vector of a row masked; Mg = 20: tail panel
+        (1, 6, 18, 45, 5, 2, 2, 2),  # two groups, OW = 23 (row tiles with 8-wide vectors)
+        (1, 4, 16, 32, 3, 1, 1, 1),  # stride 1: OW = 32, planes 34 wide
+    ],
+)
+def test_row_tiles_match_plane_position_tiles(
+    variant, conv_path, n, c, m, hw, k, stride, pad, groups
+):
+    # Where whole vectors along each output row use more lanes than runs of plane positions,
+    # the spatial GEMM runs in row tiles and stores to y directly; that needs rows of y with
+    # unit stride, so an `out` strided along w takes the plane-position tiles. Both sum the
+    # same products in the same order: the results must be identical, and within the bound.
+    rng = np.random.default_rng(n * 1000 + m)
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    w = (rng.standard_normal((m, c // groups, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    y = check(x, w, b, (stride, stride), (pad,) * 4, (1, 1), groups, relu=True)
+    conv = ops.Conv2d(w, b, stride=stride, padding=pad, groups=groups, activation="relu")
+    oh, ow = y.shape[2:]
+    wide = np.full((n, m, oh, ow + 5), np.nan, np.float32)  # rows of y 5 floats apart
+    conv(x, out=wide[..., :ow])
+    np.testing.assert_array_equal(wide[..., :ow], y)
+    assert np.isnan(wide[..., ow:]).all()  # nothing written past the rows
+    strided_w = np.full((n, m, ow, oh), np.nan, np.float32).transpose(0, 1, 3, 2)
+    conv(x, out=strided_w)
+    np.testing.assert_array_equal(strided_w, y)
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "PROT_READ"), reason="needs POSIX mmap")
+@pytest.mark.parametrize(
+    "c,hw,k,pad", [(3, (20, 64), 7, 3), (2, (9, 35), 7, 3), (3, (6, 33), 3, 0), (1, (4, 48), 1, 0)]
+)
+def test_stride_two_planes_read_nothing_past_the_input(variant, conv_path, c, hw, k, pad):
+    # Stride-2 rows are deinterleaved two vectors at a time: the last loads of the last row
+    # must stay inside the input.
+    x, keep = _array_before_guard_page((1, c, *hw))
+    x[...] = np.random.default_rng(9).standard_normal(x.shape)
+    w = np.random.default_rng(10).standard_normal((16, c, k, k)).astype(np.float32)
+    check(x, w, None, stride=(2, 2), pads=(pad,) * 4)
+    del keep

@@ -3,7 +3,9 @@
 // Per image, one of three paths (bias and ReLU applied when a tile is written to the output):
 //  - spatial GEMM: fill the zero-padded phase planes (parallel over channels), then
 //    out_virtual[m, p'] = sum_k A[m, k] * planes[k-offset + p'] with a register-blocked
-//    microkernel of kConvMR output channels (broadcast) x NV vectors of virtual positions;
+//    microkernel of kConvMR output channels (broadcast) x NV vectors of virtual positions,
+//    or, where that uses more lanes, of whole vectors along the output rows ("row tiles":
+//    no garbage columns, accumulators stored straight to y; the ResNet stem 7x7/2 @224);
 //  - channel GEMM (AVX-512, chosen when it wastes clearly fewer lanes — small images, many
 //    channels): the same planes, 6 output positions (broadcast from the planes) x 4 vectors of
 //    16 output channels (the "cols" weight layout); no garbage columns, K blocked to keep
@@ -39,48 +41,72 @@ static_assert(NR <= kConvMaxNR, "tile wider than the workspace slack");
 
 // ---- (1) phase planes ---------------------------------------------------------------------
 
-// Channel c's phase planes (the used ones), each Hq x Wq, at dst: for phase slot (a, b),
-// dst[slot*Hq*Wq + i*Wq + j] = xpad[c, i*SH + a, j*SW + b] (0 in the padding).
-void fill_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c, float* dst) {
+// Plane `slot` (phase (a, b)) of channel c at ph, Hq x Wq:
+// ph[i*Wq + j] = xpad[c, i*SH + a, j*SW + b] (0 in the padding).
+void fill_phase(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c, int64_t slot,
+                float* ph) {
   const Conv2dShape& s = p.shape;
   const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
-  for (int64_t slot = 0; slot < g.nphases; ++slot) {
-    const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
-    {
-      float* ph = dst + slot * g.phase_stride;
-      // Plane columns j read input column j*SW + b - PL: valid for j in [j0, j1).
-      const int64_t lead = s.pad_left - b;
-      const int64_t j0 = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
-      const int64_t last = s.W - 1 + lead;
-      int64_t j1 = last < 0 ? 0 : last / s.stride_w + 1;
-      if (j1 > g.Wq) j1 = g.Wq;
-      for (int64_t i = 0; i < g.Hq; ++i) {
-        float* row = ph + i * g.Wq;
-        const int64_t r = i * s.stride_h + a - s.pad_top;
-        if (r < 0 || r >= s.H || j1 <= j0) {
-          std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(float));
-          continue;
-        }
-        const float* xr = xc + r * p.x_stride.h + (j0 * s.stride_w + b - s.pad_left) * p.x_stride.w;
-        std::memset(row, 0, static_cast<size_t>(j0) * sizeof(float));
-        if (s.stride_w == 1 && p.x_stride.w == 1) {
-          std::memcpy(row + j0, xr, static_cast<size_t>(j1 - j0) * sizeof(float));
-        } else {
-          const int64_t step = s.stride_w * p.x_stride.w;
-          for (int64_t j = j0; j < j1; ++j) row[j] = xr[(j - j0) * step];
-        }
-        std::memset(row + j1, 0, static_cast<size_t>(g.Wq - j1) * sizeof(float));
-      }
+  const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
+  // Plane columns j read input column j*SW + b - PL: valid for j in [j0, j1).
+  const int64_t lead = s.pad_left - b;
+  const int64_t j0 = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
+  const int64_t last = s.W - 1 + lead;
+  int64_t j1 = last < 0 ? 0 : last / s.stride_w + 1;
+  if (j1 > g.Wq) j1 = g.Wq;
+  for (int64_t i = 0; i < g.Hq; ++i) {
+    float* row = ph + i * g.Wq;
+    const int64_t r = i * s.stride_h + a - s.pad_top;
+    if (r < 0 || r >= s.H || j1 <= j0) {
+      std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(float));
+      continue;
     }
+    const int64_t col0 = j0 * s.stride_w + b - s.pad_left;  // input column of plane column j0
+    const float* xr = xc + r * p.x_stride.h + col0 * p.x_stride.w;
+    std::memset(row, 0, static_cast<size_t>(j0) * sizeof(float));
+    if (s.stride_w == 1 && p.x_stride.w == 1) {
+      std::memcpy(row + j0, xr, static_cast<size_t>(j1 - j0) * sizeof(float));
+    } else {
+      const int64_t step = s.stride_w * p.x_stride.w;
+      int64_t j = j0;
+#if defined(__AVX512F__)
+      // Stride 2 along a contiguous row (the ResNet stem): 16 plane columns from two vectors
+      // of 16 input columns, the even lanes picked by a permute (the scalar loop was ~9% of
+      // the stem's time). The loads read input columns col0 + 2(j - j0) .. + 31: only while
+      // those lie in the row (the rest is done below).
+      if (s.stride_w == 2 && p.x_stride.w == 1) {
+        const __m512i even =
+            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        for (; j + W <= j1 && col0 + 2 * (j - j0) + 2 * W <= s.W; j += W) {
+          const float* src = xr + 2 * (j - j0);
+          _mm512_storeu_ps(row + j, _mm512_permutex2var_ps(_mm512_loadu_ps(src), even,
+                                                           _mm512_loadu_ps(src + W)));
+        }
+      }
+#endif
+      for (; j < j1; ++j) row[j] = xr[(j - j0) * step];
+    }
+    std::memset(row + j1, 0, static_cast<size_t>(g.Wq - j1) * sizeof(float));
   }
 }
 
-// All channels' planes of image n (the GEMM paths read across channels).
+// Channel c's phase planes (the used ones), each Hq x Wq, at dst: slot after slot.
+void fill_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c, float* dst) {
+  for (int64_t slot = 0; slot < g.nphases; ++slot)
+    fill_phase(p, g, n, c, slot, dst + slot * g.phase_stride);
+}
+
+// All channels' planes of image n (the GEMM paths read across channels), in tasks of one
+// (channel, phase) plane: a stride-2 layer of 3 channels has 12 planes to spread over the
+// threads, not 3 channels.
 void fill_planes(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, float* planes) {
   const Conv2dShape& s = p.shape;
-  const int64_t grain = g.plane_stride >= 4096 ? 1 : 4096 / g.plane_stride + 1;
-  parallel_for(s.C, grain, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) fill_channel(p, g, n, c, planes + c * g.plane_stride);
+  const int64_t grain = g.phase_stride >= 4096 ? 1 : 4096 / g.phase_stride + 1;
+  parallel_for(s.C * g.nphases, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c = t / g.nphases, slot = t % g.nphases;
+      fill_phase(p, g, n, c, slot, planes + c * g.plane_stride + slot * g.phase_stride);
+    }
   });
   // Slack read (and dropped) by the last tiles: keep it finite.
   const int64_t used = s.C * g.plane_stride;
@@ -198,6 +224,141 @@ void store_tile(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const 
                 p.relu);
     }
   }
+}
+
+// Row tiles (see prefer_row_tiles): NV vectors of W outputs, vector v the outputs
+// [ow_v, ow_v + len[v]) of one output row, so B's row for (c, tap t) is b[v] + c*plane_stride +
+// tap[t] (b[v]: the plane position of (oh_v, ow_v)). The MR x NV accumulators go straight to
+// y: row i (output channel m0 + i) of vector v at y[v] + i * ldy, plus bias[i] (bias may be
+// null), ReLU, masked when len[v] < W. Same k order and arithmetic as microkernel().
+template <int NV>
+void microkernel_rows(const float* a, const float* const* b, int64_t cg, int64_t plane_stride,
+                      const int64_t* tap, int64_t ntaps, float* const* y, const int* len,
+                      const float* bias, bool relu, int64_t ldy) {
+  VecF acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = VecF::set1(0.0f);
+  const float* bc[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) bc[v] = b[v];
+  for (int64_t c = 0; c < cg; ++c) {
+    for (int64_t t = 0; t < ntaps; ++t) {
+      const int64_t off = tap[t];
+      VecF bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = VecF::load(bc[v] + off);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        const VecF av = VecF::set1(a[i]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = fmadd(av, bv[v], acc[i][v]);
+      }
+      a += MR;
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bc[v] += plane_stride;
+  }
+  const VecF zero = VecF::set1(0.0f);
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    const VecF vb = VecF::set1(bias ? bias[i] : 0.0f);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      VecF r = acc[i][v] + vb;
+      if (relu) r = max(zero, r);  // NaN stays NaN
+      if (len[v] >= W)
+        r.store(y[v] + i * ldy);
+      else
+        r.store_partial(y[v] + i * ldy, len[v]);
+    }
+  }
+}
+
+// Whether the spatial GEMM runs in row tiles: tiles of NR outputs taken as whole vectors along
+// each output row (ceil(OW / W) vectors a row, the last one masked), instead of runs of the
+// flattened plane positions oh*Wq + ow (which compute Wq - OW garbage columns a row and go
+// through a tile buffer unless a run lies in one output row). Taken when it uses clearly more
+// lanes, e.g. the ResNet stem 7x7/2 @224: OW = 112 = 7 vectors, Wq = 115 (lanes 1.00 vs 0.974,
+// and no store round trip); not for OW = 56 with Wq = 58 (0.875 vs 0.966). Rows of y must be
+// contiguous (stride 1 along w); the planes, not the image in place (1x1 direct reads its rows
+// only up to OW).
+bool prefer_row_tiles(const Conv2dParams& p, const Conv2dCpuPlan& g, bool direct) {
+  const Conv2dShape& s = p.shape;
+  if (direct || g.Wq == s.OW || p.y_stride.w != 1) return false;
+  const int64_t row_lanes = (s.OW + W - 1) / W * W;
+  // row_lanes / OW < Wq / OW, by more than rounding: OW / row_lanes > OW / Wq.
+  return row_lanes < g.Wq;
+}
+
+// The spatial GEMM in row tiles (prefer_row_tiles): vector q of the image is row q / vpr,
+// columns [(q % vpr) * W, ...) with vpr = ceil(OW / W) vectors a row; a tile is NR = kNV * W
+// consecutive vectors, which may span two output rows.
+void conv_gemm_rows(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const float* planes) {
+  const Conv2dShape& s = p.shape;
+  const int64_t k = g.Cg * g.ntaps;
+  const int64_t vpr = (s.OW + W - 1) / W;
+  const int64_t nvec = s.OH * vpr;
+  const int64_t n_tiles = (nvec + kNV - 1) / kNV;
+  // Tasks as in conv_gemm: (group, tile), every panel over one tile (its B rows stay in L1/L2),
+  // or (group, panel, tile) when there are too few tiles to balance the threads.
+  const int64_t nthreads = get_num_threads();
+  const bool split_m = s.groups * n_tiles < 4 * nthreads;
+  const int64_t m_tasks = split_m ? g.m_blocks : 1;
+  const int64_t tasks = s.groups * m_tasks * n_tiles;
+  float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
+  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float tile[MR * NR];
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t tile_idx = task % n_tiles;
+      const int64_t rest = task / n_tiles;
+      const int64_t mt = rest % m_tasks, grp = rest / m_tasks;
+      const int64_t mb_begin = split_m ? mt : 0, mb_end = split_m ? mt + 1 : g.m_blocks;
+      const int64_t q0 = tile_idx * kNV;
+      const int nv = static_cast<int>(nvec - q0 < kNV ? nvec - q0 : kNV);
+      const float* b[kNV];
+      int64_t yoff[kNV];
+      int len[kNV];
+      for (int v = 0; v < kNV; ++v) {
+        const int64_t q = q0 + (v < nv ? v : nv - 1);
+        const int64_t oh = q / vpr, ow = (q % vpr) * W;
+        b[v] = planes + grp * g.Cg * g.plane_stride + oh * g.Wq + ow;
+        yoff[v] = oh * p.y_stride.h + ow;
+        len[v] = static_cast<int>(s.OW - ow < W ? s.OW - ow : W);
+      }
+      for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
+        const float* a = f32(p.weight) + (grp * g.m_blocks + mb) * MR * k;
+        const int64_t m = grp * g.Mg + mb * MR;
+        const int64_t rows = g.Mg - mb * MR < MR ? g.Mg - mb * MR : MR;
+        // A partial panel (Mg not a multiple of MR) goes through the tile buffer: rows past Mg
+        // are not outputs.
+        const bool full = rows == MR;
+        float* dst[kNV];
+        for (int v = 0; v < kNV; ++v)
+          dst[v] = full ? yn + m * p.y_stride.c + yoff[v] : tile + v * W;
+        const int64_t ldy = full ? p.y_stride.c : NR;
+        const float* bias = full && p.bias ? f32(p.bias) + m : nullptr;
+        const bool relu = full && p.relu;
+        if (nv >= kNV)
+          microkernel_rows<kNV>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps, dst, len, bias,
+                                relu, ldy);
+        else if (nv == 2)
+          microkernel_rows<(kNV > 2 ? 2 : kNV)>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps,
+                                                dst, len, bias, relu, ldy);
+        else
+          microkernel_rows<1>(a, b, g.Cg, g.plane_stride, g.tap_offset, g.ntaps, dst, len, bias,
+                              relu, ldy);
+        if (full) continue;
+        for (int64_t i = 0; i < rows; ++i) {
+          const float bi = p.bias ? f32(p.bias)[m + i] : 0.0f;
+          for (int v = 0; v < nv; ++v)
+            store_run(tile + i * NR + v * W, yn + (m + i) * p.y_stride.c + yoff[v], len[v], 1, bi,
+                      p.relu);
+        }
+      }
+    }
+  });
 }
 
 // planes: the phase planes, or (1x1 direct mode) the image itself with channel stride
@@ -703,6 +864,7 @@ void conv2d(const Conv2dParams& p, const Conv2dCpuPlan& g) {
     conv_depthwise_direct(p, g);
     return;
   }
+  const bool rows = !g.depthwise && prefer_row_tiles(p, g, direct);
   for (int64_t n = 0; n < s.N; ++n) {
     if (g.depthwise) {
       conv_depthwise(p, g, n);
@@ -711,7 +873,10 @@ void conv2d(const Conv2dParams& p, const Conv2dCpuPlan& g) {
     const float* planes = direct ? f32(p.x) + n * p.x_stride.n : static_cast<float*>(p.workspace);
     const int64_t plane_stride = direct ? p.x_stride.c : g.plane_stride;
     if (!direct) fill_planes(p, g, n, static_cast<float*>(p.workspace));
-    conv_gemm(p, g, n, planes, plane_stride, direct);
+    if (rows)
+      conv_gemm_rows(p, g, n, planes);
+    else
+      conv_gemm(p, g, n, planes, plane_stride, direct);
   }
 }
 

@@ -11,7 +11,10 @@
 // B[(c, kh, kw), p'] = planes[c*plane_stride + tap_offset[kh, kw] + p'] is contiguous: the
 // microkernel loads it straight from the planes (no im2col matrix), and the columns with
 // ow >= OW (the Wq - OW "garbage" columns) are computed and dropped. With stride 1 the planes
-// are just the zero-padded image.
+// are just the zero-padded image. Where whole vectors along each output row waste fewer lanes
+// than the garbage columns (OW = 112, Wq = 115: 7 full vectors a row), the kernel takes its
+// tiles that way instead (conv2d_cpu.cpp, "row tiles"): each vector's B row is still one
+// contiguous run of a plane, at its own offset.
 #pragma once
 
 #include <cstdint>
