@@ -260,3 +260,20 @@ def test_random_layers_within_bound(n, c, m, h, w, pads, block, threads, bias, r
     finally:
         _C._set_winograd_block_tiles(0)
         _C.set_num_threads(before)
+
+
+def test_stale_workspace_never_leaks(variant):
+    # a call with NaN inputs leaves NaN in the (reused) workspace; a later call whose last
+    # channel block is partly padding (C = 17) must read zeros there, not the stale NaN
+    before = _C.get_num_threads()
+    _C.set_num_threads(1)
+    try:
+        nan = np.full((1, 32, 20, 20), np.nan, np.float32)
+        ops.conv2d(nan, np.ones((32, 32, 3, 3), np.float32), padding=1, algorithm="winograd")
+        for x in (
+            np.ones((1, 17, 20, 20), np.float32),
+            np.asfortranarray(np.ones((1, 17, 20, 20), np.float32)),
+        ):
+            check(x, np.ones((32, 17, 3, 3), np.float32), None)
+    finally:
+        _C.set_num_threads(before)

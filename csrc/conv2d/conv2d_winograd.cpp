@@ -63,9 +63,12 @@ void fill_row(const Conv2dParams& p, const Conv2dWinogradPlan& g, int64_t n, int
     }
   }
 #endif
+  // The block's channels past C are zeros too: the workspace holds whatever the last call left
+  // (NaN included), and NaN times the zero weights of those channels would still be NaN.
   for (; j < j1; ++j)
-    for (int64_t ci = 0; ci < nc; ++ci)
-      dst[j * kWinoCB + ci] = xr[ci * p.x_stride.c + (j - s.pad_left) * p.x_stride.w];
+    for (int64_t ci = 0; ci < kWinoCB; ++ci)
+      dst[j * kWinoCB + ci] =
+          ci < nc ? xr[ci * p.x_stride.c + (j - s.pad_left) * p.x_stride.w] : 0.0f;
 }
 
 // ---- (2) the input transform ---------------------------------------------------------------
