@@ -2,7 +2,8 @@
 numpy (the derivation is in csrc/conv2d/conv2d_winograd.h):
 
     |y - y64| <= gamma_{C+9} * ( |A^T| [ sum_c (|G| |g_c| |G^T|) ⊙ (|B^T| |d_c| |B|) ] |A|
-                                 + |bias| )  +  20 (C + 9) * 2^-150
+                                 + |bias| )
+                 + 2^-149 * |A^T| [ sum_c |B^T| |d_c| |B| ] |A|  +  20 (C + 9) * 2^-150
 
 Used by the tests and by ``mmfast check`` (mmfast/_kernel_check.py) to judge the kernel's output
 against a float64 reference.
@@ -48,6 +49,9 @@ def winograd_error_bound(
     y = y.transpose(0, 1, 2, 4, 3, 5).reshape(n, m, 2 * th, 2 * tw)[:, :, :oh, :ow]
     if b is not None:
         y = y + np.abs(b.astype(np.float64))[None, :, None, None]
+    # a transformed weight that underflows errs by up to 2^-150 absolute, times its V
+    vsum = np.einsum("ij,nabjk,lk->nabil", at, v.sum(axis=1), at, optimize=True)
+    vsum = vsum.transpose(0, 1, 3, 2, 4).reshape(n, 2 * th, 2 * tw)[:, None, :oh, :ow]
     k = c + 9
-    bound: np.ndarray = k * _U / (1 - k * _U) * y + 20 * k * 2.0**-150
+    bound: np.ndarray = k * _U / (1 - k * _U) * y + 2.0**-149 * vsum + 20 * k * 2.0**-150
     return bound
