@@ -21,8 +21,9 @@
 //    the padded image is input row r - pad_top (zero outside the input), likewise columns;
 //  - transformed input V of one block of tiles: [xi 16][c-block][tile T][16] — the GEMM
 //    broadcasts V[xi][cb][t][c % 16] (tiles 64 bytes apart: constant offsets);
-//  - per thread, M of its tiles for one output panel: [tile][xi 16][kWinoMB], consumed by the
-//    output transform, which adds the bias, applies ReLU and writes y (N, M, OH, OW).
+//  - per thread, M of its chunk of tiles for one output panel: [xi 16][tile][kWinoMB] (a K
+//    chunk's partial sums wait there), consumed by the output transform, which adds the bias,
+//    applies ReLU and writes y (N, M, OH, OW).
 //
 // Error bound (per output element, against the float64 convolution of the float32 inputs; u =
 // 2^-24, gamma_n = n u / (1 - n u)). Every rounding multiplies one term of a sum of products by
