@@ -38,6 +38,8 @@ namespace mmfast {
 
 // Output channels per packed bf16 weight panel (the microkernel's broadcast rows).
 constexpr int kConvBf16MR = 8;
+// Positions per spatial-GEMM tile (the microkernel's 3 vectors of 16).
+constexpr int kConvBf16NR = 48;
 
 // 32-bit words of packed bf16 weights for the shape (only C, M, KH, KW, groups are read), in
 // panels of `panel` output channels: kConvBf16MR (the spatial GEMM's broadcast rows) or kConvNC
@@ -48,13 +50,17 @@ int64_t conv2d_bf16_packed_words(const Conv2dShape& s, int panel);
 void conv2d_bf16_pack_weights(const Conv2dShape& s, int panel, const float* w, uint32_t* packed);
 
 // Direct mode: a 1x1, stride-1, unpadded convolution of an input with contiguous rows, whose
-// positions are the input's own: no planes, B converted per tile from x (one tile of every pair,
-// per thread).
+// positions are the input's own: no planes, B converted per chunk of positions from x (a chunk
+// of every pair, per thread).
 bool conv2d_bf16_direct(const Conv2dShape& s, const NchwStrides& x_stride);
+// Positions per direct-mode chunk for `pairs` channel pairs: whole 48-position tiles, up to 4,
+// fewer when the pairs are many, so that a chunk (pairs x positions words) stays ~32 KB, in L1
+// while every weight panel runs over it.
+int64_t conv2d_bf16_direct_chunk(int64_t pairs);
 
 // Words of workspace the fast kernel needs for a plan made by conv2d_cpu_plan(): the channel
 // pairs' planes of one image (g.batch_images on the channel path, possible when `have_cols`)
-// plus the slack the last tiles read, and in direct mode at least a tile of every pair per
+// plus the slack the last tiles read, and in direct mode at least a chunk of every pair per
 // thread; for a depthwise one a float32 channel plane per thread. Throws std::invalid_argument
 // when absurdly large (as conv2d_cpu_plan).
 int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g, bool direct,

@@ -52,10 +52,17 @@ bool conv2d_bf16_direct(const Conv2dShape& s, const NchwStrides& xs) {
          (xs.h == s.W || s.H == 1);
 }
 
+int64_t conv2d_bf16_direct_chunk(int64_t pairs) {
+  constexpr int64_t kTile = kConvBf16NR, kMaxTiles = 4, kChunkWords = 8192;  // 32 KB
+  const int64_t tiles = kChunkWords / (pairs * kTile > 0 ? pairs * kTile : 1);
+  return kTile * (tiles < 1 ? 1 : tiles > kMaxTiles ? kMaxTiles : tiles);
+}
+
 int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g, bool direct,
                                     bool have_cols) {
   if (g.depthwise) return mul(g.nthreads, g.channel_floats);  // float planes, one per thread
-  const int64_t direct_words = mul(mul(g.nthreads, (g.Cg + 1) / 2), kConvMaxNR);
+  const int64_t pairs_g = (g.Cg + 1) / 2;
+  const int64_t direct_words = mul(mul(g.nthreads, pairs_g), conv2d_bf16_direct_chunk(pairs_g));
   if (direct && !have_cols) return direct_words;  // (with "cols" the channel path may run)
   const int64_t pairs = mul(s.groups, (g.Cg + 1) / 2);
   int64_t max_off = 0;
