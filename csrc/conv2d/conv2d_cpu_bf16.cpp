@@ -221,8 +221,8 @@ void pack_direct_chunk(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n,
     int64_t v = 0;
     if (x1) {
       for (; v < full; ++v)
-        _mm512_store_si512(dst + v * 16, pack_pairs(_mm512_loadu_ps(x0 + v * 16),
-                                                    _mm512_loadu_ps(x1 + v * 16)));
+        _mm512_store_si512(dst + v * 16,
+                           pack_pairs(_mm512_loadu_ps(x0 + v * 16), _mm512_loadu_ps(x1 + v * 16)));
     } else {
       for (; v < full; ++v)
         _mm512_store_si512(dst + v * 16,
@@ -307,7 +307,8 @@ void conv_gemm_direct(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) 
   parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float tile[MR * NR];
     const int tid = current_thread_index();
-    uint32_t* bt = static_cast<uint32_t*>(p.workspace) + (tid < g.nthreads ? tid : 0) * pairs * chunk;
+    uint32_t* bt =
+        static_cast<uint32_t*>(p.workspace) + (tid < g.nthreads ? tid : 0) * pairs * chunk;
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t ci = task % n_chunks, rest = task / n_chunks;
       const int64_t mt = rest % m_tasks, grp = rest / m_tasks;
