@@ -241,7 +241,8 @@ void pack_direct_chunk(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n,
 // null) and ReLU; else into tile[MR][NR] (out, ldo ignored) for store_tile.
 template <int NV, bool ToY>
 void microkernel_direct(const uint32_t* a, const uint32_t* b, int64_t pairs, int64_t ldb,
-                        float* out, int64_t ldo, const float* bias, bool relu) {
+                        float* out, int64_t ldo, const float* bias, bool relu, const float* pf,
+                        int64_t pf_stride) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
@@ -256,6 +257,11 @@ void microkernel_direct(const uint32_t* a, const uint32_t* b, int64_t pairs, int
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i]));
 #pragma GCC unroll 3
       for (int v = 0; v < NV; ++v) acc[i][v] = dot_pairs(acc[i][v], av, bv[v]);
+    }
+    if (pf) {
+      _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(pf + pf_stride), _MM_HINT_T1);
+      pf += 2 * pf_stride;
     }
     a += MR;
     b += ldb;
@@ -282,7 +288,7 @@ void microkernel_direct(const uint32_t* a, const uint32_t* b, int64_t pairs, int
 
 // Direct mode per image: tasks of (group, range of panels, chunk of positions); each converts its
 // chunk of every pair once (pack_direct_chunk), then runs each panel over the chunk's tiles in
-// turn, so a panel writes its 8 output rows as runs of a whole chunk (up to 192 floats) rather
+// turn, so a panel writes its 8 output rows as runs of a whole chunk (up to 768 floats) rather
 // than of one tile. (One tile per task, every panel over it, wrote 256 rows of 48 floats per tile
 // on 1x1 64->256 @56: 2.3x slower per image at batch 8, with the output out of cache, than at
 // batch 1, and slower than the float32 kernel.)
@@ -316,24 +322,36 @@ void conv_gemm_direct(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) 
       const int64_t mb_end = std::min(g.m_blocks, mb_begin + m_per);
       const int64_t p0 = ci * chunk, cols = std::min(chunk, hw - p0);
       pack_direct_chunk(p, g, n, grp, p0, cols, chunk, bt);
+      // Prefetch (into L2) the next chunk's input lines, one line of each channel row per
+      // microkernel call, while this chunk is multiplied.
+      const int64_t next_cols = ci + 1 < n_chunks ? std::min(chunk, hw - p0 - chunk) : 0;
+      const int64_t pf_lines = (next_cols + 15) / 16;
+      const float* pf_base = f32(p.x) + n * p.x_stride.n + grp * g.Cg * p.x_stride.c + p0 + chunk;
+      int64_t call = 0;
       for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
         const uint32_t* a = weights + (grp * g.m_blocks + mb) * MR * pairs;
         const int64_t m0 = mb * MR, m = grp * g.Mg + m0;
         const int64_t rows = std::min<int64_t>(MR, g.Mg - m0);
         for (int64_t j0 = 0; j0 < cols; j0 += NR) {
           const int64_t tc = std::min<int64_t>(NR, cols - j0);
+          const float* pf = call < pf_lines ? pf_base + call * 16 : nullptr;
+          ++call;
           if (to_y && tc == NR && rows == MR) {
             microkernel_direct<3, true>(a, bt + j0, pairs, chunk, yn + m * p.y_stride.c + p0 + j0,
-                                        p.y_stride.c, bias ? bias + m : nullptr, p.relu);
+                                        p.y_stride.c, bias ? bias + m : nullptr, p.relu, pf,
+                                        p.x_stride.c);
             continue;
           }
           const int nv = static_cast<int>((tc + 15) / 16);
           if (nv >= 3)
-            microkernel_direct<3, false>(a, bt + j0, pairs, chunk, tile, 0, nullptr, false);
+            microkernel_direct<3, false>(a, bt + j0, pairs, chunk, tile, 0, nullptr, false, pf,
+                                         p.x_stride.c);
           else if (nv == 2)
-            microkernel_direct<2, false>(a, bt + j0, pairs, chunk, tile, 0, nullptr, false);
+            microkernel_direct<2, false>(a, bt + j0, pairs, chunk, tile, 0, nullptr, false, pf,
+                                         p.x_stride.c);
           else
-            microkernel_direct<1, false>(a, bt + j0, pairs, chunk, tile, 0, nullptr, false);
+            microkernel_direct<1, false>(a, bt + j0, pairs, chunk, tile, 0, nullptr, false, pf,
+                                         p.x_stride.c);
           store_tile(p, g, n, tile, p0 + j0, tc, m, rows);
         }
       }

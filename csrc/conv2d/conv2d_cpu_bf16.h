@@ -53,9 +53,9 @@ void conv2d_bf16_pack_weights(const Conv2dShape& s, int panel, const float* w, u
 // positions are the input's own: no planes, B converted per chunk of positions from x (a chunk
 // of every pair, per thread).
 bool conv2d_bf16_direct(const Conv2dShape& s, const NchwStrides& x_stride);
-// Positions per direct-mode chunk for `pairs` channel pairs: whole 48-position tiles, up to 4,
-// fewer when the pairs are many, so that a chunk (pairs x positions words) stays ~32 KB, in L1
-// while every weight panel runs over it.
+// Positions per direct-mode chunk for `pairs` channel pairs: whole 48-position tiles, up to 16,
+// fewer when the pairs are many, so that a chunk (pairs x positions words) stays within ~256 KB,
+// in L2 while every weight panel runs over it.
 int64_t conv2d_bf16_direct_chunk(int64_t pairs);
 
 // Words of workspace the fast kernel needs for a plan made by conv2d_cpu_plan(): the channel
