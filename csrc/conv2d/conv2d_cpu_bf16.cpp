@@ -685,6 +685,257 @@ void conv_depthwise(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) {
   });
 }
 
+// ---- (3b) depthwise, tap pairs ----------------------------------------------------------------
+
+// Stride 1, no row dilation (conv2d_bf16_dw_pairs): as conv2d_cpu.cpp's ring path, with K pairs
+// taken along each filter row (layout in conv2d_cpu_bf16.h). Each input row enters the ring once,
+// rounded and paired as it is copied; a block of kDwRows output rows x NV vectors of 16 keeps
+// kDwRows * NV accumulators, and every vector loaded from the ring serves every output row of
+// the block that reads it (the loop runs over input rows), where the float32 stencil loads per
+// (output row, tap).
+constexpr int kDwRows = kConvBf16DwRows, kDwNV = 4;  // 16 accumulators
+constexpr int64_t kDwRowsIn = kDwRows + kConvBf16DwMaxKH - 1;
+
+// The block's output: acc[r][v] (ReLU'd) to output row oh0 + r < oh0 + rows, columns ow0 + v*16
+// .. (len of them in all).
+template <int NV>
+inline void dw_store(__m512 (&acc)[kDwRows][NV], bool relu, float* y, int64_t ys_h, int64_t ys_w,
+                     int64_t oh0, int64_t rows, int64_t ow0, int64_t len) {
+  const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int r = 0; r < kDwRows; ++r) {
+    if (r >= rows) continue;
+    float* dst = y + (oh0 + r) * ys_h + ow0 * ys_w;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      __m512 o = acc[r][v];
+      if (relu) o = _mm512_max_ps(zero, o);  // NaN stays NaN
+      const int64_t left = len - v * 16;
+      if (ys_w == 1) {
+        if (left >= 16)
+          _mm512_storeu_ps(dst + v * 16, o);
+        else
+          _mm512_mask_storeu_ps(dst + v * 16, first_lanes(left), o);
+      } else {
+        alignas(64) float lanes[16];
+        _mm512_store_ps(lanes, o);
+        for (int64_t q = 0; q < (left < 16 ? left : 16); ++q) dst[(v * 16 + q) * ys_w] = lanes[q];
+      }
+    }
+  }
+}
+
+// Output rows oh0 .. oh0 + rows - 1, columns ow0 .. ow0 + len - 1 (len <= NV * 16); rowq[i]: the
+// ring row that filter row 0 reads for output row oh0 + i (so filter row kh of output row
+// oh0 + r reads rowq[r + kh]); wp[kh * KP + kp]: weight word (w[kh, 2kp], w[kh, 2kp + 1]).
+// A KH x KW filter known at compile time: the loop runs over the block's input rows, and each
+// vector loaded serves every output row that reads it (3x3: 48 loads and 96 VDPBF16PS for 4 rows
+// x 64 columns, where the float32 stencil loads 144 vectors for 144 FMAs).
+// (Not inlined: inlined into its caller, every variant together, the accumulators spilled.)
+template <int NV, int KH, int KW>
+__attribute__((noinline)) void dw_block_fixed(const uint32_t* const* rowq, const uint32_t* wp,
+                                              int64_t d2, float bias, bool relu, float* y,
+                                              int64_t ys_h, int64_t ys_w, int64_t oh0, int64_t rows,
+                                              int64_t ow0, int64_t len) {
+  constexpr int R = kDwRows, KP = (KW + 1) / 2;
+  __m512 acc[R][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_set1_ps(bias);
+  const __m512i first_half = _mm512_set1_epi32(0xffff);
+#pragma GCC unroll 24
+  for (int i = 0; i < R + KH - 1; ++i) {
+    // (GCC hoists every row's loads to the top and spills them without this barrier)
+    __asm__ volatile("" ::: "memory");
+    const uint32_t* src = rowq[i] + ow0;
+#pragma GCC unroll 8
+    for (int kp = 0; kp < KP; ++kp) {
+      __m512i b[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        b[v] = _mm512_loadu_si512(src + kp * d2 + v * 16);
+        if (KW % 2 == 1 && kp == KP - 1) b[v] = _mm512_and_si512(b[v], first_half);
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const int kh = i - r;
+        if (kh < 0 || kh >= KH) continue;
+        const __m512i w = _mm512_set1_epi32(static_cast<int>(wp[kh * KP + kp]));
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = dot_pairs(acc[r][v], w, b[v]);
+      }
+    }
+  }
+  dw_store<NV>(acc, relu, y, ys_h, ys_w, oh0, rows, ow0, len);
+}
+
+// Any filter (KH <= kConvBf16DwMaxKH): loads per (filter row, tap pair, output row).
+template <int NV>
+__attribute__((noinline)) void dw_block_any(const uint32_t* const* rowq, const uint32_t* wp,
+                                            int64_t KH, int64_t kp_n, bool lone, int64_t d2,
+                                            float bias, bool relu, float* y, int64_t ys_h,
+                                            int64_t ys_w, int64_t oh0, int64_t rows, int64_t ow0,
+                                            int64_t len) {
+  constexpr int R = kDwRows;
+  __m512 acc[R][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_set1_ps(bias);
+  const __m512i keep = _mm512_set1_epi32(-1), first_half = _mm512_set1_epi32(0xffff);
+  for (int64_t kh = 0; kh < KH; ++kh) {
+    for (int64_t kp = 0; kp < kp_n; ++kp) {
+      const __m512i w = _mm512_set1_epi32(static_cast<int>(wp[kh * kp_n + kp]));
+      const __m512i mask = lone && kp == kp_n - 1 ? first_half : keep;
+      const int64_t off = ow0 + kp * d2;
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const uint32_t* src = rowq[r + kh] + off;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+          acc[r][v] =
+              dot_pairs(acc[r][v], w, _mm512_and_si512(_mm512_loadu_si512(src + v * 16), mask));
+      }
+    }
+  }
+  dw_store<NV>(acc, relu, y, ys_h, ys_w, oh0, rows, ow0, len);
+}
+
+// 16 elements of the zero-padded row: xpad[a + k] = xr[a + k] for 0 <= a + k < W, else 0
+// (a: the x index of lane 0; contiguous row). Inside the row a plain load; at its ends an
+// expanding load of just the valid lanes, from the first valid element on (no pointer outside
+// the row).
+inline __m512 padded_load(const float* xr, int64_t a, int64_t W) {
+  if (a >= 0 && a + 16 <= W) return _mm512_loadu_ps(xr + a);
+  const int64_t v0 = a < 0 ? -a : 0, v1 = W - a < 16 ? W - a : 16;
+  if (v1 <= v0) return _mm512_setzero_ps();
+  const __mmask16 m = static_cast<__mmask16>(first_lanes(v1) & ~first_lanes(v0));
+  return _mm512_maskz_expandloadu_ps(m, xr + a + v0);
+}
+
+// Ring row of input row xr (W elements, stride xs_w): q[j] = (bf16 xpad[j], bf16 xpad[j + d])
+// for j < row_words, xpad[j] = xr[j - pad_left] inside the row, else 0. A strided row is first
+// gathered into the float32 staging row `stage` (contiguous rows are read in place: loads
+// from a just-written staging row straddle its stores, which cannot be forwarded, and the
+// row fill took most of the time).
+void fill_ring_row(const float* xr, int64_t xs_w, const Conv2dShape& s, int64_t row_words,
+                   float* stage, uint32_t* q) {
+  const int64_t pl = s.pad_left, d = s.dilation_w;
+  if (xs_w != 1) {
+    for (int64_t j = 0; j < s.W; ++j) stage[j] = xr[j * xs_w];
+    xr = stage;
+  }
+  // Vectors jb with both loads inside the row (jb - pl >= 0, jb - pl + d + 16 <= W) in a plain
+  // loop; the padded ends through padded_load.
+  int64_t jb = 0;
+  for (; jb < row_words && jb < pl; jb += 16)
+    _mm512_store_si512(
+        q + jb, pack_pairs(padded_load(xr, jb - pl, s.W), padded_load(xr, jb - pl + d, s.W)));
+  const float* x0 = xr - pl;  // (only offset by jb >= pl below)
+  for (; jb + 16 <= s.W + pl - d && jb < row_words; jb += 16)
+    _mm512_store_si512(q + jb, pack_pairs(_mm512_loadu_ps(x0 + jb), _mm512_loadu_ps(x0 + jb + d)));
+  for (; jb < row_words; jb += 16)
+    _mm512_store_si512(
+        q + jb, pack_pairs(padded_load(xr, jb - pl, s.W), padded_load(xr, jb - pl + d, s.W)));
+}
+
+// Every output channel of input channel c, image n (slice: this thread's workspace slice).
+void depthwise_pairs_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c,
+                             uint32_t* slice) {
+  const Conv2dShape& s = p.shape;
+  const int64_t slots = kDwRows + s.KH - 1;
+  const int64_t row = ::mmfast::conv2d_bf16_dw_row_words(g);
+  uint32_t* zeros = slice + slots * row;  // a zero row and a vector of slack
+  float* stage = reinterpret_cast<float*>(zeros + row + 16);
+  std::memset(zeros, 0, static_cast<size_t>(row + 16) * sizeof(uint32_t));
+  const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
+  const int64_t kp_n = (s.KW + 1) / 2;
+  const bool lone = s.KW % 2 == 1;
+  const uint32_t* weights = static_cast<const uint32_t*>(p.weight);
+  const uint32_t* rowq[kDwRowsIn];
+  int64_t next = -s.pad_top;  // next input row to enter the ring
+  for (int64_t oh0 = 0; oh0 < s.OH; oh0 += kDwRows) {
+    const int64_t rows = s.OH - oh0 < kDwRows ? s.OH - oh0 : kDwRows;
+    const int64_t ih0 = oh0 - s.pad_top;
+    for (int64_t i = 0; i < slots; ++i) {
+      const int64_t ih = ih0 + i;
+      if (ih < 0 || ih >= s.H) {
+        rowq[i] = zeros;
+        continue;
+      }
+      uint32_t* slot = slice + (ih % slots) * row;
+      if (ih >= next) {  // rows arrive in order; the ones before `next` are in place
+        fill_ring_row(xc + ih * p.x_stride.h, p.x_stride.w, s, row, stage, slot);
+        next = ih + 1;
+      }
+      rowq[i] = slot;
+    }
+    for (int64_t j = 0; j < g.Mg; ++j) {
+      const int64_t m = c * g.Mg + j;
+      // The packing holds word (w[m, 0, t], 0) at panel m / MR, pair 0, tap t, row m % MR.
+      const uint32_t* panel = weights + (c * g.m_blocks + j / MR) * MR * g.ntaps;
+      uint32_t wp[kConvMaxTaps];
+      for (int64_t kh = 0; kh < s.KH; ++kh) {
+        for (int64_t kp = 0; kp < kp_n; ++kp) {
+          const int64_t t = kh * s.KW + 2 * kp;
+          const uint32_t lo = panel[t * MR + j % MR] & 0xffffu;
+          const uint32_t hi = 2 * kp + 1 < s.KW ? panel[(t + 1) * MR + j % MR] & 0xffffu : 0u;
+          wp[kh * kp_n + kp] = lo | hi << 16;
+        }
+      }
+      const float bias = p.bias ? f32(p.bias)[m] : 0.0f;
+      float* y = static_cast<float*>(p.y) + n * p.y_stride.n + m * p.y_stride.c;
+      for (int64_t ow0 = 0; ow0 < s.OW; ow0 += kDwNV * 16) {
+        const int64_t len = s.OW - ow0 < kDwNV * 16 ? s.OW - ow0 : kDwNV * 16;
+        const int nv = static_cast<int>((len + 15) / 16);
+#define MMFAST_DW_FIXED(KH_, KW_)                  \
+  if (s.KH == KH_ && s.KW == KW_) {                \
+    if (nv >= 4)                                   \
+      dw_block_fixed<4, KH_, KW_>(MMFAST_DW_ARGS); \
+    else if (nv == 3)                              \
+      dw_block_fixed<3, KH_, KW_>(MMFAST_DW_ARGS); \
+    else if (nv == 2)                              \
+      dw_block_fixed<2, KH_, KW_>(MMFAST_DW_ARGS); \
+    else                                           \
+      dw_block_fixed<1, KH_, KW_>(MMFAST_DW_ARGS); \
+    continue;                                      \
+  }
+#define MMFAST_DW_ARGS \
+  rowq, wp, 2 * s.dilation_w, bias, p.relu, y, p.y_stride.h, p.y_stride.w, oh0, rows, ow0, len
+        MMFAST_DW_FIXED(3, 3)
+        MMFAST_DW_FIXED(5, 5)
+        MMFAST_DW_FIXED(7, 7)
+#undef MMFAST_DW_ARGS
+#undef MMFAST_DW_FIXED
+#define MMFAST_DW_ARGS                                                                            \
+  rowq, wp, s.KH, kp_n, lone, 2 * s.dilation_w, bias, p.relu, y, p.y_stride.h, p.y_stride.w, oh0, \
+      rows, ow0, len
+        if (nv >= 4)
+          dw_block_any<4>(MMFAST_DW_ARGS);
+        else if (nv == 3)
+          dw_block_any<3>(MMFAST_DW_ARGS);
+        else if (nv == 2)
+          dw_block_any<2>(MMFAST_DW_ARGS);
+        else
+          dw_block_any<1>(MMFAST_DW_ARGS);
+#undef MMFAST_DW_ARGS
+      }
+    }
+  }
+}
+
+void conv_depthwise_pairs(const Conv2dParams& p, const Conv2dCpuPlan& g) {
+  const Conv2dShape& s = p.shape;
+  const int64_t slice_words = ::mmfast::conv2d_bf16_dw_thread_words(s, g);
+  parallel_for(s.N * s.C, 1, [&](int64_t t0, int64_t t1) {
+    const int tid = current_thread_index();
+    uint32_t* slice =
+        static_cast<uint32_t*>(p.workspace) + (tid < g.nthreads ? tid : 0) * slice_words;
+    for (int64_t t = t0; t < t1; ++t) depthwise_pairs_channel(p, g, t / s.C, t % s.C, slice);
+  });
+}
+
 }  // namespace
 
 void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g) {
@@ -703,6 +954,10 @@ void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g) {
         fill_planes(p, g, n0 + i, planes + i * image_words, image_words);
       conv_gemm_cols(p, g, n0, count, planes, image_words);
     }
+    return;
+  }
+  if (g.depthwise && ::mmfast::conv2d_bf16_dw_pairs(p.shape)) {
+    conv_depthwise_pairs(p, g);
     return;
   }
   const bool direct = ::mmfast::conv2d_bf16_direct(p.shape, p.x_stride);

@@ -58,6 +58,23 @@ bool conv2d_bf16_direct(const Conv2dShape& s, const NchwStrides& x_stride);
 // in L2 while every weight panel runs over it.
 int64_t conv2d_bf16_direct_chunk(int64_t pairs);
 
+// Depthwise, stride 1, no row dilation, at most kConvBf16DwMaxKH filter rows: the "tap pairs"
+// kernel (conv2d_cpu_bf16.cpp), whose K pairs are taps (kw, kw + 1) of one filter row instead
+// of channels. Per thread, a ring of kConvBf16DwRows + KH - 1 padded input rows, each stored as
+// words q[j] = (bf16 xpad[j], bf16 xpad[j + dilation_w]): tap pair (kw, kw + 1) of output
+// position ow reads q[ow + kw * dilation_w], and the pair's weight word is (w[kw], w[kw + 1]).
+// An odd KW leaves its last tap alone: that word's second half is masked to zero (the product
+// with the zero weight then is 0 * 0, never 0 * inf), as a zero partner channel is.
+constexpr int kConvBf16DwRows = 4;        // output rows per register block
+constexpr int64_t kConvBf16DwMaxKH = 16;  // filter rows the tap-pairs kernel takes
+bool conv2d_bf16_dw_pairs(const Conv2dShape& s);
+// Words of one thread's depthwise workspace slice: the tap-pairs ring and a float32 staging row
+// of W floats, or otherwise a float32 channel's planes (g.channel_floats).
+int64_t conv2d_bf16_dw_thread_words(const Conv2dShape& s, const Conv2dCpuPlan& g);
+// Ring geometry shared by the plan and the kernel: row stride (Wq rounded up to 16 words); the
+// staging row (a strided input row gathered) holds W floats, rounded up to 16.
+inline int64_t conv2d_bf16_dw_row_words(const Conv2dCpuPlan& g) { return (g.Wq + 15) / 16 * 16; }
+
 // Words of workspace the fast kernel needs for a plan made by conv2d_cpu_plan(): the channel
 // pairs' planes of one image (g.batch_images on the channel path, possible when `have_cols`)
 // plus the slack the last tiles read, and in direct mode at least a chunk of every pair per

@@ -61,9 +61,21 @@ int64_t conv2d_bf16_direct_chunk(int64_t pairs) {
   return kTile * (tiles < 1 ? 1 : tiles > kMaxTiles ? kMaxTiles : tiles);
 }
 
+bool conv2d_bf16_dw_pairs(const Conv2dShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 && s.KH <= kConvBf16DwMaxKH;
+}
+
+int64_t conv2d_bf16_dw_thread_words(const Conv2dShape& s, const Conv2dCpuPlan& g) {
+  if (!conv2d_bf16_dw_pairs(s)) return g.channel_floats;
+  // ring slots, a zero row, a vector of slack read past the last row, the staging row
+  const int64_t row = conv2d_bf16_dw_row_words(g);
+  const int64_t ring = add(mul(kConvBf16DwRows + s.KH, row), 16);
+  return add(ring, (s.W + 15) / 16 * 16);
+}
+
 int64_t conv2d_bf16_workspace_words(const Conv2dShape& s, const Conv2dCpuPlan& g, bool direct,
                                     bool have_cols) {
-  if (g.depthwise) return mul(g.nthreads, g.channel_floats);  // float planes, one per thread
+  if (g.depthwise) return mul(g.nthreads, conv2d_bf16_dw_thread_words(s, g));
   const int64_t pairs_g = (g.Cg + 1) / 2;
   const int64_t direct_words = mul(mul(g.nthreads, pairs_g), conv2d_bf16_direct_chunk(pairs_g));
   if (direct && !have_cols) return direct_words;  // (with "cols" the channel path may run)
