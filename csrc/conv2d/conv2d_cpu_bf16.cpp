@@ -4,7 +4,10 @@
 //  (2) out_virtual[m, p'] = sum_(pair, tap) A[m, (pair, tap)] . planes[pair][tap_offset + p'],
 //      a microkernel of kConvBf16MR output channels (one broadcast word each) x 3 vectors of 16
 //      virtual positions: 24 zmm accumulators, each VDPBF16PS doing 32 multiply-adds;
-//  then bias and ReLU in float32 when a tile is written out.
+//  then bias and ReLU in float32 when a tile is written out. Besides: (1b) tap-pair planes for
+//  few odd channels (the stem), the same GEMM over them; (2a) 1x1 direct mode, pairs converted
+//  per chunk of positions; (2b) the channel-vectorised GEMM for small images; (3) depthwise, the
+//  tap-pair ring for stride 1, rounded float32 planes otherwise.
 // Compiled once, with -mavx512bf16, into namespace mmfast::avx512bf16.
 #include "conv2d/conv2d_cpu_bf16.h"
 
@@ -119,6 +122,98 @@ void fill_planes(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, uint3
   });
   const int64_t used = total * g.plane_stride;
   std::memset(planes + used, 0, static_cast<size_t>(words - used) * sizeof(uint32_t));
+}
+
+// ---- (1b) tap-pair planes (tap-pair mode, conv2d_cpu_bf16.h) ---------------------------------
+
+// 16 elements of a zero-padded contiguous row: xpad[a + k] = xr[a + k] for 0 <= a + k < W, else
+// 0 (a: the x index of lane 0). Inside the row a plain load; at its ends an expanding load of
+// just the valid lanes, from the first valid element on (no pointer outside the row).
+inline __m512 padded_load(const float* xr, int64_t a, int64_t W) {
+  if (a >= 0 && a + 16 <= W) return _mm512_loadu_ps(xr + a);
+  const int64_t v0 = a < 0 ? -a : 0, v1 = W - a < 16 ? W - a : 16;
+  if (v1 <= v0) return _mm512_setzero_ps();
+  const __mmask16 m = static_cast<__mmask16>(first_lanes(v1) & ~first_lanes(v0));
+  return _mm512_maskz_expandloadu_ps(m, xr + a + v0);
+}
+
+// Lanes k of a row at columns (jb + k) * 2 + e (stride 2): the even elements of 32 from e on.
+inline __m512 stride2_load(const float* xr, int64_t e, int64_t W) {
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  return _mm512_permutex2var_ps(padded_load(xr, e, W), even, padded_load(xr, e + 16, W));
+}
+
+// Channel c's plane of kind `kind` (0: P, 1: R, 2: L) at phase slot `slot`, image n, at dst:
+// dst[i*Wq + j] = (bf16 xpad[R, C], bf16 second), R = i*SH + a, C = j*SW + b (layout in
+// conv2d_cpu_bf16.h).
+void fill_tap_plane(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c, int kind,
+                    int64_t slot, uint32_t* dst) {
+  const Conv2dShape& s = p.shape;
+  const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
+  const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
+  const int64_t drow = kind == 1 ? s.dilation_h : 0, dcol = kind == 0 ? s.dilation_w : 0;
+  const int64_t off_lo = b - s.pad_left, off_hi = off_lo + dcol;  // x column of plane column 0
+  const bool dense = p.x_stride.w == 1;
+  alignas(64) float lo[16], hi[16];
+  for (int64_t i = 0; i < g.Hq; ++i) {
+    uint32_t* row = dst + i * g.Wq;
+    const int64_t r_lo = i * s.stride_h + a - s.pad_top, r_hi = r_lo + drow;
+    const float* xlo = r_lo >= 0 && r_lo < s.H ? xc + r_lo * p.x_stride.h : nullptr;
+    const float* xhi = kind != 2 && r_hi >= 0 && r_hi < s.H ? xc + r_hi * p.x_stride.h : nullptr;
+    if (!xlo && !xhi) {
+      std::memset(row, 0, static_cast<size_t>(g.Wq) * sizeof(uint32_t));
+      continue;
+    }
+    for (int64_t jb = 0; jb < g.Wq; jb += 16) {
+      const int64_t width = g.Wq - jb < 16 ? g.Wq - jb : 16;
+      __m512i words;
+      if (dense && s.stride_w == 1) {
+        words = pack_pairs(xlo ? padded_load(xlo, jb + off_lo, s.W) : _mm512_setzero_ps(),
+                           xhi ? padded_load(xhi, jb + off_hi, s.W) : _mm512_setzero_ps());
+      } else if (dense && s.stride_w == 2 && kind == 0 && dcol == 1 && xlo) {
+        // (x[2j + e], x[2j + e + 1]): 32 consecutive elements, already in pair order
+        const int64_t e = 2 * jb + off_lo;
+        words =
+            (__m512i)_mm512_cvtne2ps_pbh(padded_load(xlo, e + 16, s.W), padded_load(xlo, e, s.W));
+      } else if (dense && s.stride_w == 2) {
+        words = pack_pairs(xlo ? stride2_load(xlo, 2 * jb + off_lo, s.W) : _mm512_setzero_ps(),
+                           xhi ? stride2_load(xhi, 2 * jb + off_hi, s.W) : _mm512_setzero_ps());
+      } else {
+        for (int64_t v = 0; v < 16; ++v) {
+          const int64_t cl = (jb + v) * s.stride_w + off_lo, ch = (jb + v) * s.stride_w + off_hi;
+          lo[v] = xlo && v < width && cl >= 0 && cl < s.W ? xlo[cl * p.x_stride.w] : 0.0f;
+          hi[v] = xhi && v < width && ch >= 0 && ch < s.W ? xhi[ch * p.x_stride.w] : 0.0f;
+        }
+        words = pack_pairs(_mm512_load_ps(lo), _mm512_load_ps(hi));
+      }
+      if (width == 16)
+        _mm512_storeu_si512(row + jb, words);
+      else
+        _mm512_mask_storeu_epi32(row + jb, first_lanes(width), words);
+    }
+  }
+}
+
+// Every channel's used tap-pair planes of image n, then the slack the last tiles read (zero).
+void fill_tap_planes(const Conv2dParams& p, const Conv2dCpuPlan& g, const Conv2dBf16TapPairs& t,
+                     int64_t n, uint32_t* planes, int64_t words) {
+  const Conv2dShape& s = p.shape;
+  const int64_t kind_stride = g.nphases * g.phase_stride;
+  parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int kind = 0; kind < kConvBf16TapKinds; ++kind) {
+        for (int64_t slot = 0; slot < g.nphases; ++slot) {
+          if (t.used[kind][slot])
+            fill_tap_plane(
+                p, g, n, c, kind, slot,
+                planes + c * t.plane_stride + kind * kind_stride + slot * g.phase_stride);
+        }
+      }
+    }
+  });
+  const int64_t used = s.C * t.plane_stride;
+  if (words > used)
+    std::memset(planes + used, 0, static_cast<size_t>(words - used) * sizeof(uint32_t));
 }
 
 // ---- (2) GEMM -------------------------------------------------------------------------------
@@ -359,11 +454,21 @@ void conv_gemm_direct(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) 
   });
 }
 
-// planes: the pairs' phase planes of image n.
-void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const uint32_t* planes) {
+// The K pairs of the spatial GEMM: `units` plane sets a group (channel pairs, or channels in
+// tap-pair mode), `stride` words apart, each read at `ntaps` offsets `tap` (the taps, or the
+// tap pairs); the packed weights in the same order, [unit][tap][m] per panel.
+struct KPairs {
+  int64_t units, stride;
+  const int64_t* tap;
+  int64_t ntaps;
+};
+
+// planes: image n's planes (KPairs k's layout).
+void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const uint32_t* planes,
+               const KPairs& kp) {
   const Conv2dShape& s = p.shape;
-  const int64_t pairs = (g.Cg + 1) / 2;
-  const int64_t k = pairs * g.ntaps;
+  const int64_t pairs = kp.units;
+  const int64_t k = pairs * kp.ntaps;
   const int64_t n_tiles = (g.virtual_cols + NR - 1) / NR;
   // As conv2d_cpu.cpp: (group, tile) tasks, each running every panel of its group over one tile
   // (its B rows stay in L1/L2), or split by panel too when that gives too few tasks.
@@ -382,17 +487,15 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const u
       const int64_t p0 = tile_idx * NR;
       const int64_t cols = g.virtual_cols - p0 < NR ? g.virtual_cols - p0 : NR;
       const int nv = static_cast<int>((cols + 15) / 16);
-      const uint32_t* b = planes + grp * pairs * g.plane_stride + p0;
-      const int64_t b_stride = g.plane_stride;
-      const int64_t* tap = g.tap_offset;
+      const uint32_t* b = planes + grp * pairs * kp.stride + p0;
       for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
         const uint32_t* a = weights + (grp * g.m_blocks + mb) * MR * k;
         if (nv >= 3)
-          microkernel<3>(a, b, pairs, b_stride, tap, g.ntaps, tile);
+          microkernel<3>(a, b, pairs, kp.stride, kp.tap, kp.ntaps, tile);
         else if (nv == 2)
-          microkernel<2>(a, b, pairs, b_stride, tap, g.ntaps, tile);
+          microkernel<2>(a, b, pairs, kp.stride, kp.tap, kp.ntaps, tile);
         else
-          microkernel<1>(a, b, pairs, b_stride, tap, g.ntaps, tile);
+          microkernel<1>(a, b, pairs, kp.stride, kp.tap, kp.ntaps, tile);
         const int64_t m0 = mb * MR;
         const int64_t rows = g.Mg - m0 < MR ? g.Mg - m0 : MR;
         store_tile(p, g, n, tile, p0, cols, grp * g.Mg + m0, rows);
@@ -802,18 +905,6 @@ __attribute__((noinline)) void dw_block_any(const uint32_t* const* rowq, const u
   dw_store<NV>(acc, relu, y, ys_h, ys_w, oh0, rows, ow0, len);
 }
 
-// 16 elements of the zero-padded row: xpad[a + k] = xr[a + k] for 0 <= a + k < W, else 0
-// (a: the x index of lane 0; contiguous row). Inside the row a plain load; at its ends an
-// expanding load of just the valid lanes, from the first valid element on (no pointer outside
-// the row).
-inline __m512 padded_load(const float* xr, int64_t a, int64_t W) {
-  if (a >= 0 && a + 16 <= W) return _mm512_loadu_ps(xr + a);
-  const int64_t v0 = a < 0 ? -a : 0, v1 = W - a < 16 ? W - a : 16;
-  if (v1 <= v0) return _mm512_setzero_ps();
-  const __mmask16 m = static_cast<__mmask16>(first_lanes(v1) & ~first_lanes(v0));
-  return _mm512_maskz_expandloadu_ps(m, xr + a + v0);
-}
-
 // Ring row of input row xr (W elements, stride xs_w): q[j] = (bf16 xpad[j], bf16 xpad[j + d])
 // for j < row_words, xpad[j] = xr[j - pad_left] inside the row, else 0. A strided row is first
 // gathered into the float32 staging row `stage` (contiguous rows are read in place: loads
@@ -945,7 +1036,7 @@ void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g) {
   // image_words (64-byte multiples); the spatial path uses the first.
   const int64_t batch = g.batch_images > 0 ? g.batch_images : 1;
   const int64_t image_words = words / batch / 16 * 16;
-  if (!g.depthwise && p.weight_cols && g.path != 1 &&
+  if (!g.depthwise && p.weight_cols && g.path != 1 && !::mmfast::conv2d_bf16_tap_mode(p.shape) &&
       (g.path == 2 || prefer_channel_path(p.shape, g))) {
     // Channel path: up to batch_images images' pair planes at once, one GEMM over them.
     for (int64_t n0 = 0; n0 < p.shape.N; n0 += batch) {
@@ -960,7 +1051,18 @@ void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g) {
     conv_depthwise_pairs(p, g);
     return;
   }
+  if (!g.depthwise && ::mmfast::conv2d_bf16_tap_mode(p.shape)) {
+    Conv2dBf16TapPairs t;
+    ::mmfast::conv2d_bf16_tap_pairs(p.shape, g, t);
+    const KPairs kp{g.Cg, t.plane_stride, t.offset, t.npairs};
+    for (int64_t n = 0; n < p.shape.N; ++n) {
+      fill_tap_planes(p, g, t, n, planes, words);
+      conv_gemm(p, g, n, planes, kp);
+    }
+    return;
+  }
   const bool direct = ::mmfast::conv2d_bf16_direct(p.shape, p.x_stride);
+  const KPairs kp{(g.Cg + 1) / 2, g.plane_stride, g.tap_offset, g.ntaps};
   for (int64_t n = 0; n < p.shape.N; ++n) {
     if (g.depthwise) {
       conv_depthwise(p, g, n);
@@ -971,7 +1073,7 @@ void conv2d_bf16(const Conv2dParams& p, const Conv2dCpuPlan& g) {
       continue;
     }
     fill_planes(p, g, n, planes, image_words);
-    conv_gemm(p, g, n, planes);
+    conv_gemm(p, g, n, planes, kp);
   }
 }
 
