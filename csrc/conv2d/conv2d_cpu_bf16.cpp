@@ -218,11 +218,43 @@ void fill_tap_planes(const Conv2dParams& p, const Conv2dCpuPlan& g, const Conv2d
 
 // ---- (2) GEMM -------------------------------------------------------------------------------
 
+// Where a full tile's 3 vectors of virtual positions go in y (rows of y contiguous, Wq >= 16 so
+// a vector spans at most two output rows): vector v's lanes [0, n0) to y + off0[v] (its first
+// row, from its column on), and lanes [shift, shift + n1) to y + off1[v] (the next row, from
+// column 0), moved down by `shift` lanes first; the lanes between are garbage columns.
+struct TileOut {
+  int64_t off0[3], off1[3];
+  __mmask16 m0[3], m1[3];
+  __m512i down[3];  // lane j <- lane j + shift
+  bool whole[3];    // all 16 lanes are outputs of the first row: a plain store
+};
+
+void tile_out(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t p0, TileOut& o) {
+  const Conv2dShape& s = p.shape;
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int v = 0; v < 3; ++v) {
+    const int64_t q = p0 + v * 16, oh = q / g.Wq, ow = q % g.Wq;
+    const int64_t n0 = s.OW - ow < 0 ? 0 : s.OW - ow < 16 ? s.OW - ow : 16;
+    const int64_t shift = g.Wq - ow;
+    const int64_t n1 = shift < 16 && oh + 1 < s.OH ? std::min<int64_t>(16 - shift, s.OW) : 0;
+    o.off0[v] = oh * p.y_stride.h + ow;
+    o.off1[v] = (oh + 1) * p.y_stride.h;
+    o.m0[v] = first_lanes(n0);
+    o.m1[v] = first_lanes(n1);
+    o.down[v] = _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int>(shift < 16 ? shift : 0)));
+    o.whole[v] = n0 == 16;
+  }
+}
+
 // tile[MR][NV*16] = A_panel . B over K = pairs x taps, B[(cp, t)][j] = b[cp*plane_stride +
 // tap[t] + j] (a word: one channel pair at one position). The accumulators stay in registers.
-template <int NV>
+// ToY (NV = 3, full panels): straight to y instead, row i (output channel m0 + i) at
+// y + i * ys_c as `out` says, with bias (may be null) and ReLU: store_tile's round trip through
+// the tile was ~13% of the 7x7 stem.
+template <int NV, bool ToY = false>
 void microkernel(const uint32_t* a, const uint32_t* b, int64_t pairs, int64_t plane_stride,
-                 const int64_t* tap, int64_t ntaps, float* tile) {
+                 const int64_t* tap, int64_t ntaps, float* tile, const TileOut* out = nullptr,
+                 int64_t ys_c = 0, const float* bias = nullptr, bool relu = false) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
@@ -243,6 +275,28 @@ void microkernel(const uint32_t* a, const uint32_t* b, int64_t pairs, int64_t pl
       }
       a += MR;
     }
+  }
+  if (ToY) {
+    const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512 vb = _mm512_set1_ps(bias ? bias[i] : 0.0f);
+      float* yi = tile + i * ys_c;
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) {
+        __m512 r = _mm512_add_ps(acc[i][v], vb);
+        if (relu) r = _mm512_max_ps(zero, r);  // NaN stays NaN
+        if (out->whole[v]) {
+          _mm512_storeu_ps(yi + out->off0[v], r);
+          continue;
+        }
+        if (out->m0[v]) _mm512_mask_storeu_ps(yi + out->off0[v], out->m0[v], r);
+        if (out->m1[v])
+          _mm512_mask_storeu_ps(yi + out->off1[v], out->m1[v],
+                                _mm512_permutexvar_ps(out->down[v], r));
+      }
+    }
+    return;
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
@@ -477,8 +531,13 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const u
   const int64_t m_tasks = split_m ? g.m_blocks : 1;
   const int64_t tasks = s.groups * m_tasks * n_tiles;
   const uint32_t* weights = static_cast<const uint32_t*>(p.weight);
+  // Full tiles go straight to y where its rows are contiguous (a vector then spans at most two
+  // output rows when Wq >= 16).
+  const bool y_dense = p.y_stride.w == 1 && g.Wq >= 16;
+  float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
   parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float tile[MR * NR];
+    TileOut out{};  // (set by tile_out before any use)
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t tile_idx = task % n_tiles;
       const int64_t rest = task / n_tiles;
@@ -488,8 +547,16 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const u
       const int64_t cols = g.virtual_cols - p0 < NR ? g.virtual_cols - p0 : NR;
       const int nv = static_cast<int>((cols + 15) / 16);
       const uint32_t* b = planes + grp * pairs * kp.stride + p0;
+      const bool to_y = y_dense && cols == NR;
+      if (to_y) tile_out(p, g, p0, out);
       for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
         const uint32_t* a = weights + (grp * g.m_blocks + mb) * MR * k;
+        if (to_y && g.Mg - mb * MR >= MR) {
+          const int64_t m = grp * g.Mg + mb * MR;
+          microkernel<3, true>(a, b, pairs, kp.stride, kp.tap, kp.ntaps, yn + m * p.y_stride.c,
+                               &out, p.y_stride.c, p.bias ? f32(p.bias) + m : nullptr, p.relu);
+          continue;
+        }
         if (nv >= 3)
           microkernel<3>(a, b, pairs, kp.stride, kp.tap, kp.ntaps, tile);
         else if (nv == 2)
