@@ -573,10 +573,12 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const u
 
 // ---- (2b) channel-vectorised GEMM ---------------------------------------------------------------
 
-// As conv2d_cpu.cpp's channel path (small images, many channels): 8 output positions, each a
-// broadcast word (one channel pair at one position, from the pair planes) x 3 vectors of 16
-// output channels (the "cols" packing: per (pair, tap), kConvNC words (w[m, 2c'], w[m, 2c'+1])).
-constexpr int kPosRows = 8;
+// As conv2d_cpu.cpp's channel path (small images, many channels): 6 output positions, each a
+// broadcast word (one channel pair at one position, from the pair planes) x up to 4 vectors of
+// 16 output channels (the "cols" packing: per (pair, tap), kConvNC words (w[m, 2c'],
+// w[m, 2c'+1])): 24 accumulators. (8 positions x 2 vectors, a 64-wide panel in two halves, was
+// 10-17% slower on 3x3 128 @28, 256 @14, 512 @7.)
+constexpr int kPosRows = 6;
 constexpr int kNVc = kConvNC / 16;
 static_assert(kNVc * 16 == kConvNC, "panel must be whole vectors");
 static_assert(kNVc <= 4, "conv_gemm_cols runs at most 4 vectors a panel");
@@ -592,7 +594,7 @@ void microkernel_cols(const uint32_t* a, const uint32_t* planes, const int64_t* 
 #pragma GCC unroll 8
   for (int i = 0; i < kPosRows; ++i) {
     r[i] = planes + pos[i];
-#pragma GCC unroll 3
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       acc[i][v] = accumulate ? _mm512_load_ps(tile + i * kConvNC + v * 16) : _mm512_setzero_ps();
   }
@@ -600,12 +602,12 @@ void microkernel_cols(const uint32_t* a, const uint32_t* planes, const int64_t* 
     for (int64_t t = 0; t < ntaps; ++t) {
       const int64_t off = cp * plane_stride + tap[t];
       __m512i av[NV];
-#pragma GCC unroll 3
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) av[v] = _mm512_loadu_si512(a + v * 16);
 #pragma GCC unroll 8
       for (int i = 0; i < kPosRows; ++i) {
         const __m512i bv = _mm512_set1_epi32(static_cast<int>(r[i][off]));
-#pragma GCC unroll 3
+#pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[i][v] = dot_pairs(acc[i][v], bv, av[v]);
       }
       a += kConvNC;
@@ -613,7 +615,7 @@ void microkernel_cols(const uint32_t* a, const uint32_t* planes, const int64_t* 
   }
 #pragma GCC unroll 8
   for (int i = 0; i < kPosRows; ++i)
-#pragma GCC unroll 3
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + i * kConvNC + v * 16, acc[i][v]);
 }
 
@@ -678,14 +680,10 @@ void conv_gemm_cols(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n0, i
         for (int64_t pb = pb0; pb < pb1; ++pb) {
           float* tile = tiles[pb - pb0];
           const int64_t* ps = pos[pb - pb0];
-          if (nv == 4) {
-            // a full 64-wide panel in two halves: 8 rows x 4 vectors would need 32
-            // accumulators, all of the zmm registers (spills)
-            microkernel_cols<2>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
+          if (nv == 4)
+            microkernel_cols<4>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
                                 tile, cp0 > 0);
-            microkernel_cols<2>(a + 32, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset,
-                                g.ntaps, tile + 32, cp0 > 0);
-          } else if (nv == 3)
+          else if (nv == 3)
             microkernel_cols<3>(a, gplanes, ps, cp0, cp1, g.plane_stride, g.tap_offset, g.ntaps,
                                 tile, cp0 > 0);
           else if (nv == 2)
