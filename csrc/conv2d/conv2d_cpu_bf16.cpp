@@ -447,15 +447,14 @@ void conv_gemm_direct(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) 
   const int64_t hw = g.virtual_cols;  // OH * OW, the input's own positions
   const int64_t n_tiles = (hw + NR - 1) / NR;
   const int64_t max_tiles = ::mmfast::conv2d_bf16_direct_chunk(pairs) / NR;
-  // Few chunks for the threads: as many more as make whole rounds (1x1 256->64 @56 on 2
-  // threads: 7 chunks left a thread idle 1/8 of the time; splitting the panels instead, every
-  // chunk converted twice, ran at 1.4x fp32 where 1 thread ran at 1.8x).
+  // Fewer than 4 chunks a thread: smaller chunks, so that the threads balance (the pool hands
+  // tasks out one by one; a core shared with another process finishes fewer). Splitting the
+  // panels instead converts every chunk again: 1x1 256->64 @56 on 2 threads ran at 1.4x fp32
+  // that way where 1 thread ran at 1.8x.
   const int64_t nthreads = get_num_threads();
   int64_t n_chunks = (n_tiles + max_tiles - 1) / max_tiles;
-  if (s.groups * n_chunks < 4 * nthreads) {
-    const int64_t rounds = (s.groups * n_chunks + nthreads - 1) / nthreads;
-    n_chunks = std::min(n_tiles, (rounds * nthreads + s.groups - 1) / s.groups);
-  }
+  if (s.groups * n_chunks < 4 * nthreads)
+    n_chunks = std::min(n_tiles, (4 * nthreads + s.groups - 1) / s.groups);
   const int64_t chunk = (n_tiles + n_chunks - 1) / n_chunks * NR;
   n_chunks = (hw + chunk - 1) / chunk;
   // Panels split into ranges only when the chunks are still fewer than the threads (each range
