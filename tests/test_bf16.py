@@ -169,6 +169,86 @@ def test_conv2d_bf16_rounds_to_nearest_even(path, depthwise):
     np.testing.assert_array_equal(y.ravel(), expected)
 
 
+# The AVX512-BF16 kernel's special paths, each with the shapes that reach it (the bound is the same:
+# a tap pair's zero partner is a zero weight, as a channel pair's is):
+#  - 1x1 "direct mode" (stride 1, unpadded, rows contiguous): B converted per chunk of positions
+#    (up to 16 tiles of 48, fewer for many channels); several chunks and a partial one, odd
+#    channel counts, output channels not a multiple of the 8-row panel, groups, a chunk cut to
+#    one tile by the channel count;
+#  - depthwise, stride 1 (no row dilation, at most 16 filter rows): K pairs are taps (kw, kw + 1)
+#    of a filter row; 3x3, 5x5, 7x7 (the fixed blocks) and any other filter (the generic one),
+#    odd and even widths, dilation along w, asymmetric pads, a channel multiplier, partial vectors;
+#  - tap-pair mode (3 to 15 channels a group, an odd count, filters where pairing taps wastes
+#    less than pairing channels): pairs (kh, kw)+(kh, kw+1), the odd last column paired down the
+#    rows, the last tap alone; stride 1 and 2 (its own fill), other strides and dilations (the
+#    generic fill), even and odd filter sides, groups.
+# (N, C, M, H, W, kernel (kh, kw), stride, pads (t, l, b, r), dilation, groups)
+PATH_CASES = [
+    (2, 9, 20, 23, 37, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 851 positions: 2 chunks
+    (1, 300, 12, 5, 43, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 150 pairs: 1-tile chunks
+    (1, 12, 18, 9, 21, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),  # groups, 2 pairs a group
+    (2, 6, 6, 13, 37, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6),
+    (1, 4, 8, 9, 70, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 4),  # channel multiplier 2
+    (1, 3, 3, 8, 20, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 3),
+    (1, 4, 4, 11, 23, (2, 4), (1, 1), (0, 1, 1, 2), (1, 1), 4),  # even width, generic block
+    (1, 2, 2, 7, 30, (3, 5), (1, 1), (1, 4, 1, 4), (1, 2), 2),  # dilation along w
+    (1, 2, 4, 20, 9, (16, 1), (1, 1), (7, 0, 8, 0), (1, 1), 2),  # 16 rows, one lone tap a row
+    (1, 3, 3, 6, 5, (2, 3), (1, 1), (0, 0, 0, 0), (1, 1), 3),  # narrower than a vector
+    (2, 3, 24, 37, 41, (7, 7), (2, 2), (3, 3, 2, 3), (1, 1), 1),  # the stem, odd sides
+    (1, 3, 10, 17, 35, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # stride 1
+    (1, 6, 12, 15, 33, (5, 5), (2, 2), (2, 2, 2, 2), (1, 2), 2),  # groups, dilation along w
+    (1, 5, 9, 14, 19, (4, 3), (2, 1), (1, 1, 2, 1), (2, 1), 1),  # even KH: no lone tap
+    (1, 3, 8, 12, 26, (3, 4), (1, 3), (1, 2, 1, 2), (1, 1), 1),  # even KW; stride 3
+]
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_conv2d_bf16_paths_bound(case, path):
+    n, c, m, h, w_, (kh, kw), stride, pads, dilation, groups = case
+    rng = np.random.default_rng(sum(case[:5]))
+    x = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+    w = rng.standard_normal((m, c // groups, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    args = (stride, pads, dilation, groups)
+    kw_args = dict(stride=stride, padding=pads, dilation=dilation, groups=groups)
+    conv = ops.Conv2d(w, b, precision="bf16", **kw_args)
+    y = conv(x)
+    ref = conv2d_ref(x, w, b, *args)
+    bound = conv_bound(x, w, b, *args)
+    err = np.abs(y - ref)
+    assert (err <= bound).all(), f"{(err > bound).sum()} outside; worst {(err / bound).max():.3g}"
+    assert (err > conv2d_tolerance(x, w, b, *args)).any()
+    # ReLU into a strided output, and a strided input (x's rows not contiguous: no direct mode,
+    # the depthwise rows gathered first, the generic fill), same values
+    relu = ops.Conv2d(w, b, activation="relu", precision="bf16", **kw_args)
+    out = np.full((n, m, y.shape[2], 2 * y.shape[3]), np.nan, np.float32)[..., ::2]
+    relu(x, out=out)
+    np.testing.assert_array_equal(out, np.maximum(y, 0))
+    xs = np.repeat(x, 2, axis=3)[..., ::2]
+    np.testing.assert_array_equal(conv(xs), y)
+
+
+@pytest.mark.parametrize("groups", [2, 1])
+def test_conv2d_bf16_lone_tap_keeps_inf_local(path, groups):
+    """An odd filter leaves a lone tap whose pair partner has weight 0 (depthwise: groups = 2;
+    tap-pair mode: 3 channels): that partner must be zero in x too, or an inf next to a
+    receptive field would turn its output into 0 * inf = NaN."""
+    rng = np.random.default_rng(8)
+    c = 2 if groups == 2 else 3
+    x = rng.standard_normal((1, c, 9, 40)).astype(np.float32)
+    x[0, 0, 4, 20] = np.inf
+    x[0, 1, 3, 0] = -np.inf
+    for k in (3, 5, 1):
+        w = rng.standard_normal((2, c // groups, k, k)).astype(np.float32)
+        p = k // 2
+        for stride in (1, 2):
+            y = ops.conv2d(x, w, stride=stride, padding=p, groups=groups, precision="bf16")
+            with np.errstate(invalid="ignore"):
+                ref = conv2d_ref(x, w, None, (stride,) * 2, (p,) * 4, (1, 1), groups)
+            np.testing.assert_array_equal(np.isfinite(y), np.isfinite(ref))
+            np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+
+
 def test_conv2d_bound_rejects_bf16_accumulation():
     """A kernel that accumulates in bf16 (a real bug class: dropping the float32 accumulator)
     breaks the bound: emulated here in float64 on the rounded inputs, positive data so that the
