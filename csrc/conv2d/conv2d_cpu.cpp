@@ -79,6 +79,7 @@ void fill_phase(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_
 // over the rows fills both (tasks of one (channel, row phase); see fill_rows_s2).
 struct FillUnit {
   int64_t slot0 = -1, slot1 = -1;  // slots of phases (a, 0), (a, 1); -1 where no tap reads it
+  int64_t any() const { return slot0 >= 0 ? slot0 : slot1; }
 };
 
 #if defined(__AVX512F__)
@@ -110,10 +111,8 @@ void fill_rows_s2(const float* xc, int64_t xs_h, const Conv2dShape& s, int64_t H
     hi[q] = lane_range(-base - W, s.W - base - W);
     st[q] = lane_range(0, Wq - W * q);
   }
-  const __m512i even =
-      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd =
-      _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t i = 0; i < Hq; ++i) {
     float* row0 = B0 ? dst0 + i * Wq : nullptr;
@@ -147,10 +146,9 @@ void fill_unit(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t
 #if defined(__AVX512F__)
   if (s.stride_w == 2 && p.x_stride.w == 1 && g.Wq <= kS2MaxVectors * W) {
     const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
-    const int64_t slot = u.slot0 >= 0 ? u.slot0 : u.slot1;
     float* d0 = u.slot0 >= 0 ? dst + u.slot0 * g.phase_stride : nullptr;
     float* d1 = u.slot1 >= 0 ? dst + u.slot1 * g.phase_stride : nullptr;
-    const int64_t a = g.phase_a[slot];
+    const int64_t a = g.phase_a[u.any()];
     if (d0 && d1)
       fill_rows_s2<true, true>(xc, p.x_stride.h, s, g.Hq, g.Wq, a, d0, d1);
     else if (d0)
@@ -173,9 +171,7 @@ int64_t fill_units(const Conv2dCpuPlan& g, int64_t stride_w, FillUnit* units) {
   for (int64_t slot = 0; slot < g.nphases; ++slot) {
     if (stride_w == 2) {
       int64_t k = 0;  // the unit of this row phase, if one was started
-      while (k < count && g.phase_a[units[k].slot0 >= 0 ? units[k].slot0 : units[k].slot1] !=
-                              g.phase_a[slot])
-        ++k;
+      while (k < count && g.phase_a[units[k].any()] != g.phase_a[slot]) ++k;
       if (k < count) {
         (g.phase_b[slot] == 0 ? units[k].slot0 : units[k].slot1) = slot;
         continue;
