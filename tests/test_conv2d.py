@@ -543,3 +543,77 @@ def test_stride_two_planes_read_nothing_past_the_input(variant, conv_path, c, hw
     w = np.random.default_rng(10).standard_normal((16, c, k, k)).astype(np.float32)
     check(x, w, None, stride=(2, 2), pads=(pad,) * 4)
     del keep
+
+
+def _array_after_guard_page(shape):
+    """A float32 array starting right after an inaccessible page: reading before its first
+    element (a padded row's window starting left of the row) crashes the test."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    nbytes = int(np.prod(shape)) * 4
+    npages = -(-nbytes // page) + 1
+    buf = mmap.mmap(-1, npages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(base, page, 0) == 0
+    arr = np.frombuffer(buf, dtype=np.float32, count=int(np.prod(shape)), offset=page)
+    return arr.reshape(shape), buf
+
+
+@pytest.mark.parametrize(
+    "c,m,hw,k,stride,pads,dilation,groups",
+    [
+        (5, 9, (7, 31), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),  # both column phases
+        (4, 16, (9, 32), (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),  # 1x1/2: phase (0, 0) only
+        (3, 8, (5, 33), (1, 2), (2, 2), (0, 3, 0, 2), (1, 1), 1),  # pad_left 3: window at -3
+        (2, 10, (6, 65), (3, 3), (3, 2), (2, 0, 1, 1), (1, 1), 1),  # row stride 3, odd width
+        (6, 12, (5, 47), (3, 3), (2, 2), (1, 1, 1, 1), (1, 2), 2),  # dilation 2: b = 0 only
+        (3, 3, (8, 40), (3, 4), (2, 2), (1, 2, 1, 1), (1, 1), 3),  # depthwise, stride 2
+        (2, 4, (3, 1), (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),  # one column
+        (2, 4, (3, 2), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),  # plane rows of 2
+    ],
+)
+def test_stride_two_fill_same_planes_as_gather(
+    variant, conv_path, c, m, hw, k, stride, pads, dilation, groups
+):
+    # Column stride 2 along contiguous rows fills the planes in masked vectors; an x strided
+    # along w takes the scalar gather. Both fill the same planes: identical outputs, within the
+    # bound; rows of x apart in memory (a slice of wider rows) take the vector fill too.
+    rng = np.random.default_rng(sum(hw) * 100 + m)
+    x = rng.standard_normal((1, c, *hw)).astype(np.float32)
+    w = rng.standard_normal((m, c // groups, *k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    y = check(x, w, b, stride, pads, dilation, groups, relu=True)
+    kwargs = dict(stride=stride, padding=pads, dilation=dilation, groups=groups)
+    conv = ops.Conv2d(w, b, activation="relu", algorithm="direct", **kwargs)
+    np.testing.assert_array_equal(conv(x), y)
+    gather = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # w stride H
+    np.testing.assert_array_equal(conv(gather), y)
+    wide = np.full((1, c, hw[0], hw[1] + 7), np.inf, np.float32)
+    wide[..., : hw[1]] = x
+    np.testing.assert_array_equal(conv(wide[..., : hw[1]]), y)
+
+
+def test_stride_two_fill_very_wide_rows(variant):
+    # Plane rows past the vector fill's mask table (1024 columns) take the scalar gather.
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 2, 3, 2103)).astype(np.float32)
+    w = rng.standard_normal((8, 2, 1, 3)).astype(np.float32)
+    check(x, w, None, stride=(2, 2), pads=(0, 1, 0, 1))
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "PROT_READ"), reason="needs POSIX mmap")
+@pytest.mark.parametrize(
+    "c,hw,k,pad", [(3, (12, 64), 7, 3), (2, (5, 33), 3, 1), (2, (4, 17), 1, 0)]
+)
+def test_stride_two_planes_read_nothing_before_the_input(variant, conv_path, c, hw, k, pad):
+    # The stride-2 fill's windows start left of a padded row, lanes masked off: they must not
+    # touch memory before the input's first element.
+    x, keep = _array_after_guard_page((1, c, *hw))
+    x[...] = np.random.default_rng(12).standard_normal(x.shape)
+    w = np.random.default_rng(13).standard_normal((16, c, k, k)).astype(np.float32)
+    check(x, w, None, stride=(2, 2), pads=(pad,) * 4)
+    del keep

@@ -68,44 +68,219 @@ void fill_phase(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_
       std::memcpy(row + j0, xr, static_cast<size_t>(j1 - j0) * sizeof(float));
     } else {
       const int64_t step = s.stride_w * p.x_stride.w;
-      int64_t j = j0;
-#if defined(__AVX512F__)
-      // Stride 2 along a contiguous row (the ResNet stem): 16 plane columns from two vectors
-      // of 16 input columns, the even lanes picked by a permute (the scalar loop was ~9% of
-      // the stem's time). The loads read input columns col0 + 2(j - j0) .. + 31: only while
-      // those lie in the row (the rest is done below).
-      if (s.stride_w == 2 && p.x_stride.w == 1) {
-        const __m512i even =
-            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        for (; j + W <= j1 && col0 + 2 * (j - j0) + 2 * W <= s.W; j += W) {
-          const float* src = xr + 2 * (j - j0);
-          _mm512_storeu_ps(row + j, _mm512_permutex2var_ps(_mm512_loadu_ps(src), even,
-                                                           _mm512_loadu_ps(src + W)));
-        }
-      }
-#endif
-      for (; j < j1; ++j) row[j] = xr[(j - j0) * step];
+      for (int64_t j = j0; j < j1; ++j) row[j] = xr[(j - j0) * step];
     }
     std::memset(row + j1, 0, static_cast<size_t>(g.Wq - j1) * sizeof(float));
   }
 }
 
+// The planes of one row phase `a` at once: with column stride 2 along contiguous input rows,
+// planes (a, 0) and (a, 1) are the even and odd columns of the same padded rows, so one pass
+// over the rows fills both (tasks of one (channel, row phase); see fill_rows_s2).
+struct FillUnit {
+  int64_t slot0 = -1, slot1 = -1;  // slots of phases (a, 0), (a, 1); -1 where no tap reads it
+  int64_t any() const { return slot0 >= 0 ? slot0 : slot1; }
+};
+
+#if defined(__AVX512F__)
+// Plane rows up to this many vectors (1024 columns) take fill_rows_s2.
+constexpr int64_t kS2MaxVectors = 64;
+
+// Lanes [begin, end) of a 16-lane mask, clamped.
+inline __mmask16 lane_range(int64_t begin, int64_t end) {
+  if (begin < 0) begin = 0;
+  if (end > W) end = W;
+  if (end <= begin) return 0;
+  return static_cast<__mmask16>(((1u << end) - 1u) & ~((1u << begin) - 1u));
+}
+
+// Column stride 2, input rows contiguous: plane (a, b) column j is input column 2j + b - PL, so
+// vector q of a plane row (columns 16q .. 16q + 15) is the even (b = 0) or odd (b = 1) lanes of
+// the 32 input columns from 32q - PL: two loads and a permute per plane. Where that window
+// reaches past either end of the row (the padding), rows of at least 32 columns load the 32
+// columns at the row's end instead, permuted with the indices shifted and the lanes outside
+// the row zeroed; narrower rows use masked loads. Nothing outside the row is read, and the
+// loads are plain ones (masked loads whose disabled lanes fell on lines not in cache ran the
+// fill of a batch streamed from memory at half speed: 1x1/2 256->512 @56). Per-vector indices
+// and masks depend only on q, so the row loop has no data-dependent branches (the scalar
+// gather and memsets this replaces were 15-35% of the stride-2 layers of a ResNet encoder).
+// Where fill_rows_s2 loads each plane-row vector q from and how it permutes it: these depend
+// only on the shape, so they are worked out once per image (not per channel).
+struct S2Table {
+  int64_t nq = 0, q_full = 0;  // vectors per plane row; those wholly inside it
+  // Rows of at least 16 columns: two plain loads of 16 columns inside the row, from columns
+  // lo_at[q] and hi_at[q]; narrower rows: masked loads (lo, hi) of the window itself.
+  bool plain = false;
+  int64_t lo_at[kS2MaxVectors], hi_at[kS2MaxVectors];
+  alignas(64) int32_t idx[2][kS2MaxVectors][W];  // [b][q]: lane -> index into (lo, hi)
+  __mmask16 m[2][kS2MaxVectors];                 // [b][q]: lanes inside the row
+  __mmask16 lo[kS2MaxVectors], hi[kS2MaxVectors], st[kS2MaxVectors];
+
+  // False where the plane rows are too wide for the table (Wq > kS2MaxVectors * W).
+  bool build(const Conv2dShape& s, int64_t Wq) {
+    nq = (Wq + W - 1) / W;
+    if (nq > kS2MaxVectors) return false;
+    q_full = Wq / W;
+    plain = s.W >= W;
+    for (int64_t q = 0; q < nq; ++q) {
+      const int64_t base = 2 * W * q - s.pad_left;  // input column of plane column 16q, b = 0
+      int64_t l = base, h = base + W;
+      if (s.W >= 2 * W) {
+        l = base < 0 ? 0 : (base > s.W - 2 * W ? s.W - 2 * W : base);
+        h = l + W;
+      } else if (plain) {
+        l = 0, h = s.W - W;  // the whole row
+      }
+      lo_at[q] = l, hi_at[q] = h;
+      lo[q] = lane_range(-l, s.W - l);
+      hi[q] = lane_range(-h, s.W - h);
+      st[q] = lane_range(0, Wq - W * q);
+      for (int b = 0; b < 2; ++b) {
+        m[b][q] = 0;
+        for (int j = 0; j < W; ++j) {
+          const int64_t col = base + 2 * j + b;
+          int32_t k = 0;  // lanes outside the row: index 0, masked off
+          bool in = col >= 0 && col < s.W;
+          if (in && col >= l && col < l + W)
+            k = static_cast<int32_t>(col - l);
+          else if (in && col >= h && col < h + W)
+            k = static_cast<int32_t>(W + col - h);
+          else
+            in = false;  // not loaded (does not happen for a column of the row)
+          idx[b][q][j] = k;
+          if (in) m[b][q] = static_cast<__mmask16>(m[b][q] | (1u << j));
+        }
+      }
+    }
+    return true;
+  }
+};
+
+template <bool B0, bool B1>
+void fill_rows_s2(const float* xc, int64_t xs_h, const Conv2dShape& s, const S2Table& t, int64_t Hq,
+                  int64_t Wq, int64_t a, float* dst0, float* dst1) {
+  const int64_t nq = t.nq;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t i = 0; i < Hq; ++i) {
+    float* row0 = B0 ? dst0 + i * Wq : nullptr;
+    float* row1 = B1 ? dst1 + i * Wq : nullptr;
+    const int64_t r = i * s.stride_h + a - s.pad_top;
+    if (r < 0 || r >= s.H) {
+      for (int64_t q = 0; q < nq; ++q) {
+        if (B0) _mm512_mask_storeu_ps(row0 + W * q, t.st[q], zero);
+        if (B1) _mm512_mask_storeu_ps(row1 + W * q, t.st[q], zero);
+      }
+      continue;
+    }
+    // Narrow rows: the window may start left of the row (lanes masked off), so addresses, not
+    // pointers, until the masked loads (which touch only their enabled lanes).
+    const uintptr_t xr = reinterpret_cast<uintptr_t>(xc + r * xs_h);
+    for (int64_t q = 0; q < nq; ++q) {
+      __m512 vlo, vhi;
+      if (t.plain) {
+        vlo = _mm512_loadu_ps(reinterpret_cast<const float*>(xr + t.lo_at[q] * 4));
+        vhi = _mm512_loadu_ps(reinterpret_cast<const float*>(xr + t.hi_at[q] * 4));
+      } else {
+        const uintptr_t at = xr + static_cast<uintptr_t>(t.lo_at[q] * 4);
+        vlo = _mm512_maskz_loadu_ps(t.lo[q], reinterpret_cast<const void*>(at));
+        vhi = _mm512_maskz_loadu_ps(t.hi[q], reinterpret_cast<const void*>(at + 4 * W));
+      }
+      const __m512 v0 =
+          _mm512_maskz_permutex2var_ps(t.m[0][q], vlo, _mm512_load_si512(t.idx[0][q]), vhi);
+      const __m512 v1 =
+          _mm512_maskz_permutex2var_ps(t.m[1][q], vlo, _mm512_load_si512(t.idx[1][q]), vhi);
+      if (q < t.q_full) {
+        if (B0) _mm512_storeu_ps(row0 + W * q, v0);
+        if (B1) _mm512_storeu_ps(row1 + W * q, v1);
+      } else {
+        if (B0) _mm512_mask_storeu_ps(row0 + W * q, t.st[q], v0);
+        if (B1) _mm512_mask_storeu_ps(row1 + W * q, t.st[q], v1);
+      }
+    }
+  }
+}
+#endif
+
+// The fill units of a plan: with column stride 2, one per row phase (its (a, 0) and (a, 1)
+// planes together); otherwise one per plane. Returns their count.
+int64_t fill_units(const Conv2dCpuPlan& g, int64_t stride_w, FillUnit* units) {
+  int64_t count = 0;
+  for (int64_t slot = 0; slot < g.nphases; ++slot) {
+    if (stride_w == 2) {
+      int64_t k = 0;  // the unit of this row phase, if one was started
+      while (k < count && g.phase_a[units[k].any()] != g.phase_a[slot]) ++k;
+      if (k < count) {
+        (g.phase_b[slot] == 0 ? units[k].slot0 : units[k].slot1) = slot;
+        continue;
+      }
+    }
+    units[count] = FillUnit{};
+    ((stride_w == 2 && g.phase_b[slot] == 1) ? units[count].slot1 : units[count].slot0) = slot;
+    ++count;
+  }
+  return count;
+}
+
+// How a call's planes are filled: its units, and (column stride 2 along contiguous rows,
+// AVX-512) the vector fill's table, worked out once per image or per depthwise pass.
+struct FillPlan {
+  FillUnit units[kConvMaxTaps];
+  int64_t count = 0;
+#if defined(__AVX512F__)
+  bool s2 = false;
+  S2Table table;
+#endif
+  FillPlan(const Conv2dParams& p, const Conv2dCpuPlan& g) {
+    count = fill_units(g, p.shape.stride_w, units);
+#if defined(__AVX512F__)
+    s2 = p.shape.stride_w == 2 && p.x_stride.w == 1 && table.build(p.shape, g.Wq);
+#endif
+  }
+};
+
+// Fills unit u's planes of channel c (dst: the channel's planes, slot after slot).
+void fill_unit(const Conv2dParams& p, const Conv2dCpuPlan& g, const FillPlan& f, int64_t n,
+               int64_t c, const FillUnit& u, float* dst) {
+#if defined(__AVX512F__)
+  if (f.s2) {
+    const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
+    float* d0 = u.slot0 >= 0 ? dst + u.slot0 * g.phase_stride : nullptr;
+    float* d1 = u.slot1 >= 0 ? dst + u.slot1 * g.phase_stride : nullptr;
+    const int64_t a = g.phase_a[u.any()];
+    const int64_t hs = p.x_stride.h;
+    if (d0 && d1)
+      fill_rows_s2<true, true>(xc, hs, p.shape, f.table, g.Hq, g.Wq, a, d0, d1);
+    else if (d0)
+      fill_rows_s2<true, false>(xc, hs, p.shape, f.table, g.Hq, g.Wq, a, d0, d1);
+    else
+      fill_rows_s2<false, true>(xc, hs, p.shape, f.table, g.Hq, g.Wq, a, d0, d1);
+    return;
+  }
+#else
+  (void)f;
+#endif
+  if (u.slot0 >= 0) fill_phase(p, g, n, c, u.slot0, dst + u.slot0 * g.phase_stride);
+  if (u.slot1 >= 0) fill_phase(p, g, n, c, u.slot1, dst + u.slot1 * g.phase_stride);
+}
+
 // Channel c's phase planes (the used ones), each Hq x Wq, at dst: slot after slot.
-void fill_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_t c, float* dst) {
-  for (int64_t slot = 0; slot < g.nphases; ++slot)
-    fill_phase(p, g, n, c, slot, dst + slot * g.phase_stride);
+void fill_channel(const Conv2dParams& p, const Conv2dCpuPlan& g, const FillPlan& f, int64_t n,
+                  int64_t c, float* dst) {
+  for (int64_t k = 0; k < f.count; ++k) fill_unit(p, g, f, n, c, f.units[k], dst);
 }
 
 // All channels' planes of image n (the GEMM paths read across channels), in tasks of one
-// (channel, phase) plane: a stride-2 layer of 3 channels has 12 planes to spread over the
+// (channel, unit): a stride-2 layer of 3 channels has 6 units (12 planes) to spread over the
 // threads, not 3 channels.
 void fill_planes(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, float* planes) {
   const Conv2dShape& s = p.shape;
-  const int64_t grain = g.phase_stride >= 4096 ? 1 : 4096 / g.phase_stride + 1;
-  parallel_for(s.C * g.nphases, grain, [&](int64_t t0, int64_t t1) {
+  const FillPlan f(p, g);
+  const int64_t unit_floats = g.plane_stride / f.count;
+  const int64_t grain = unit_floats >= 4096 ? 1 : 4096 / unit_floats + 1;
+  parallel_for(s.C * f.count, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c = t / g.nphases, slot = t % g.nphases;
-      fill_phase(p, g, n, c, slot, planes + c * g.plane_stride + slot * g.phase_stride);
+      const int64_t c = t / f.count;
+      fill_unit(p, g, f, n, c, f.units[t % f.count], planes + c * g.plane_stride);
     }
   });
   // Slack read (and dropped) by the last tiles: keep it finite.
@@ -647,6 +822,7 @@ void conv_depthwise(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) {
   const Conv2dShape& s = p.shape;
   const int64_t ntaps = g.ntaps;
   float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
+  const FillPlan f(p, g);
   parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) {
     const int tid = current_thread_index();
     float* plane =
@@ -656,7 +832,7 @@ void conv_depthwise(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n) {
     std::memset(plane + g.plane_stride, 0,
                 static_cast<size_t>(g.channel_floats - g.plane_stride) * sizeof(float));
     for (int64_t c = c0; c < c1; ++c) {
-      fill_channel(p, g, n, c, plane);
+      fill_channel(p, g, f, n, c, plane);
       for (int64_t j = 0; j < g.Mg; ++j) {
         const int64_t m = c * g.Mg + j;
         const float* panel = f32(p.weight) + (c * g.m_blocks + j / MR) * MR * ntaps;
