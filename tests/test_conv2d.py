@@ -531,20 +531,6 @@ def test_row_tiles_match_plane_position_tiles(
     np.testing.assert_array_equal(strided_w, y)
 
 
-@pytest.mark.skipif(not hasattr(__import__("mmap"), "PROT_READ"), reason="needs POSIX mmap")
-@pytest.mark.parametrize(
-    "c,hw,k,pad", [(3, (20, 64), 7, 3), (2, (9, 35), 7, 3), (3, (6, 33), 3, 0), (1, (4, 48), 1, 0)]
-)
-def test_stride_two_planes_read_nothing_past_the_input(variant, conv_path, c, hw, k, pad):
-    # Stride-2 rows are deinterleaved two vectors at a time: the last loads of the last row
-    # must stay inside the input.
-    x, keep = _array_before_guard_page((1, c, *hw))
-    x[...] = np.random.default_rng(9).standard_normal(x.shape)
-    w = np.random.default_rng(10).standard_normal((16, c, k, k)).astype(np.float32)
-    check(x, w, None, stride=(2, 2), pads=(pad,) * 4)
-    del keep
-
-
 def _array_after_guard_page(shape):
     """A float32 array starting right after an inaccessible page: reading before its first
     element (a padded row's window starting left of the row) crashes the test."""
@@ -607,13 +593,25 @@ def test_stride_two_fill_very_wide_rows(variant):
 
 @pytest.mark.skipif(not hasattr(__import__("mmap"), "PROT_READ"), reason="needs POSIX mmap")
 @pytest.mark.parametrize(
-    "c,hw,k,pad", [(3, (12, 64), 7, 3), (2, (5, 33), 3, 1), (2, (4, 17), 1, 0)]
+    "side,c,hw,k,pad",
+    [
+        # past the end: stride-2 rows are deinterleaved two vectors at a time, and the last
+        # loads of the last row must stay inside the input
+        ("after", 3, (20, 64), 7, 3),
+        ("after", 2, (9, 35), 7, 3),
+        ("after", 3, (6, 33), 3, 0),
+        ("after", 1, (4, 48), 1, 0),
+        # before the start: the fill's windows start left of a padded row, lanes masked off
+        ("before", 3, (12, 64), 7, 3),
+        ("before", 2, (5, 33), 3, 1),
+        ("before", 2, (4, 17), 1, 0),
+    ],
 )
-def test_stride_two_planes_read_nothing_before_the_input(variant, conv_path, c, hw, k, pad):
-    # The stride-2 fill's windows start left of a padded row, lanes masked off: they must not
-    # touch memory before the input's first element.
-    x, keep = _array_after_guard_page((1, c, *hw))
-    x[...] = np.random.default_rng(12).standard_normal(x.shape)
-    w = np.random.default_rng(13).standard_normal((16, c, k, k)).astype(np.float32)
+def test_stride_two_planes_read_nothing_outside_the_input(variant, conv_path, side, c, hw, k, pad):
+    # the input sits against a guard page on that side: a read across it faults
+    guarded = _array_before_guard_page if side == "after" else _array_after_guard_page
+    x, keep = guarded((1, c, *hw))
+    x[...] = np.random.default_rng(9 if side == "after" else 12).standard_normal(x.shape)
+    w = np.random.default_rng(10).standard_normal((16, c, k, k)).astype(np.float32)
     check(x, w, None, stride=(2, 2), pads=(pad,) * 4)
     del keep

@@ -467,6 +467,30 @@ bool prefer_row_tiles(const Conv2dParams& p, const Conv2dCpuPlan& g, bool direct
   return row_lanes < g.Wq;
 }
 
+// The spatial GEMMs' tasks: (group, tile), each running every panel of its group over one tile
+// (the tile's B rows stay in L1/L2 across panels), or, when there are too few of those to
+// balance the threads (small images, e.g. 7x7: few tiles, many output channels), (group, panel,
+// tile) in m-major order so consecutive tasks reuse one weight panel.
+struct GemmTasks {
+  int64_t n_tiles, m_tasks, count;
+  bool split_m;
+  GemmTasks(const Conv2dShape& s, const Conv2dCpuPlan& g, int64_t tiles)
+      : n_tiles(tiles), m_tasks(1), count(0), split_m(s.groups * tiles < 4 * get_num_threads()) {
+    m_tasks = split_m ? g.m_blocks : 1;
+    count = s.groups * m_tasks * n_tiles;
+  }
+  // Task -> its tile, group and panels [mb_begin, mb_end).
+  void decode(int64_t task, int64_t m_blocks, int64_t& tile, int64_t& grp, int64_t& mb_begin,
+              int64_t& mb_end) const {
+    tile = task % n_tiles;
+    const int64_t rest = task / n_tiles;
+    const int64_t mt = rest % m_tasks;
+    grp = rest / m_tasks;
+    mb_begin = split_m ? mt : 0;
+    mb_end = split_m ? mt + 1 : m_blocks;
+  }
+};
+
 // The spatial GEMM in row tiles (prefer_row_tiles): vector q of the image is row q / vpr,
 // columns [(q % vpr) * W, ...) with vpr = ceil(OW / W) vectors a row; a tile is NR = kNV * W
 // consecutive vectors, which may span two output rows.
@@ -475,21 +499,13 @@ void conv_gemm_rows(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, co
   const int64_t k = g.Cg * g.ntaps;
   const int64_t vpr = (s.OW + W - 1) / W;
   const int64_t nvec = s.OH * vpr;
-  const int64_t n_tiles = (nvec + kNV - 1) / kNV;
-  // Tasks as in conv_gemm: (group, tile), every panel over one tile (its B rows stay in L1/L2),
-  // or (group, panel, tile) when there are too few tiles to balance the threads.
-  const int64_t nthreads = get_num_threads();
-  const bool split_m = s.groups * n_tiles < 4 * nthreads;
-  const int64_t m_tasks = split_m ? g.m_blocks : 1;
-  const int64_t tasks = s.groups * m_tasks * n_tiles;
+  const GemmTasks tasks(s, g, (nvec + kNV - 1) / kNV);
   float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
-  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+  parallel_for(tasks.count, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float tile[MR * NR];
     for (int64_t task = t0; task < t1; ++task) {
-      const int64_t tile_idx = task % n_tiles;
-      const int64_t rest = task / n_tiles;
-      const int64_t mt = rest % m_tasks, grp = rest / m_tasks;
-      const int64_t mb_begin = split_m ? mt : 0, mb_end = split_m ? mt + 1 : g.m_blocks;
+      int64_t tile_idx, grp, mb_begin, mb_end;
+      tasks.decode(task, g.m_blocks, tile_idx, grp, mb_begin, mb_end);
       const int64_t q0 = tile_idx * kNV;
       const int nv = static_cast<int>(nvec - q0 < kNV ? nvec - q0 : kNV);
       const float* b[kNV];
@@ -542,25 +558,15 @@ void conv_gemm(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, const f
                int64_t plane_stride, bool direct) {
   const Conv2dShape& s = p.shape;
   const int64_t k = g.Cg * g.ntaps;
-  const int64_t n_tiles = (g.virtual_cols + NR - 1) / NR;
-  // Enough (group, tile) tasks to balance the threads: each task runs every panel of its
-  // group over one tile (the tile's B rows stay in L1/L2 across panels). Otherwise split the
-  // panels too (small images, e.g. 7x7: few tiles, many output channels).
-  const int64_t nthreads = get_num_threads();
-  const bool split_m = s.groups * n_tiles < 4 * nthreads;
-  const int64_t m_tasks = split_m ? g.m_blocks : 1;
-  const int64_t tasks = s.groups * m_tasks * n_tiles;
+  const GemmTasks tasks(s, g, (g.virtual_cols + NR - 1) / NR);
   // Virtual columns are the outputs themselves, in order (no garbage columns, dense planes).
   const bool to_y = g.Wq == s.OW && p.y_stride.w == 1 && (p.y_stride.h == s.OW || s.OH == 1);
   float* yn = static_cast<float*>(p.y) + n * p.y_stride.n;
-  parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+  parallel_for(tasks.count, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float tile[MR * NR];
     for (int64_t task = t0; task < t1; ++task) {
-      // m-major order when splitting panels: consecutive tasks reuse one weight panel.
-      const int64_t tile_idx = task % n_tiles;
-      const int64_t rest = task / n_tiles;
-      const int64_t mt = rest % m_tasks, grp = rest / m_tasks;
-      const int64_t mb_begin = split_m ? mt : 0, mb_end = split_m ? mt + 1 : g.m_blocks;
+      int64_t tile_idx, grp, mb_begin, mb_end;
+      tasks.decode(task, g.m_blocks, tile_idx, grp, mb_begin, mb_end);
       const int64_t p0 = tile_idx * NR;
       const int64_t cols = g.virtual_cols - p0 < NR ? g.virtual_cols - p0 : NR;
       // The last tile may need fewer vectors (e.g. 63 virtual columns: 48 + 16, not 48 + 48).
