@@ -48,12 +48,8 @@ void fill_phase(const Conv2dParams& p, const Conv2dCpuPlan& g, int64_t n, int64_
   const Conv2dShape& s = p.shape;
   const float* xc = f32(p.x) + n * p.x_stride.n + c * p.x_stride.c;
   const int64_t a = g.phase_a[slot], b = g.phase_b[slot];
-  // Plane columns j read input column j*SW + b - PL: valid for j in [j0, j1).
-  const int64_t lead = s.pad_left - b;
-  const int64_t j0 = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
-  const int64_t last = s.W - 1 + lead;
-  int64_t j1 = last < 0 ? 0 : last / s.stride_w + 1;
-  if (j1 > g.Wq) j1 = g.Wq;
+  // Plane columns [j0, j1) read the input (the plan's), the others are padding.
+  const int64_t j0 = g.phase_j0[slot], j1 = g.phase_j1[slot];
   for (int64_t i = 0; i < g.Hq; ++i) {
     float* row = ph + i * g.Wq;
     const int64_t r = i * s.stride_h + a - s.pad_top;

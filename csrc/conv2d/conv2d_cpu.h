@@ -46,6 +46,9 @@ struct Conv2dCpuPlan {
   int64_t phase_stride = 0;  // Hq * Wq
   int64_t nphases = 0;       // phases some tap reads (1x1 stride 2: only (0, 0))
   int64_t phase_a[kConvMaxTaps] = {}, phase_b[kConvMaxTaps] = {};  // slot -> (row, col) phase
+  // slot -> the plane columns [j0, j1) that read the input (column j reads input column
+  // j*stride_w + b - pad_left); the others are padding.
+  int64_t phase_j0[kConvMaxTaps] = {}, phase_j1[kConvMaxTaps] = {};
   int64_t plane_stride = 0;               // floats between channels in the planes (nphases*Hq*Wq)
   int64_t virtual_cols = 0;               // OH * Wq: flattened virtual output positions
   int64_t planes_floats = 0;              // floats for one image's planes, slack included

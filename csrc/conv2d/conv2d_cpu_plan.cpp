@@ -56,6 +56,12 @@ void conv2d_cpu_plan(const Conv2dShape& s, int64_t nthreads, bool have_cols, int
       tap_slot[kh * s.KW + kw] = slot;
     }
   }
+  for (int64_t slot = 0; slot < g.nphases; ++slot) {
+    const int64_t lead = s.pad_left - g.phase_b[slot];
+    const int64_t last = s.W - 1 + lead;
+    g.phase_j0[slot] = lead <= 0 ? 0 : (lead + s.stride_w - 1) / s.stride_w;
+    g.phase_j1[slot] = std::min(g.Wq, last < 0 ? int64_t{0} : last / s.stride_w + 1);
+  }
   g.plane_stride = mul(g.nphases, g.phase_stride);
   int64_t max_off = 0;
   for (int64_t kh = 0; kh < s.KH; ++kh) {
