@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 import mmfast  # noqa: E402
 from mmfast import _C, ops  # noqa: E402
+from mmfast.ops._conv2d import choose_algorithm  # noqa: E402
 
 F = torch.nn.functional
 # With 2+ threads torch is timed apart from mmfast: torch's OpenMP workers spin for a while
@@ -109,8 +110,9 @@ def bench_conv(args: argparse.Namespace, rng: np.random.Generator, ratios: dict)
         b = rng.standard_normal(m).astype(np.float32)
         c32 = ops.Conv2d(w, b, stride=s, padding=p, groups=g, algorithm="direct")
         c16 = ops.Conv2d(w, b, stride=s, padding=p, groups=g, precision="bf16")
-        auto = ops.Conv2d(w, b, stride=s, padding=p, groups=g)
-        c32_auto = auto if auto.algorithm != "direct" else None
+        # the fp32 default, packed only where it is not the direct kernel above
+        default = choose_algorithm("auto", (k, k), (s, s), (1, 1), g, (c, m))
+        c32_auto = ops.Conv2d(w, b, stride=s, padding=p, groups=g) if default != "direct" else None
         tw, tb = torch.from_numpy(w).bfloat16(), torch.from_numpy(b).bfloat16()
         for n in args.batch:
             x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)

@@ -450,22 +450,24 @@ def test_torch_tensors_in_and_out():
     assert ops.conv2d(x, w, b, padding=1, out=out) is out
 
 
-def _array_before_guard_page(shape):
-    """A float32 array whose last byte is followed by an inaccessible page: reading past its
-    end crashes the test instead of passing silently."""
+def _guarded_array(shape, guard="after"):
+    """A float32 array next to an inaccessible page — after its last byte (guard="after") or
+    before its first (guard="before"): reading past that end crashes the test instead of
+    passing silently. Returns (array, the mapping to keep alive)."""
     import ctypes
     import mmap
 
     page = mmap.PAGESIZE
-    nbytes = int(np.prod(shape)) * 4
-    npages = -(-nbytes // page) + 1
+    count = int(np.prod(shape))
+    npages = -(-count * 4 // page) + 1
     buf = mmap.mmap(-1, npages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    assert libc.mprotect(base + (npages - 1) * page, page, 0) == 0
-    offset = (npages - 1) * page - nbytes
-    arr = np.frombuffer(buf, dtype=np.float32, count=int(np.prod(shape)), offset=offset)
+    guard_page = (npages - 1) * page if guard == "after" else 0
+    assert libc.mprotect(base + guard_page, page, 0) == 0
+    offset = (npages - 1) * page - count * 4 if guard == "after" else page
+    arr = np.frombuffer(buf, dtype=np.float32, count=count, offset=offset)
     return arr.reshape(shape), buf
 
 
@@ -474,7 +476,7 @@ def _array_before_guard_page(shape):
 def test_one_by_one_reads_nothing_past_the_input(variant, conv_path, c, m, hw):
     # 1x1 stride-1 unpadded convolutions read the caller's array in place (no copy): the last
     # tile must not touch memory past its end.
-    x, keep = _array_before_guard_page((1, c, *hw))
+    x, keep = _guarded_array((1, c, *hw), "after")
     x[...] = np.random.default_rng(7).standard_normal(x.shape)
     w = np.random.default_rng(8).standard_normal((m, c, 1, 1)).astype(np.float32)
     check(x, w, None)
@@ -529,24 +531,6 @@ def test_row_tiles_match_plane_position_tiles(
     strided_w = np.full((n, m, ow, oh), np.nan, np.float32).transpose(0, 1, 3, 2)
     conv(x, out=strided_w)
     np.testing.assert_array_equal(strided_w, y)
-
-
-def _array_after_guard_page(shape):
-    """A float32 array starting right after an inaccessible page: reading before its first
-    element (a padded row's window starting left of the row) crashes the test."""
-    import ctypes
-    import mmap
-
-    page = mmap.PAGESIZE
-    nbytes = int(np.prod(shape)) * 4
-    npages = -(-nbytes // page) + 1
-    buf = mmap.mmap(-1, npages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    assert libc.mprotect(base, page, 0) == 0
-    arr = np.frombuffer(buf, dtype=np.float32, count=int(np.prod(shape)), offset=page)
-    return arr.reshape(shape), buf
 
 
 @pytest.mark.parametrize(
@@ -609,8 +593,7 @@ def test_stride_two_fill_very_wide_rows(variant):
 )
 def test_stride_two_planes_read_nothing_outside_the_input(variant, conv_path, side, c, hw, k, pad):
     # the input sits against a guard page on that side: a read across it faults
-    guarded = _array_before_guard_page if side == "after" else _array_after_guard_page
-    x, keep = guarded((1, c, *hw))
+    x, keep = _guarded_array((1, c, *hw), side)
     x[...] = np.random.default_rng(9 if side == "after" else 12).standard_normal(x.shape)
     w = np.random.default_rng(10).standard_normal((16, c, k, k)).astype(np.float32)
     check(x, w, None, stride=(2, 2), pads=(pad,) * 4)
